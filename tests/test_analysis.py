@@ -1,0 +1,118 @@
+"""Analyses on a tiny random Llama: shapes, invariants (alpha=0/1, save/load, logit lens), bad input."""
+
+import numpy as np
+import pytest
+import torch
+
+from tv_utils import analysis, interventions as iv
+from tv_utils.experiments import Protocol
+
+P = Protocol(k=3, n_dev=6, n_test=6)
+
+
+def test_conflicting_tasks_table(tiny_llama):
+    table = analysis.conflicting_tasks(tiny_llama, [("next_letter", "to_upper")], n=6, layer=1, protocol=P)
+    assert list(table.method) == ["ICL (demos of A)", "ICL + theta of B"]
+    assert table[["acc_a", "acc_b"]].apply(lambda c: c.between(0, 1)).all().all()
+    with pytest.raises(KeyError, match="valid tasks"):
+        analysis.conflicting_tasks(tiny_llama, [("next_letter", "to_uper")], n=6, layer=1, protocol=P)
+    with pytest.raises(ValueError, match="share only 0 inputs"):
+        analysis.conflicting_tasks(tiny_llama, [("en_fr", "to_upper")], n=6, layer=1, protocol=P)
+    with pytest.raises(ValueError, match="valid layers are 0..3"):
+        analysis.conflicting_tasks(tiny_llama, [("next_letter", "to_upper")], n=6, layer=9, protocol=P)
+
+
+def test_interpolation_endpoints_are_the_pure_vectors(tiny_llama):
+    table = analysis.interpolate(tiny_llama, "list_last", "list_first", alphas=[0, 0.5, 1], layer=2, n=6,
+                                 scales=[1.0], protocol=P)
+    alpha = table[table.kind == "alpha"].set_index("value")
+    scale_one = table[(table.kind == "scale") & (table.value == 1.0)].iloc[0]
+    assert alpha.loc[1.0, "acc_a"] == scale_one.acc_a and alpha.loc[1.0, "acc_b"] == scale_one.acc_b
+    with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
+        analysis.interpolate(tiny_llama, "list_last", "list_first", alphas=[1.5], layer=2, protocol=P)
+
+
+def test_patch_shared_with_mix_equals_pure_vector(tiny_llama):
+    seqs = tiny_llama.encode(["example:a->", "example:bc->"])
+    a, b = torch.randn(2, 32) * 5
+    for alpha, pure in ((1.0, a), (0.0, b)):
+        mixed = analysis.patch_shared(tiny_llama, seqs, alpha * a + (1 - alpha) * b, 2)
+        expected = iv.patched_logits(tiny_llama, seqs, pure, 2).argmax(-1)
+        assert torch.equal(mixed, expected)
+
+
+def test_library_round_trip(tiny_llama, tmp_path):
+    lib = analysis.build_library(tiny_llama, ["next_letter", "to_upper"], layer=2, n=4, protocol=P)
+    path = lib.save(tmp_path / "lib")
+    loaded = analysis.Library.load(path)
+    assert loaded.layer == 2 and loaded.meta["to_upper"]["n_episodes"] == 4
+    for task in lib.vectors:
+        assert torch.equal(loaded.vectors[task], lib.vectors[task])
+        inputs = ["a", "q", "m"]
+        assert analysis.apply_library(tiny_llama, loaded, task, inputs) == analysis.apply_library(
+            tiny_llama, lib, task, inputs)
+    with pytest.raises(KeyError, match="holds: next_letter, to_upper"):
+        loaded.get("en_fr")
+    with pytest.raises(ValueError, match="empty"):
+        analysis.Library("m", 0, {}).save(tmp_path / "empty")
+    cost = analysis.reuse_cost(tiny_llama, loaded, ["next_letter"], n=6, protocol=P)
+    icl, stored = cost.set_index("method").loc[["ICL", "stored theta"], "prompt_tokens"]
+    assert icl > 3 * stored
+
+
+def test_geometry_scores_and_embeddings(tiny_llama):
+    tv = analysis.collect_task_vectors(tiny_llama, ["next_letter", "to_upper", "list_first"], n=8, protocol=P,
+                                       progress=False)
+    assert tv.theta.shape == (24, 4, 32) and len(tv.meta) == 24
+    scores = analysis.geometry_scores(tv)
+    assert list(scores.layer) == [0, 1, 2, 3] and scores.knn_accuracy.between(0, 1).all()
+    emb = analysis.embeddings(tv, [2], methods=("tsne",))
+    assert emb.shape[0] == 24 and np.isfinite(emb[["x", "y"]]).all().all()
+    dist = analysis.distance_table(tv, 2)
+    assert len(dist) == 24 * 23 // 2 and set(dist.pair) == {"within task", "between tasks"}
+    assert len(analysis.nearest_tasks(tv, 2)) == 3
+
+
+def test_geometry_separates_clusters():
+    """kNN and silhouette recognise well-separated clusters, and fail on pure noise."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 16)) * 10
+    x = np.concatenate([c + rng.normal(size=(10, 16)) for c in centres])
+    meta = __import__("pandas").DataFrame({"task": np.repeat(["a", "b", "c"], 10)})
+    clustered = analysis.TaskVectors("m", torch.tensor(x)[:, None], meta)
+    noise = analysis.TaskVectors("m", torch.tensor(rng.normal(size=(30, 16)))[:, None], meta)
+    good, bad = analysis.geometry_scores(clustered).iloc[0], analysis.geometry_scores(noise).iloc[0]
+    assert good.knn_accuracy == 1.0 and good.silhouette > 0.5
+    assert bad.knn_accuracy < 0.7 and bad.silhouette < 0.1
+
+
+def test_projection_of_last_layer_is_the_models_own_output(tiny_llama):
+    seqs = tiny_llama.encode(["example:ab->", "x->"])
+    states = iv.capture(tiny_llama, seqs)
+    logp = analysis.project(tiny_llama, states[:, -1])
+    expected = torch.log_softmax(iv.patched_logits(tiny_llama, seqs, None, None), -1)
+    torch.testing.assert_close(logp, expected, atol=1e-4, rtol=0)
+
+
+def test_vocabulary_projection_tables(tiny_llama):
+    top, ranks = analysis.vocabulary_projection(tiny_llama, ["next_letter"], layers=[1, 3], n=4, k=3, protocol=P)
+    assert set(ranks.layer) == {1, 3} and ranks.top1.between(0, 1).all()
+    assert set(top.columns) >= {"task", "layer", "rank", "token", "prob"}
+    assert top.empty  # a char tokenizer has no word-like tokens (two letters or more) to list
+
+
+def test_robustness_conditions(tiny_llama):
+    table = analysis.robustness(tiny_llama, "next_letter", layer=2, n=6, sizes=(1, 2), protocol=P)
+    assert list(table.condition) == ["mean of 1 episodes", "mean of 2 episodes", "demos with shuffled answers",
+                                     "own episode (paper)"]
+    with pytest.raises(ValueError, match="valid layers"):
+        analysis.robustness(tiny_llama, "next_letter", layer=-1, n=6, protocol=P)
+
+
+def test_shuffled_demos_break_every_pair():
+    from tv_utils.tasks import Episode
+
+    ep = Episode(tuple((c, c.upper()) for c in "abcde"), ("x", "y"), ("q", "Q"))
+    shuffled = analysis._shuffled(ep, np.random.default_rng(0))
+    assert all(y != x.upper() for x, y in shuffled.demos)
+    assert sorted(y for _, y in shuffled.demos) == list("ABCDE")

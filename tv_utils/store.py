@@ -1,0 +1,41 @@
+"""Writing results atomically (tidy CSV/JSON, figures) so an interrupted run never leaves half a file."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> Path:
+    """Write to a temporary file beside `path`, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_table(df, path: str | Path) -> Path:
+    """A DataFrame as CSV (floats rounded to 4 places, so reruns diff cleanly)."""
+    return write_atomic(path, df.to_csv(index=False, float_format="%.4f"))
+
+
+def save_json(obj, path: str | Path) -> Path:
+    return write_atomic(path, json.dumps(obj, indent=1, default=float) + "\n")
+
+
+def save_figure(fig, stem: str | Path, png: bool = True) -> list[Path]:
+    """A plotly figure as interactive HTML (plotly.js from CDN) and, when a browser is available, PNG."""
+    stem = Path(stem)
+    written = [write_atomic(stem.with_suffix(".html"), fig.to_html(include_plotlyjs="cdn", full_html=True))]
+    if png:
+        written.append(write_atomic(stem.with_suffix(".png"), fig.to_image(format="png", scale=2)))
+    return written
