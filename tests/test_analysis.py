@@ -116,3 +116,10 @@ def test_shuffled_demos_break_every_pair():
     shuffled = analysis._shuffled(ep, np.random.default_rng(0))
     assert all(y != x.upper() for x, y in shuffled.demos)
     assert sorted(y for _, y in shuffled.demos) == list("ABCDE")
+
+
+def test_task_vectors_save_and_load(tiny_llama, tmp_path):
+    tv = analysis.collect_task_vectors(tiny_llama, ["next_letter", "to_upper"], n=4, protocol=P, progress=False)
+    loaded = analysis.TaskVectors.load(tv.save(tmp_path / "tv", layers=[1, 3]))
+    assert loaded.saved_layers == [1, 3] and loaded.meta.equals(tv.meta)
+    torch.testing.assert_close(loaded.theta[:, 3], tv.theta[:, 3].half().float())

@@ -101,3 +101,15 @@ def test_layer_out_of_range_names_the_range(tiny_llama):
         iv.patched_logits(tiny_llama, seqs, theta, 4)
     with pytest.raises(ValueError, match=r"0\.\.3"):
         engine.layer_sweep(tiny_llama, seqs, torch.zeros(4, theta.shape[0]), layers=[-1])
+
+
+@pytest.mark.parametrize("family_model", ["tiny_llama"])
+def test_traces_survive_nnsight_remote_simulation(family_model, request):
+    """remote="local" serializes each trace as for NDIF, hides our modules, and runs it: same numbers."""
+    model = request.getfixturevalue(family_model)
+    seqs = _seqs(model)
+    local = iv.capture(model, seqs)
+    torch.testing.assert_close(iv.capture(model, seqs, remote="local"), local, atol=1e-5, rtol=0)
+    patched = iv.patched_logits(model, seqs, local[:, 2], 2)
+    torch.testing.assert_close(iv.patched_logits(model, seqs, local[:, 2], 2, remote="local"), patched,
+                               atol=1e-5, rtol=0)

@@ -104,6 +104,7 @@ def cmd_geometry(args) -> None:
     store.save_table(emb, f"{stem}_embeddings.csv")
     store.save_table(scores, f"{stem}_scores.csv")
     store.save_table(nearest, f"{stem}_nearest.csv")
+    tv.save(f"{stem}_theta", layers)
     distances = analysis.distance_table(tv, layer)
     store.save_table(distances.groupby("pair")["distance"].describe().reset_index(), f"{stem}_distances.csv")
     for method in ("tsne", "umap"):
@@ -142,6 +143,8 @@ def cmd_vocab(args) -> None:
 
 
 def cmd_beyond(args) -> None:
+    import pandas as pd
+
     from . import analysis, plots, store
 
     model = _load(args)
@@ -156,7 +159,7 @@ def cmd_beyond(args) -> None:
     store.save_table(cost, f"{stem}_reuse_cost.csv")
     store.save_figure(plots.method_bars(cost, "task", "accuracy", "method", "ICL vs stored θ: accuracy"),
                       f"{stem}_reuse_accuracy")
-    robust = pd_concat([analysis.robustness(model, t, layer, n=args.n) for t in args.tasks])
+    robust = pd.concat([analysis.robustness(model, t, layer, n=args.n) for t in args.tasks], ignore_index=True)
     store.save_table(robust, f"{stem}_robustness.csv")
     store.save_figure(plots.method_bars(robust, "task", "accuracy", "condition", "Where θ comes from"),
                       f"{stem}_robustness")
@@ -166,12 +169,6 @@ def cmd_beyond(args) -> None:
     ratio = means.loc["ICL"] / means.loc["stored theta"]
     print(f"ICL / stored theta: {ratio['prompt_tokens']:.1f}x prompt tokens, {ratio['ms_per_query']:.1f}x time per query")
     print(robust.to_string(index=False, float_format="%.2f"))
-
-
-def pd_concat(frames):
-    import pandas as pd
-
-    return pd.concat(frames, ignore_index=True)
 
 
 def cmd_prepare(args) -> None:
@@ -230,6 +227,13 @@ def main(argv=None) -> None:
     p.add_argument("--task-a", default="en_fr")
     p.add_argument("--task-b", default="en_es")
     p.set_defaults(func=cmd_beyond)
+
+    p = sub.add_parser("bench", help="timings side by side: sweep methods, nnsight vs hooks, reproduce")
+    _add_model_args(p)
+    p.add_argument("--tasks", nargs="+", default=["en_fr", "antonyms", "country_capital"], choices=TASK_NAMES)
+    p.add_argument("--skip-reproduce", action="store_true")
+    p.add_argument("--random-7b", action="store_true", help="paper protocol on a random Llama-7B (GPU)")
+    p.set_defaults(func=lambda a: __import__("tv_utils.bench", fromlist=["main"]).main(a))
 
     p = sub.add_parser("prepare", help="convert and cache a model (the embedded default needs ~60 s once)")
     _add_model_args(p)

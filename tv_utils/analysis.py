@@ -29,7 +29,7 @@ from .tasks import TASK_NAMES, Episode, get_task, make_task
 
 def layer_accuracy(model: Model, task, n: int = 50, protocol: Protocol = PAPER, split: str = "dev") -> pd.DataFrame:
     """Task-vector accuracy at every layer on one split (the dev half of `evaluate_task`)."""
-    s = prepare_split(model, task, split, n, protocol)
+    s = prepare_split(model, task, split, n, protocol, icl=False)
     acc = accuracy(model, engine.layer_sweep(model, s.queries, s.theta), s.target[:, None], dim=0)
     layers = list(range(model.n_layers))
     return pd.DataFrame({"model": model.name, "task": s.task.name, "category": s.task.category, "layer": layers,
@@ -37,13 +37,13 @@ def layer_accuracy(model: Model, task, n: int = 50, protocol: Protocol = PAPER, 
 
 
 def best_depth(per_layer: pd.DataFrame) -> pd.DataFrame:
-    """Per model: the layer with the best mean accuracy over tasks, and its relative depth."""
+    """Per model: the layer with the best mean accuracy over tasks, and its relative depth (the sweep
+    covers every layer, so the layer count is the last layer + 1)."""
     rows = []
     for model, df in per_layer.groupby("model", sort=False):
         mean = df.groupby("layer")["dev_acc"].mean()
         layer = int(mean.idxmax())
-        n_layers = int(round(layer / df.loc[df.layer == layer, "rel_depth"].iloc[0])) if layer else int(
-            df["layer"].max() + 1)
+        n_layers = int(df["layer"].max() + 1)
         rows.append({"model": model, "best_layer": layer, "n_layers": n_layers, "best_rel_depth": layer / n_layers,
                      "best_mean_acc": float(mean.max())})
     return pd.DataFrame(rows)
@@ -63,6 +63,34 @@ class TaskVectors:
     def at(self, layer: int) -> np.ndarray:
         return self.theta[:, layer].numpy()
 
+    def save(self, path: str | Path, layers) -> Path:
+        """theta at the given layers (float16 safetensors) and the row table (CSV) beside it."""
+        from safetensors.torch import save
+
+        path = Path(path).with_suffix(".safetensors")
+        tensors = {f"layer_{l}": self.theta[:, l].half().contiguous() for l in layers}
+        store.write_atomic(path, save(tensors, metadata={"model": self.model}))
+        store.save_table(self.meta, path.with_suffix(".csv"))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TaskVectors":
+        """Saved task vectors; layers that were not saved are zeros (see `saved_layers`)."""
+        from safetensors import safe_open
+
+        path = Path(path).with_suffix(".safetensors")
+        with safe_open(path, "pt") as f:
+            names = list(f.keys())
+            model = f.metadata()["model"]
+            layers = {int(k.split("_")[1]): f.get_tensor(k).float() for k in names}
+        n, hidden = next(iter(layers.values())).shape
+        theta = torch.zeros(n, max(layers) + 1, hidden)
+        for l, t in layers.items():
+            theta[:, l] = t
+        tv = cls(model, theta, pd.read_csv(path.with_suffix(".csv")))
+        tv.saved_layers = sorted(layers)
+        return tv
+
 
 def collect_task_vectors(model: Model, tasks=TASK_NAMES, n: int = 50, protocol: Protocol = PAPER,
                          progress: bool = True) -> TaskVectors:
@@ -70,7 +98,7 @@ def collect_task_vectors(model: Model, tasks=TASK_NAMES, n: int = 50, protocol: 
 
     thetas, rows = [], []
     for name in tqdm(list(tasks), desc="task vectors", disable=not progress):
-        s = prepare_split(model, name, "test", n, protocol)
+        s = prepare_split(model, name, "test", n, protocol, icl=False)
         thetas.append(s.theta.float().cpu())
         for i, ep in enumerate(s.episodes):
             rows.append({"task": s.task.name, "category": s.task.category, "episode": i,
@@ -186,7 +214,7 @@ def conflicting_tasks(model: Model, pairs=PAPER_CONFLICTS, n: int = 50, layer: i
         tok = model.tokenizer
         target_a = torch.tensor([answer_token_ids(tok, ep.query[1], fmt)[0] for ep in episodes])
         target_b = torch.tensor([answer_token_ids(tok, answers_b[ep.query[0]], fmt)[0] for ep in episodes])
-        b_split = prepare_split(model, b, "dev", n, protocol, fmt)
+        b_split = prepare_split(model, b, "dev", n, protocol, fmt, icl=False)
         if layer is None:
             acc = accuracy(model, engine.layer_sweep(model, b_split.queries, b_split.theta), b_split.target[:, None], 0)
             use_layer = best_of(list(range(model.n_layers)), acc)
@@ -244,7 +272,7 @@ def vocabulary_projection(model: Model, tasks=TASK_NAMES, layers=None, n: int = 
     layers = list(range(model.n_layers)) if layers is None else list(layers)
     top_rows, rank_rows = [], []
     for name in tasks:
-        s = prepare_split(model, name, "test", n, protocol)
+        s = prepare_split(model, name, "test", n, protocol, icl=False)
         mean = s.theta.float().mean(0)  # [n_layers, H]
         for layer, tokens in zip(layers, top_tokens(model, mean[layers], k)):
             for rank, (token, prob) in enumerate(tokens):
@@ -279,8 +307,8 @@ def interpolate(model: Model, task_a: str, task_b: str, alphas=np.linspace(0, 1,
     tok = model.tokenizer
     target_a = torch.tensor([answer_token_ids(tok, ep.query[1], fmt)[0] for ep in episodes])
     target_b = torch.tensor([answer_token_ids(tok, answers_b[ep.query[0]], fmt)[0] for ep in episodes])
-    theta_a = prepare_split(model, task_a, "dev", n, protocol, fmt).theta[:, layer].float().mean(0)
-    theta_b = prepare_split(model, task_b, "dev", n, protocol, fmt).theta[:, layer].float().mean(0)
+    theta_a = prepare_split(model, task_a, "dev", n, protocol, fmt, icl=False).theta[:, layer].float().mean(0)
+    theta_b = prepare_split(model, task_b, "dev", n, protocol, fmt, icl=False).theta[:, layer].float().mean(0)
     queries = model.encode([fmt.query(ep.query[0]) for ep in episodes])
     mixes = [("alpha", a, a * theta_a + (1 - a) * theta_b) for a in alphas]
     mixes += [("scale", s, s * theta_a) for s in scales]
@@ -345,7 +373,7 @@ def build_library(model: Model, tasks, layer: int, n: int = 20, protocol: Protoc
     model.check_layer(layer)
     vectors, meta = {}, {}
     for name in tasks:
-        s = prepare_split(model, name, "dev", n, protocol)
+        s = prepare_split(model, name, "dev", n, protocol, icl=False)
         vectors[name] = s.theta[:, layer].float().mean(0).cpu()
         meta[name] = {"layer": layer, "seed": protocol.seed, "n_episodes": n, "k": protocol.k}
     return Library(model.name, layer, vectors, meta)
@@ -365,7 +393,7 @@ def reuse_cost(model: Model, library: Library, tasks, n: int = 50, protocol: Pro
     """ICL vs stored-theta inference on the same test queries: prompt tokens, seconds per query, accuracy."""
     rows = []
     for name in tasks:
-        s = prepare_split(model, name, "test", n, protocol, fmt)
+        s = prepare_split(model, name, "test", n, protocol, fmt, icl=False)
         icl = model.encode([fmt.icl(ep.demos, ep.query[0]) for ep in s.episodes])
         start = time.perf_counter()
         icl_pred = engine.next_tokens(model, icl)
@@ -390,8 +418,8 @@ def robustness(model: Model, task: str, layer: int, n: int = 50, sizes=(1, 2, 4,
     """Accuracy of theta averaged over 1, 2, 4, 8 episodes, and of theta from shuffled demonstrations."""
     model.check_layer(layer)
     rng = np.random.default_rng(seed)
-    pool = prepare_split(model, task, "dev", n, protocol, fmt)
-    test = prepare_split(model, task, "test", n, protocol, fmt)
+    pool = prepare_split(model, task, "dev", n, protocol, fmt, icl=False)
+    test = prepare_split(model, task, "test", n, protocol, fmt, icl=False)
     rows = []
     for size in sizes:
         picks = torch.as_tensor(rng.integers(0, len(pool.episodes), size=(len(test.episodes), size)))

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from . import engine, store
 from .models import Model
@@ -53,15 +52,21 @@ class Split:
     queries: list[list[int]]
 
 
-def prepare_split(model: Model, task: Task | str, split: str, n: int, protocol: Protocol = PAPER,
-                  fmt: PromptFormat = DEFAULT_FORMAT) -> Split:
-    """Sample a split's episodes (pairs the tokenizer can score) and run them once through the engine."""
+def _sample(model: Model, task: Task | str, split: str, n: int, protocol: Protocol, fmt: PromptFormat):
+    """A split's episodes over the pairs this tokenizer can score, and their target tokens."""
     task = get_task(task) if isinstance(task, str) else task
     usable, answer_ids = usable_task(task, model.tokenizer, fmt)
     episodes = sample_episodes(usable, n, protocol.k, protocol.n_dummies, split, protocol.seed)
-    theta, icl_pred = engine.episode_states(model, episodes, fmt)
-    return Split(usable, episodes, _targets(episodes, answer_ids, model.device), theta, icl_pred,
-                 _queries(model, episodes, fmt))
+    return usable, episodes, _targets(episodes, answer_ids, model.device)
+
+
+def prepare_split(model: Model, task: Task | str, split: str, n: int, protocol: Protocol = PAPER,
+                  fmt: PromptFormat = DEFAULT_FORMAT, icl: bool = True) -> Split:
+    """Sample a split's episodes and run them once through the engine
+    (icl=False skips the ICL prompts when only theta is needed)."""
+    usable, episodes, target = _sample(model, task, split, n, protocol, fmt)
+    theta, icl_pred = engine.episode_states(model, episodes, fmt, icl=icl)
+    return Split(usable, episodes, target, theta, icl_pred, _queries(model, episodes, fmt))
 
 
 def accuracy(model: Model, predicted: torch.Tensor, target: torch.Tensor, dim=None):
@@ -78,39 +83,52 @@ def best_of(layers, accuracy) -> int:
 def evaluate_task(model: Model, task: Task | str, protocol: Protocol = PAPER, fmt: PromptFormat = DEFAULT_FORMAT,
                   layers=None) -> tuple[dict, pd.DataFrame]:
     """One task under the protocol: a summary row and a per-layer dev-accuracy table."""
-    layers = list(range(model.n_layers)) if layers is None else list(layers)
-    dev = prepare_split(model, task, "dev", protocol.n_dev, protocol, fmt)
-    dev_acc = accuracy(model, engine.layer_sweep(model, dev.queries, dev.theta, layers), dev.target[:, None], dim=0)
-    best = best_of(layers, dev_acc)
-
-    test = prepare_split(model, task, "test", protocol.n_test, protocol, fmt)
-    tv_pred = engine.layer_sweep(model, test.queries, test.theta, [best])[:, 0]
-    base_pred = engine.next_tokens(model, test.queries)
-    task = test.task
-    summary = {
-        "model": model.name, "task": task.name, "category": task.category, "n_pairs": len(task.pairs),
-        "baseline": accuracy(model, base_pred, test.target),
-        "icl": accuracy(model, test.icl_pred, test.target),
-        "tv": accuracy(model, tv_pred, test.target),
-        "best_layer": best, "n_layers": model.n_layers,
-    }
-    per_layer = pd.DataFrame({
-        "model": model.name, "task": task.name, "category": task.category, "layer": layers,
-        "rel_depth": [l / model.n_layers for l in layers], "dev_acc": dev_acc,
-    })
-    return summary, per_layer
+    results, per_layer = run_tasks(model, [task], protocol, fmt, layers=layers, progress=False)
+    return results.iloc[0].drop("tv_over_icl").to_dict(), per_layer
 
 
 def run_tasks(model: Model, task_names=TASK_NAMES, protocol: Protocol = PAPER, fmt: PromptFormat = DEFAULT_FORMAT,
-              progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """evaluate_task over many tasks (names or Task objects): (results table, per-layer table)."""
-    rows, curves = [], []
-    bar = tqdm(list(task_names), desc=f"tasks on {model.name}", disable=not progress)
-    for task in bar:
-        bar.set_postfix_str(getattr(task, "name", task))
-        summary, per_layer = evaluate_task(model, task, protocol, fmt)
-        rows.append(summary)
-        curves.append(per_layer)
+              layers=None, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The protocol on many tasks (names or Task objects): (results table, per-layer dev table).
+
+    All tasks' episodes go through the engine together, so batches stay large even for one task's
+    50 queries (a GPU then runs a 7B model at a few forwards per stage instead of a few per task).
+    """
+    layers = list(range(model.n_layers)) if layers is None else [model.check_layer(l) for l in layers]
+    p = protocol
+    dev = [_sample(model, t, "dev", p.n_dev, p, fmt) for t in task_names]
+    test = [_sample(model, t, "test", p.n_test, p, fmt) for t in task_names]
+    flat = lambda splits: [ep for _, eps, _ in splits for ep in eps]  # noqa: E731
+    say = (lambda text: f"{text} ({len(dev)} tasks, {model.name})") if progress else (lambda text: None)  # noqa: E731
+
+    theta, _ = engine.episode_states(model, flat(dev), fmt, icl=False, progress=say("dev task vectors"))
+    sweep = engine.layer_sweep(model, _queries(model, flat(dev), fmt), theta, layers,
+                               progress=say(f"dev sweep, {len(layers)} layers"))
+    theta, icl_pred = engine.episode_states(model, flat(test), fmt, progress=say("test ICL and task vectors"))
+    queries = _queries(model, flat(test), fmt)
+    base_pred = engine.next_tokens(model, queries)
+
+    rows, curves, best, start = [], [], [], 0
+    for task, episodes, target in dev:
+        dev_acc = accuracy(model, sweep[start:start + len(episodes)], target[:, None], dim=0)
+        start += len(episodes)
+        best.append(best_of(layers, dev_acc))
+        curves.append(pd.DataFrame({
+            "model": model.name, "task": task.name, "category": task.category, "layer": layers,
+            "rel_depth": [l / model.n_layers for l in layers], "dev_acc": dev_acc}))
+
+    owner = torch.tensor([i for i, (_, eps, _) in enumerate(test) for _ in eps])
+    tv_pred = torch.empty(len(queries), dtype=torch.long, device=model.device)
+    for layer in sorted(set(best)):
+        rows_at = torch.cat([torch.nonzero(owner == i).flatten() for i, b in enumerate(best) if b == layer])
+        tv_pred[rows_at] = engine.layer_sweep(model, [queries[i] for i in rows_at], theta[rows_at], [layer])[:, 0]
+
+    for i, (task, _, target) in enumerate(test):
+        mine = owner == i
+        rows.append({
+            "model": model.name, "task": task.name, "category": task.category, "n_pairs": len(task.pairs),
+            "baseline": accuracy(model, base_pred[mine], target), "icl": accuracy(model, icl_pred[mine], target),
+            "tv": accuracy(model, tv_pred[mine], target), "best_layer": best[i], "n_layers": model.n_layers})
     results = pd.DataFrame(rows)
     results["tv_over_icl"] = results["tv"] / results["icl"].where(results["icl"] > 0)
     return results, pd.concat(curves, ignore_index=True)

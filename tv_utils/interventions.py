@@ -4,8 +4,12 @@
     answer  = next token of `x ->` with its layer-L last-token state replaced by theta  (f: apply)
 
 Layer outputs are `[batch, seq, hidden]` tensors in most transformers-5 models but tuples for some
-(GPT-J); `_hidden` takes the tensor either way. Prompts are left-padded, so the last token is at -1.
+(GPT-J); `_hidden` (and the same two lines inside each trace) takes the tensor either way. Prompts are left-padded, so the last token is at -1.
 All traces live inside functions, and loops are plain `for` loops (nnsight cannot trace comprehensions).
+
+`remote=True` sends a trace to NDIF (a model from `models.load_remote`, an NDIF API key);
+`remote="local"` runs nnsight's local simulation of that path (serialize, hide our modules, run), which
+the tests use. Trace bodies therefore only touch nnsight envoys and torch, never tv_utils objects.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ def pad_left(model: Model, seqs: list[list[int]]) -> dict[str, torch.Tensor]:
         ids[row, width - len(seq):] = torch.tensor(seq)
         mask[row, width - len(seq):] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    device = model.device
+    device = model.device if model.device.type != "meta" else "cpu"  # meta: a remote model's inputs stay here
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "position_ids": positions.to(device)}
 
 
@@ -42,13 +46,16 @@ def _chunks(n: int, size: int):
 def capture(model: Model, seqs: list[list[int]], batch_size: int = 32, remote: bool = False) -> torch.Tensor:
     """Last-token hidden state after every layer: [n_prompts, n_layers, hidden]."""
     out = []
+    layers = model.nn_layers()
     for part in _chunks(len(seqs), batch_size):
         batch = pad_left(model, seqs[part])
         with model.nn.trace(batch, logits_to_keep=1, remote=remote):
             states = list().save()
-            for layer in model.nn_layers():
-                states.append(_hidden(layer.output)[:, -1])
-        out.append(torch.stack(states, dim=1))
+            for layer in layers:
+                output = layer.output
+                hidden = output[0] if isinstance(output, tuple) else output
+                states.append(hidden[:, -1])
+        out.append(torch.stack(states, dim=1).to(theta_device(model)))
     return torch.cat(out)
 
 
@@ -62,15 +69,24 @@ def patched_logits(model: Model, seqs: list[list[int]], theta: torch.Tensor, lay
     if layer is not None:
         model.check_layer(layer)
     theta = theta.expand(len(seqs), -1) if theta is not None and theta.dim() == 1 else theta
+    target = model.nn_layers()[layer] if layer is not None else None
     out = []
     for part in _chunks(len(seqs), batch_size):
         batch = pad_left(model, seqs[part])
+        values = theta[part].to(model.dtype) if target is not None else None
         with model.nn.trace(batch, logits_to_keep=1, remote=remote):
-            if layer is not None:
-                _hidden(model.nn_layers()[layer].output)[:, -1] = theta[part].to(model.dtype)
+            if target is not None:
+                output = target.output
+                hidden = output[0] if isinstance(output, tuple) else output
+                hidden[:, -1] = values
             logits = model.nn.output.logits[:, -1].save()
-        out.append(logits.float())
+        out.append(logits.float().to(theta_device(model)))
     return torch.cat(out)
+
+
+def theta_device(model: Model) -> torch.device:
+    """Where results live: the model's device, or the CPU for a remote (meta) model."""
+    return model.device if model.device.type != "meta" else torch.device("cpu")
 
 
 def task_vectors(model: Model, seqs: list[list[int]], n_dummies: int, **kw) -> torch.Tensor:

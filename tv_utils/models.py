@@ -249,10 +249,11 @@ class Model:
 
     @cached_property
     def nn(self):
-        """The nnsight wrapper (shares the weights)."""
+        """The nnsight wrapper (shares the weights). `device` keeps the model where it is: nnsight builds a
+        transformers pipeline, which would otherwise move a CPU model onto an available GPU."""
         from nnsight import TransformersModel
 
-        return TransformersModel(self.hf, tokenizer=self.tokenizer)
+        return TransformersModel(self.hf, tokenizer=self.tokenizer, device=self.device)
 
     def nn_layers(self):
         return attrgetter(self.layer_path)(self.nn)
@@ -308,6 +309,19 @@ def load_model(name_or_path: str | None = None, device: str | None = None, dtype
     prepend = _bos_stand_in(tokenizer) if prepend_bos else ()
     return Model(name=name, hf=hf, tokenizer=tokenizer, prepend_ids=prepend,
                  info={"source": str(source), "device": device, "dtype": str(dtype).replace("torch.", "")})
+
+
+def load_remote(repo_id: str) -> Model:
+    """A model that NDIF hosts, for `interventions` traces with remote=True (needs network and an NDIF
+    API key: `nnsight.CONFIG.set_default_api_key(...)`). Weights stay on the server (meta tensors here),
+    so only the nnsight functions in `interventions` work with it, not the local `engine`."""
+    from nnsight import TransformersModel
+
+    wrapper = TransformersModel(repo_id)
+    model = Model(name=repo_id, hf=wrapper._module, tokenizer=wrapper.tokenizer,
+                  prepend_ids=_bos_stand_in(wrapper.tokenizer), info={"source": repo_id, "device": "remote"})
+    model.__dict__["nn"] = wrapper  # the cached_property slot
+    return model
 
 
 def from_config(config, tokenizer, name: str = "random", seed: int = 0) -> Model:

@@ -21,7 +21,8 @@ def accuracy_bars(results: pd.DataFrame, title: str | None = None) -> go.Figure:
     model = ", ".join(results["model"].unique())
     fig.update_layout(
         barmode="group", title=title or f"Accuracy per task ({model})", yaxis=dict(title="accuracy", range=[0, 1]),
-        legend=dict(orientation="h", y=1.08, x=0), height=480, width=1200, margin=dict(b=160),
+        legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0), height=500, width=1200,
+        margin=dict(t=100, b=160),
     )
     return fig
 

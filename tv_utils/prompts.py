@@ -59,19 +59,24 @@ def encode(tokenizer, texts, prepend_ids=()) -> list[list[int]]:
 
 def answer_token_ids(tokenizer, answer: str, fmt: PromptFormat = DEFAULT_FORMAT) -> list[int]:
     """The answer's tokens as they follow `->` in a prompt."""
+    return answers_token_ids(tokenizer, [answer], fmt)[0]
+
+
+def answers_token_ids(tokenizer, answers: list[str], fmt: PromptFormat = DEFAULT_FORMAT) -> list[list[int]]:
+    """answer_token_ids for many answers in two tokenizer calls."""
     context = fmt.query("x")
     ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
-    full = tokenizer(context + " " + answer, add_special_tokens=False)["input_ids"]
-    if full[: len(ctx)] == ctx and len(full) > len(ctx):
-        return list(full[len(ctx):])
-    return list(tokenizer(" " + answer, add_special_tokens=False)["input_ids"])
+    full = tokenizer([context + " " + a for a in answers], add_special_tokens=False)["input_ids"]
+    bare = tokenizer([" " + a for a in answers], add_special_tokens=False)["input_ids"]
+    return [list(f[len(ctx):]) if f[: len(ctx)] == ctx and len(f) > len(ctx) else list(b)
+            for f, b in zip(full, bare)]
 
 
 def usable_task(task: Task, tokenizer, fmt: PromptFormat = DEFAULT_FORMAT) -> tuple[Task, dict[str, int]]:
     """The task restricted to pairs this tokenizer can score, and each kept answer's target token."""
     kept, targets = [], {}
-    for x, y in task.pairs:
-        ids = answer_token_ids(tokenizer, y, fmt)
+    answers = [y for _, y in task.pairs]
+    for (x, y), ids in zip(task.pairs, answers_token_ids(tokenizer, answers, fmt)):
         if ids and (task.multi_token_answers or len(ids) == 1):
             kept.append((x, y))
             targets[y] = ids[0]
@@ -86,10 +91,12 @@ def _stripped_vocab(tokenizer) -> list[str]:
 def hits(tokenizer, predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Which predicted token ids match the target ids (broadcast), comparing their stripped text.
 
-    Tokens whose text is only white space match only themselves.
+    Tokens whose text is only white space, and ids beyond the tokenizer (a model's padded vocabulary),
+    match only themselves.
     """
     vocab = _stripped_vocab(tokenizer)
+    text = lambda i: vocab[i] if i < len(vocab) else ""  # noqa: E731
     predicted, target = torch.broadcast_tensors(predicted.cpu(), target.cpu())
-    same = [p == t or (vocab[p] != "" and vocab[p] == vocab[t]) for p, t in zip(predicted.flatten().tolist(),
-                                                                              target.flatten().tolist())]
+    same = [p == t or (text(p) != "" and text(p) == text(t)) for p, t in zip(predicted.flatten().tolist(),
+                                                                           target.flatten().tolist())]
     return torch.tensor(same, dtype=torch.bool).view(predicted.shape)

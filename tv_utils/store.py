@@ -8,6 +8,17 @@ import tempfile
 from pathlib import Path
 
 
+FIGURES = Path(__file__).resolve().parent.parent / "figures"
+
+
+def precomputed(name: str, folder: str | Path = FIGURES):
+    """A committed result table, e.g. precomputed("reproduce_gemma3-270m_per_layer"), or None if absent."""
+    import pandas as pd
+
+    path = Path(folder) / f"{name}.csv"
+    return pd.read_csv(path) if path.exists() else None
+
+
 def write_atomic(path: str | Path, data: str | bytes) -> Path:
     """Write to a temporary file beside `path`, then rename it into place."""
     path = Path(path)

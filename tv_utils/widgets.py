@@ -1,0 +1,260 @@
+"""ipywidgets for the notebooks. Explorers over precomputed tables respond instantly; the few that need
+the model (ICL playground, your own task, conflicting pair) run it on demand for a handful of episodes.
+
+Each builder returns the widget box; the figure and table live in Output areas that are redrawn on change.
+"""
+
+from __future__ import annotations
+
+import html
+
+import ipywidgets as w
+import pandas as pd
+from IPython.display import HTML, display
+
+from . import plots
+
+
+def _table_html(df: pd.DataFrame, css_class: str, float_format="{:.2f}") -> HTML:
+    return HTML(df.to_html(index=False, classes=css_class, float_format=float_format.format, border=0))
+
+
+def layer_explorer(per_layer: pd.DataFrame, start: int | None = None) -> w.VBox:
+    """Slider over layers and a task dropdown: the accuracy curves with the chosen layer marked, and the
+    per-task accuracy at that layer (from a precomputed per-layer table)."""
+    layers = sorted(per_layer["layer"].unique())
+    mean = per_layer.groupby("layer")["dev_acc"].mean()
+    best = int(mean.idxmax())
+    slider = w.IntSlider(value=best if start is None else start, min=layers[0], max=layers[-1],
+                         description="layer", continuous_update=False)
+    tasks = ["all tasks"] + list(dict.fromkeys(per_layer["task"]))
+    task = w.Dropdown(options=tasks, description="task")
+    note = w.HTML()
+    figure_out, table_out = w.Output(), w.Output()
+
+    def redraw(_=None):
+        df = per_layer if task.value == "all tasks" else per_layer[per_layer.task == task.value]
+        layer = slider.value
+        at_layer = df[df.layer == layer][["task", "category", "dev_acc"]].rename(columns={"dev_acc": "accuracy"})
+        note.value = (f"<b>layer {layer}</b>: mean accuracy <b class='tv-layer-acc'>{at_layer.accuracy.mean():.2f}"
+                      f"</b> (best mean layer: {best})")
+        with figure_out:
+            figure_out.clear_output(wait=True)
+            plots.layer_curves(df, highlight=layer, title=f"Task-vector accuracy by layer (layer {layer} marked)").show()
+        with table_out:
+            table_out.clear_output(wait=True)
+            display(_table_html(at_layer.sort_values("accuracy", ascending=False), "tv-layer-table"))
+
+    slider.observe(redraw, "value")
+    task.observe(redraw, "value")
+    redraw()
+    return w.VBox([w.HBox([slider, task]), note, figure_out, table_out])
+
+
+def geometry_explorer(emb: pd.DataFrame, scores: pd.DataFrame | None = None) -> w.VBox:
+    """Dropdowns for layer, method and colouring over precomputed 2-D embeddings of task vectors."""
+    layer = w.Dropdown(options=sorted(emb.layer.unique()), description="layer")
+    method = w.Dropdown(options=sorted(emb.method.unique()), description="method")
+    colour = w.Dropdown(options=["task", "category"], description="colour by")
+    note, out = w.HTML(), w.Output()
+
+    def redraw(_=None):
+        if scores is not None:
+            row = scores[scores.layer == layer.value].iloc[0]
+            note.value = (f"layer {layer.value}: kNN task identification <b>{row.knn_accuracy:.2f}</b>, "
+                          f"silhouette <b>{row.silhouette:.2f}</b>")
+        with out:
+            out.clear_output(wait=True)
+            plots.geometry_scatter(emb, layer.value, method.value, colour.value).show()
+
+    for control in (layer, method, colour):
+        control.observe(redraw, "value")
+    redraw()
+    return w.VBox([w.HBox([layer, method, colour]), note, out])
+
+
+def vocab_explorer(top: pd.DataFrame, n: int = 8) -> w.VBox:
+    """Slider over layers: the top word-like tokens of each task's mean theta at that layer."""
+    layers = sorted(top.layer.unique())
+    slider = w.SelectionSlider(options=layers, value=layers[len(layers) // 2], description="layer",
+                               continuous_update=False)
+    out = w.Output()
+
+    def redraw(_=None):
+        df = top[(top.layer == slider.value) & (top["rank"] < n)]
+        table = df.groupby("task", sort=False)["token"].apply(", ".join).reset_index()
+        with out:
+            out.clear_output(wait=True)
+            display(_table_html(table.rename(columns={"token": f"top tokens at layer {slider.value}"}),
+                                "tv-vocab-table"))
+
+    slider.observe(redraw, "value")
+    redraw()
+    return w.VBox([slider, out])
+
+
+def alpha_explorer(table: pd.DataFrame) -> w.VBox:
+    """Slider over alpha on a precomputed interpolation table: accuracy on A and B at that mix."""
+    df = table[table.kind == "alpha"].reset_index(drop=True)
+    slider = w.SelectionSlider(options=[round(v, 2) for v in df.value], value=round(df.value.iloc[-1], 2),
+                               description="α", continuous_update=False)
+    note, out = w.HTML(), w.Output()
+    a, b = df.task_a.iloc[0], df.task_b.iloc[0]
+
+    def redraw(_=None):
+        row = df.iloc[(df.value - slider.value).abs().argmin()]
+        note.value = (f"α = {slider.value}: accuracy on {a} <b>{row.acc_a:.2f}</b>, on {b} <b>{row.acc_b:.2f}</b>")
+        with out:
+            out.clear_output(wait=True)
+            fig = plots.interpolation_curves(table)
+            fig.add_vline(x=slider.value, line_dash="dash")
+            fig.show()
+
+    slider.observe(redraw, "value")
+    redraw()
+    return w.VBox([slider, note, out])
+
+
+def icl_example(model, task, k: int = 5, n: int = 10) -> dict:
+    """One ICL prompt of `task` with k demonstrations, the model's answer to it, and ICL vs zero-shot accuracy
+    over n test episodes (what the ICL playground shows)."""
+    from . import engine
+    from .experiments import Protocol, accuracy, prepare_split
+    from .prompts import DEFAULT_FORMAT
+
+    s = prepare_split(model, task, "test", n, Protocol(k=k))
+    ep = s.episodes[0]
+    base = engine.next_tokens(model, s.queries)
+    return {"prompt": DEFAULT_FORMAT.icl(ep.demos, ep.query[0]), "answer": model.decode_token(s.icl_pred[0]),
+            "expected": ep.query[1], "icl_accuracy": accuracy(model, s.icl_pred, s.target),
+            "zero_shot_accuracy": accuracy(model, base, s.target), "n": n}
+
+
+def icl_playground(model, task_names, n: int = 10) -> w.VBox:
+    """Pick a task and a number of demonstrations: see one prompt, the model's answer and the accuracy
+    over n episodes, with and without the demonstrations."""
+    task = w.Dropdown(options=list(task_names), description="task")
+    k = w.IntSlider(value=5, min=1, max=10, description="demos", continuous_update=False)
+    run = w.Button(description="Run", button_style="primary")
+    out = w.Output()
+
+    def go(_=None):
+        with out:
+            out.clear_output(wait=True)
+            r = icl_example(model, task.value, k.value, n)
+            display(HTML(f"<pre class='tv-prompt'>{html.escape(r['prompt'])}</pre>"
+                         f"<p>model's answer: <b class='tv-answer'>{html.escape(r['answer'])}"
+                         f"</b> (expected {html.escape(r['expected'])})</p>"
+                         f"<p>accuracy over {n} episodes: ICL <b>{r['icl_accuracy']:.2f}</b>, "
+                         f"zero-shot <b>{r['zero_shot_accuracy']:.2f}</b></p>"))
+
+    run.on_click(go)
+    return w.VBox([w.HBox([task, k, run]), out])
+
+
+EXAMPLE_TASK = """Apple -> Red
+Lime -> Green
+Banana -> Yellow
+Grass -> Green
+Blood -> Red
+Sky -> Blue
+Snow -> White
+Coal -> Black"""
+
+
+def custom_task_table(model, pairs, queries, layer: int) -> tuple[pd.DataFrame, dict]:
+    """Your own task: theta from `input -> output` pairs (text or a list of tuples), then each query answered
+    zero-shot, with ICL, and with `x ->` + theta at `layer`. The last 2 pairs' inputs serve as the dummy
+    queries x' (as in the paper, x' is not among the demonstrations); the other pairs are the demonstrations.
+
+    Returns (table with one row per query, {"demos": ..., "dummies": ...}).
+    """
+    from . import engine
+    from .analysis import patch_shared
+    from .prompts import DEFAULT_FORMAT
+    from .tasks import Episode, make_task, parse_pairs
+
+    task = make_task("custom", parse_pairs(pairs) if isinstance(pairs, str) else pairs)
+    if len(task.pairs) < 3:
+        raise ValueError(f"give at least 3 pairs (demonstrations plus 2 dummy queries), got {len(task.pairs)}")
+    queries = [q.strip() for q in (queries.split(",") if isinstance(queries, str) else queries) if q.strip()]
+    if not queries:
+        raise ValueError("type at least one query, separated by commas")
+    model.check_layer(layer)
+    demos, dummies = task.pairs[:-2], tuple(x for x, _ in task.pairs[-2:])
+    theta, _ = engine.episode_states(model, [Episode(demos, dummies, (dummies[0], ""))], icl=False)
+    query_ids = model.encode([DEFAULT_FORMAT.query(q) for q in queries])
+    tv = patch_shared(model, query_ids, theta[0, layer], layer)
+    icl = engine.next_tokens(model, model.encode([DEFAULT_FORMAT.icl(demos, q) for q in queries]))
+    zero = engine.next_tokens(model, query_ids)
+    table = pd.DataFrame({"query": queries,
+                          "zero-shot": [model.decode_token(i) for i in zero.tolist()],
+                          "ICL": [model.decode_token(i) for i in icl.tolist()],
+                          f"task vector (layer {layer})": [model.decode_token(i) for i in tv.tolist()]})
+    return table, {"demos": demos, "dummies": dummies}
+
+
+def custom_task_widget(model, layer: int) -> w.VBox:
+    """Type `input -> output` lines, build theta from them, and answer new queries with `x ->` + theta."""
+    pairs_box = w.Textarea(value=EXAMPLE_TASK, description="pairs", layout=w.Layout(width="420px", height="170px"))
+    queries_box = w.Text(value="Corn, Cherry, Ocean", description="queries")
+    run = w.Button(description="Build θ and answer", button_style="primary", layout=w.Layout(width="200px"))
+    out = w.Output()
+
+    def go(_=None):
+        with out:
+            out.clear_output(wait=True)
+            try:
+                table, info = custom_task_table(model, pairs_box.value, queries_box.value, layer)
+            except ValueError as e:
+                display(HTML(f"<p class='tv-error' style='color:#b00'>{html.escape(str(e))}</p>"))
+                return
+            display(HTML(f"<p>θ: {len(info['demos'])} demonstrations, averaged over the dummy queries "
+                         f"{', '.join(html.escape(d) for d in info['dummies'])}.</p>"))
+            display(_table_html(table, "tv-custom-table"))
+
+    run.on_click(go)
+    return w.VBox([pairs_box, queries_box, run, out])
+
+
+def conflict_partners(task_a: str, min_shared: int = 8) -> list[str]:
+    """Tasks that share at least `min_shared` inputs with task_a (so demos of A can be scored on B's answers)."""
+    from .tasks import TASK_NAMES, get_task
+
+    inputs = {x for x, _ in get_task(task_a).pairs}
+    return [b for b in TASK_NAMES if b != task_a and len(inputs & {x for x, _ in get_task(b).pairs}) >= min_shared]
+
+
+def conflict_widget(model, n: int = 10, layer: int | None = None, start=("en_es", "en_fr")) -> w.VBox:
+    """Pick task A (the demonstrations) and task B (the patched theta), press Run: accuracy on A's and B's
+    answers with plain ICL and with theta(B) patched in (`analysis.conflicting_tasks` on n episodes)."""
+    from .analysis import conflicting_tasks
+    from .tasks import TASK_NAMES
+
+    sources = [t for t in TASK_NAMES if conflict_partners(t)]
+    a = w.Dropdown(options=sources, value=start[0], description="task A (demos)")
+    b = w.Dropdown(options=conflict_partners(start[0]), value=start[1], description="task B (θ)")
+    run = w.Button(description="Run", button_style="primary")
+    out = w.Output()
+
+    def partners(_=None):
+        b.options = conflict_partners(a.value)
+
+    def go(_=None):
+        with out:
+            out.clear_output(wait=True)
+            try:
+                table = conflicting_tasks(model, [(a.value, b.value)], n=n, layer=layer)
+            except (KeyError, ValueError) as e:
+                display(HTML(f"<p class='tv-error' style='color:#b00'>{html.escape(str(e))}</p>"))
+                return
+            conflict = table[table.method == "ICL + theta of B"].iloc[0]
+            followed = b.value if conflict.acc_b > conflict.acc_a else a.value
+            display(_table_html(table[["method", "layer", "acc_a", "acc_b"]], "tv-conflict-table"))
+            display(HTML(f"<p>with θ({html.escape(b.value)}) patched over demonstrations of {html.escape(a.value)}, "
+                         f"the model follows <b class='tv-followed'>{html.escape(followed)}</b></p>"))
+            plots.conflict_bars(table).show()
+
+    a.observe(partners, "value")
+    run.on_click(go)
+    return w.VBox([w.HBox([a, b, run]), out])
