@@ -97,7 +97,7 @@ def test_projection_of_last_layer_is_the_models_own_output(tiny_llama):
 def test_vocabulary_projection_tables(tiny_llama):
     top, ranks = analysis.vocabulary_projection(tiny_llama, ["next_letter"], layers=[1, 3], n=4, k=3, protocol=P)
     assert set(ranks.layer) == {1, 3} and ranks.top1.between(0, 1).all()
-    assert set(top.columns) >= {"task", "layer", "rank", "token", "prob"}
+    assert set(top.columns) >= {"task", "layer", "rank", "token", "prob", "specific", "shared_by"}
     assert top.empty  # a char tokenizer has no word-like tokens (two letters or more) to list
 
 
@@ -123,3 +123,13 @@ def test_task_vectors_save_and_load(tiny_llama, tmp_path):
     loaded = analysis.TaskVectors.load(tv.save(tmp_path / "tv", layers=[1, 3]))
     assert loaded.saved_layers == [1, 3] and loaded.meta.equals(tv.meta)
     torch.testing.assert_close(loaded.theta[:, 3], tv.theta[:, 3].half().float())
+
+
+def test_results_are_written_atomically_with_normal_permissions(tmp_path):
+    import os
+
+    from tv_utils import store
+
+    path = store.write_atomic(tmp_path / "sub" / "x.csv", "a,b\n")
+    assert path.read_text() == "a,b\n" and os.stat(path).st_mode & 0o044  # group/other can read
+    assert [p.name for p in path.parent.iterdir()] == ["x.csv"]  # no temporary file left

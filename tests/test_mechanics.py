@@ -113,3 +113,12 @@ def test_traces_survive_nnsight_remote_simulation(family_model, request):
     patched = iv.patched_logits(model, seqs, local[:, 2], 2)
     torch.testing.assert_close(iv.patched_logits(model, seqs, local[:, 2], 2, remote="local"), patched,
                                atol=1e-5, rtol=0)
+
+
+def test_bench_sweep_methods_agree(tiny_llama):
+    """The benchmark's three sweep methods (straightforward, paper's KV cache, engine) give equal answers."""
+    from tv_utils.bench import bench_sweeps
+    from tv_utils.experiments import Protocol
+
+    table = bench_sweeps(tiny_llama, ["next_letter"], Protocol(k=3, n_dev=6))
+    assert table["same_answers"].all() and len(table) == 3

@@ -161,3 +161,16 @@ def test_scoring_ignores_leading_space_but_not_case(tokenizer):
     target = torch.tensor([ids(" P"), ids(" P"), ids(" P"), ids(" "), ids(" ")])
     assert hits(tokenizer, predicted, target).tolist() == [True, True, False, False, True]
     assert hits(tokenizer, predicted[:, None], target[None, :2]).shape == (5, 2)
+
+
+def test_cli_reports_bad_input_in_one_line():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "tv_utils", "reproduce", "--tasks", "en_fr", "en_xx"],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "unknown task(s) en_xx; valid tasks: next_letter" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "tv_utils", "install-model", "llama-9000"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: unknown embedded model 'llama-9000'")
+    assert "Traceback" not in proc.stderr

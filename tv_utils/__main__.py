@@ -135,11 +135,12 @@ def cmd_vocab(args) -> None:
     stem = _stem(args, "vocab", model.name)
     store.save_table(top, f"{stem}_top_tokens.csv")
     store.save_table(ranks, f"{stem}_answer_rank.csv")
-    store.save_figure(plots.top_tokens_table(top, layer), f"{stem}_top_tokens")
+    store.save_figure(plots.top_tokens_table(top[top.specific], layer), f"{stem}_top_tokens")
     store.save_figure(plots.answer_rank_curves(ranks, highlight=layer), f"{stem}_answer_rank")
-    at = top[top.layer == layer].groupby("task", sort=False)["token"].apply(lambda s: ", ".join(s[:8]))
-    print(f"top tokens of mean theta at layer {layer}:")
-    print(at.to_string())
+    for specific, title in ((False, "raw"), (True, "task-specific (tokens shared by many tasks removed)")):
+        at = top[(top.layer == layer) & (top.specific == specific)]
+        print(f"top tokens of mean theta at layer {layer}, {title}:")
+        print(at.groupby("task", sort=False)["token"].apply(lambda s: ", ".join(s[:8])).to_string())
 
 
 def cmd_beyond(args) -> None:
@@ -224,8 +225,8 @@ def main(argv=None) -> None:
     p.set_defaults(func=cmd_vocab, n=20)
     p = analysis_parser("beyond", "interpolation, a reusable task-vector library and its cost, robustness",
                         ("en_fr", "antonyms", "country_capital", "next_letter", "present_simple_past_simple"))
-    p.add_argument("--task-a", default="en_fr")
-    p.add_argument("--task-b", default="en_es")
+    p.add_argument("--task-a", default="present_simple_past_simple")
+    p.add_argument("--task-b", default="present_simple_gerund")
     p.set_defaults(func=cmd_beyond)
 
     p = sub.add_parser("bench", help="timings side by side: sweep methods, nnsight vs hooks, reproduce")
@@ -244,7 +245,10 @@ def main(argv=None) -> None:
     p.set_defaults(func=cmd_install_model)
 
     args = parser.parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except (ValueError, KeyError, ImportError) as e:  # bad input: one clear line, not a traceback
+        sys.exit(f"error: {e.args[0] if e.args else e}")
 
 
 if __name__ == "__main__":

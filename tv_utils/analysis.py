@@ -263,21 +263,23 @@ def top_tokens(model: Model, theta: torch.Tensor, k: int = 10, pool: int = 200) 
     return out
 
 
-def vocabulary_projection(model: Model, tasks=TASK_NAMES, layers=None, n: int = 20, k: int = 10,
+def vocabulary_projection(model: Model, tasks=TASK_NAMES, layers=None, n: int = 20, k: int = 10, pool: int = 60,
                           protocol: Protocol = PAPER) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(top tokens of the mean theta per task and layer, rank of the true answers per task and layer).
 
-    The rank table is a logit lens on theta: where the episode's own answer token ranks (0 = top).
+    Every task's theta shares a large common component, so its raw top tokens start with the same few
+    tokens for every task. `specific=True` rows drop tokens that rank high for more than a quarter of
+    the tasks at that layer, which leaves the task-related ones. The rank table is a logit lens on
+    theta: where the episode's own answer token ranks (0 = top).
     """
     layers = list(range(model.n_layers)) if layers is None else list(layers)
-    top_rows, rank_rows = [], []
+    candidates, rank_rows = [], []
     for name in tasks:
         s = prepare_split(model, name, "test", n, protocol, icl=False)
         mean = s.theta.float().mean(0)  # [n_layers, H]
-        for layer, tokens in zip(layers, top_tokens(model, mean[layers], k)):
-            for rank, (token, prob) in enumerate(tokens):
-                top_rows.append({"model": model.name, "task": name, "layer": layer, "rank": rank, "token": token,
-                                 "prob": prob})
+        for layer, tokens in zip(layers, top_tokens(model, mean[layers], pool)):
+            for token, prob in tokens:
+                candidates.append({"model": model.name, "task": name, "layer": layer, "token": token, "prob": prob})
         for layer in layers:
             logp = project(model, s.theta[:, layer].float())
             target_logp = logp.gather(1, s.target.cpu()[:, None])
@@ -285,8 +287,19 @@ def vocabulary_projection(model: Model, tasks=TASK_NAMES, layers=None, n: int = 
             rank_rows.append({"model": model.name, "task": name, "layer": layer,
                               "median_rank": ranks.median().item(), "top1": (ranks == 0).float().mean().item(),
                               "mean_prob": target_logp.exp().mean().item()})
-    top_columns = ["model", "task", "layer", "rank", "token", "prob"]
-    return pd.DataFrame(top_rows, columns=top_columns), pd.DataFrame(rank_rows)
+    cand = pd.DataFrame(candidates, columns=["model", "task", "layer", "token", "prob"])
+    shared = cand.groupby(["layer", "token"])["task"].transform("nunique")
+    cand["shared_by"] = shared
+    limit = max(2, len(list(tasks)) // 4)
+    frames = []
+    for specific, part in (("raw", cand), ("specific", cand[shared <= limit])):
+        part = part.groupby(["task", "layer"], sort=False).head(k).copy()
+        part["rank"] = part.groupby(["task", "layer"], sort=False).cumcount()
+        part["specific"] = specific == "specific"
+        frames.append(part)
+    top = pd.concat(frames, ignore_index=True)[["model", "task", "layer", "specific", "rank", "token", "prob",
+                                                 "shared_by"]]
+    return top, pd.DataFrame(rank_rows)
 
 
 # ---------------------------------------------------------------- beyond the paper: arithmetic

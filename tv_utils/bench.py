@@ -2,7 +2,8 @@
 reproduce, timed side by side in one process on the same inputs, with ratios.
 
 Sweep methods (theta for every dev episode, then every layer x every dev query):
-- straightforward: nnsight; theta from each dummy prompt in full, and for each layer the whole query prompt again;
+- straightforward: nnsight as a first version would use it: theta from each dummy prompt in full, and for
+  each layer the whole query prompt again, with the model's default head (logits for every position);
 - kv-cache (the paper's code): theta from full dummy prompts; the query minus its last token cached once,
   then for each layer only the last token is re-run (batch = queries) and read through the head;
 - engine: `engine.episode_states` + `engine.layer_sweep` (shared demo prefix, all layers in one batch).
@@ -53,10 +54,10 @@ def _dev_inputs(model: Model, task: str, protocol: Protocol):
 
 
 def sweep_straightforward(model: Model, episodes, dummies, queries, n_dummies: int) -> torch.Tensor:
-    theta = iv.task_vectors(model, dummies, n_dummies)
+    theta = iv.task_vectors(model, dummies, n_dummies, logits_to_keep=0)
     cols = []
     for layer in range(model.n_layers):
-        cols.append(iv.patched_logits(model, queries, theta[:, layer], layer).argmax(-1))
+        cols.append(iv.patched_logits(model, queries, theta[:, layer], layer, logits_to_keep=0).argmax(-1))
     return torch.stack(cols, dim=1)
 
 
@@ -90,7 +91,7 @@ def bench_sweeps(model: Model, tasks, protocol: Protocol = PAPER, methods=tuple(
         inputs = _dev_inputs(model, task, protocol)
         answers = {}
         for name in methods:
-            answers[name], seconds = timed(model, SWEEPS[name], *inputs, protocol.n_dummies)
+            answers[name], seconds = timed(model, SWEEPS[name], model, *inputs, protocol.n_dummies)
             rows.append({"task": task, "method": name, "seconds": seconds})
         for row in rows[-len(methods):]:
             row["same_answers"] = bool(torch.equal(answers[row["method"]].cpu(), answers["engine"].cpu()))

@@ -8,6 +8,10 @@
 
 It drives the transformers modules with plain forward hooks (the nnsight API stays in `interventions`);
 tests check that both give the same answers.
+
+Not done: in a sweep, layers up to L of a row patched at L are computed and then overwritten. Skipping
+them would halve the sweep's body work (not its head, which dominates on large vocabularies), but it
+needs decoder layers called one by one with each family's call arguments.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ import os
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
-
 from tqdm.auto import tqdm
 
 from .interventions import _chunks, _hidden, pad_left
@@ -147,7 +150,7 @@ def layer_sweep(model: Model, seqs: list[list[int]], theta: torch.Tensor, layers
     layers = list(range(model.n_layers)) if layers is None else [model.check_layer(l) for l in layers]
     if theta.dim() == 2:
         theta = theta.expand(len(seqs), -1, -1)
-    theta = theta.to(model.dtype)
+    theta = theta.to(model.device, model.dtype)  # e.g. a stored library on the CPU, a model on the GPU
     per_chunk = max(1, _rows(model, SWEEP_ROWS) // len(layers))
     out = []
     for part in _steps(len(seqs), per_chunk, progress):
@@ -156,7 +159,7 @@ def layer_sweep(model: Model, seqs: list[list[int]], theta: torch.Tensor, layers
         prefix_mask, cache = _cached_prefix(model, [s[:-1] for s in chunk])
         cache.batch_repeat_interleave(k)
         batch = _suffix_batch(model, prefix_mask, [[s[-1]] for s in chunk for _ in layers], k)
-        rows = torch.arange(n, device=theta.device) * k
+        rows = torch.arange(n, device=model.device) * k
         patch = {layer: (rows + j, theta[part][:, layer]) for j, layer in enumerate(layers)}
         final, _, _ = _forward(model, batch, cache=cache, patch=patch)
         out.append(predict(model, final).view(n, k))

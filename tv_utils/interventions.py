@@ -5,7 +5,8 @@
 
 Layer outputs are `[batch, seq, hidden]` tensors in most transformers-5 models but tuples for some
 (GPT-J); `_hidden` (and the same two lines inside each trace) takes the tensor either way. Prompts are left-padded, so the last token is at -1.
-All traces live inside functions, and loops are plain `for` loops (nnsight cannot trace comprehensions).
+Each trace lives in its own small function whose locals are only nnsight envoys, the batch and tensors
+(remote execution pickles them), and loops are plain `for` loops (nnsight cannot trace comprehensions).
 
 `remote=True` sends a trace to NDIF (a model from `models.load_remote`, an NDIF API key);
 `remote="local"` runs nnsight's local simulation of that path (serialize, hide our modules, run), which
@@ -42,26 +43,45 @@ def _chunks(n: int, size: int):
         yield slice(start, min(n, start + size))
 
 
+def _capture_trace(lm, layers, batch, remote, logits_to_keep):
+    """One nnsight trace: save every layer's output at the last token."""
+    with lm.trace(batch, logits_to_keep=logits_to_keep, remote=remote):
+        states = list().save()
+        for layer in layers:
+            output = layer.output
+            hidden = output[0] if isinstance(output, tuple) else output
+            states.append(hidden[:, -1])
+    return states
+
+
+def _patch_trace(lm, target, values, batch, remote, logits_to_keep):
+    """One nnsight trace: write `values` over the last token's output of `target` (or nothing if None)."""
+    with lm.trace(batch, logits_to_keep=logits_to_keep, remote=remote):
+        if target is not None:
+            output = target.output
+            hidden = output[0] if isinstance(output, tuple) else output
+            hidden[:, -1] = values
+        logits = lm.output.logits[:, -1].save()
+    return logits
+
+
 @torch.no_grad()
-def capture(model: Model, seqs: list[list[int]], batch_size: int = 32, remote: bool = False) -> torch.Tensor:
-    """Last-token hidden state after every layer: [n_prompts, n_layers, hidden]."""
+def capture(model: Model, seqs: list[list[int]], batch_size: int = 32, remote: bool | str = False,
+            logits_to_keep: int = 1) -> torch.Tensor:
+    """Last-token hidden state after every layer: [n_prompts, n_layers, hidden].
+
+    logits_to_keep=1 computes the head for the last position only (0: every position, as a plain
+    forward would; the benchmark's straightforward method does that)."""
     out = []
-    layers = model.nn_layers()
     for part in _chunks(len(seqs), batch_size):
-        batch = pad_left(model, seqs[part])
-        with model.nn.trace(batch, logits_to_keep=1, remote=remote):
-            states = list().save()
-            for layer in layers:
-                output = layer.output
-                hidden = output[0] if isinstance(output, tuple) else output
-                states.append(hidden[:, -1])
+        states = _capture_trace(model.nn, model.nn_layers(), pad_left(model, seqs[part]), remote, logits_to_keep)
         out.append(torch.stack(states, dim=1).to(theta_device(model)))
     return torch.cat(out)
 
 
 @torch.no_grad()
 def patched_logits(model: Model, seqs: list[list[int]], theta: torch.Tensor, layer: int | None,
-                   batch_size: int = 32, remote: bool = False) -> torch.Tensor:
+                   batch_size: int = 32, remote: bool | str = False, logits_to_keep: int = 1) -> torch.Tensor:
     """Next-token logits [n_prompts, vocab] with the last token's layer-`layer` state set to theta.
 
     theta is [hidden] (one vector for all prompts) or [n_prompts, hidden]; layer=None runs unpatched.
@@ -72,14 +92,8 @@ def patched_logits(model: Model, seqs: list[list[int]], theta: torch.Tensor, lay
     target = model.nn_layers()[layer] if layer is not None else None
     out = []
     for part in _chunks(len(seqs), batch_size):
-        batch = pad_left(model, seqs[part])
         values = theta[part].to(model.dtype) if target is not None else None
-        with model.nn.trace(batch, logits_to_keep=1, remote=remote):
-            if target is not None:
-                output = target.output
-                hidden = output[0] if isinstance(output, tuple) else output
-                hidden[:, -1] = values
-            logits = model.nn.output.logits[:, -1].save()
+        logits = _patch_trace(model.nn, target, values, pad_left(model, seqs[part]), remote, logits_to_keep)
         out.append(logits.float().to(theta_device(model)))
     return torch.cat(out)
 

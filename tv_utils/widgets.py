@@ -74,14 +74,17 @@ def geometry_explorer(emb: pd.DataFrame, scores: pd.DataFrame | None = None) -> 
 
 
 def vocab_explorer(top: pd.DataFrame, n: int = 8) -> w.VBox:
-    """Slider over layers: the top word-like tokens of each task's mean theta at that layer."""
+    """Slider over layers: the top word-like tokens of each task's mean theta at that layer, either raw
+    or task-specific (tokens that rank high for many tasks removed; see `analysis.vocabulary_projection`)."""
     layers = sorted(top.layer.unique())
     slider = w.SelectionSlider(options=layers, value=layers[len(layers) // 2], description="layer",
                                continuous_update=False)
+    kind = w.ToggleButtons(options=["task-specific", "raw"], description="tokens")
     out = w.Output()
 
     def redraw(_=None):
-        df = top[(top.layer == slider.value) & (top["rank"] < n)]
+        specific = kind.value == "task-specific"
+        df = top[(top.layer == slider.value) & (top["rank"] < n) & (top["specific"] == specific)]
         table = df.groupby("task", sort=False)["token"].apply(", ".join).reset_index()
         with out:
             out.clear_output(wait=True)
@@ -89,8 +92,9 @@ def vocab_explorer(top: pd.DataFrame, n: int = 8) -> w.VBox:
                                 "tv-vocab-table"))
 
     slider.observe(redraw, "value")
+    kind.observe(redraw, "value")
     redraw()
-    return w.VBox([slider, out])
+    return w.VBox([w.HBox([slider, kind]), out])
 
 
 def alpha_explorer(table: pd.DataFrame) -> w.VBox:
@@ -258,3 +262,22 @@ def conflict_widget(model, n: int = 10, layer: int | None = None, start=("en_es"
     a.observe(partners, "value")
     run.on_click(go)
     return w.VBox([w.HBox([a, b, run]), out])
+
+
+def results_explorer(results: pd.DataFrame, per_layer: pd.DataFrame) -> w.VBox:
+    """Pick a task: its Baseline / ICL / task-vector accuracy and its accuracy per layer (precomputed)."""
+    task = w.Dropdown(options=list(results["task"]), description="task")
+    note, out = w.HTML(), w.Output()
+
+    def redraw(_=None):
+        row = results[results.task == task.value].iloc[0]
+        note.value = (f"<span class='tv-result'><b>{row.task}</b> ({row.category}): baseline {row.baseline:.2f}, "
+                      f"ICL {row.icl:.2f}, task vector {row.tv:.2f} at layer {row.best_layer}</span>")
+        with out:
+            out.clear_output(wait=True)
+            plots.layer_curves(per_layer[per_layer.task == task.value], highlight=int(row.best_layer),
+                               title=f"{task.value}: task-vector accuracy by layer").show()
+
+    task.observe(redraw, "value")
+    redraw()
+    return w.VBox([task, note, out])
