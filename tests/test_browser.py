@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "test-output" / "browser"
@@ -45,7 +46,7 @@ def lab(tmp_path_factory):
     proc = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
          f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root / 'notebooks'}",
-         "--ServerApp.open_browser=False", "--LabApp.news_url=", "--LabServerApp.extension_manager=readonly"],
+         "--ServerApp.open_browser=False", "--LabApp.news_url=", "--allow-root"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     base = f"http://127.0.0.1:{port}"
     try:
@@ -61,12 +62,22 @@ def lab(tmp_path_factory):
             raise RuntimeError("jupyter lab did not answer in 120 s")
         yield base, token
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        _stop(proc)
         log.close()
+
+
+def _stop(proc):
+    """Stop the server and everything it started (kernels): its whole process group."""
+    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 @pytest.fixture(scope="module")
@@ -131,10 +142,10 @@ def test_layer_slider_updates_figure_and_table(browser, lab):
         handle.focus()
         for _ in range(3):
             page.keyboard.press("ArrowLeft")
-        page.wait_for_function(
-            """([sel, old]) => { const t = document.querySelectorAll(sel);
-                                 return [...t].some(e => e.textContent.includes('layer') && !e.textContent.includes(old)); }""",
-            arg=[".gtitle", f"layer {before_layer} marked"], timeout=30_000)
+        expected = before_layer - 3
+        expect(explorer.locator(".tv-layer-acc").first.locator("xpath=..")).to_contain_text(
+            f"layer {expected}", timeout=30_000)
+        expect(explorer.locator(".gtitle").first).to_contain_text(f"layer {expected} marked", timeout=30_000)
         after = state()
         after_layer = int(re.search(r"layer (\d+)", after[2]).group(1))
         assert after_layer == before_layer - 3, (before, after)

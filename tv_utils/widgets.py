@@ -19,6 +19,26 @@ def _table_html(df: pd.DataFrame, css_class: str, float_format="{:.2f}") -> HTML
     return HTML(df.to_html(index=False, classes=css_class, float_format=float_format.format, border=0))
 
 
+def _show(out: w.Output, *objects) -> None:
+    """Replace what an Output widget shows (figures, HTML) by setting its outputs directly.
+
+    Capturing with `with out:` makes nbclient (nbconvert --execute, nbval) echo the captured output to the
+    kernel over the shell channel while the cell runs, which can leave it waiting for the cell's reply until
+    its timeout (jupyter/nbclient#312); setting the state avoids that and looks the same in a browser.
+    """
+    from IPython.core.interactiveshell import InteractiveShell
+
+    fmt = InteractiveShell.instance().display_formatter.format
+    outputs = []
+    for obj in objects:
+        if hasattr(obj, "_repr_mimebundle_"):  # plotly figures: the bundle of the current renderer
+            data, metadata = obj._repr_mimebundle_(), {}
+        else:
+            data, metadata = fmt(obj, exclude={"text/plain"})
+        outputs.append({"output_type": "display_data", "data": data, "metadata": metadata})
+    out.outputs = tuple(outputs)
+
+
 def layer_explorer(per_layer: pd.DataFrame, start: int | None = None) -> w.VBox:
     """Slider over layers and a task dropdown: the accuracy curves with the chosen layer marked, and the
     per-task accuracy at that layer (from a precomputed per-layer table)."""
@@ -38,12 +58,9 @@ def layer_explorer(per_layer: pd.DataFrame, start: int | None = None) -> w.VBox:
         at_layer = df[df.layer == layer][["task", "category", "dev_acc"]].rename(columns={"dev_acc": "accuracy"})
         note.value = (f"<b>layer {layer}</b>: mean accuracy <b class='tv-layer-acc'>{at_layer.accuracy.mean():.2f}"
                       f"</b> (best mean layer: {best})")
-        with figure_out:
-            figure_out.clear_output(wait=True)
-            plots.layer_curves(df, highlight=layer, title=f"Task-vector accuracy by layer (layer {layer} marked)").show()
-        with table_out:
-            table_out.clear_output(wait=True)
-            display(_table_html(at_layer.sort_values("accuracy", ascending=False), "tv-layer-table"))
+        _show(figure_out, plots.layer_curves(df, highlight=layer,
+                                             title=f"Task-vector accuracy by layer (layer {layer} marked)"))
+        _show(table_out, _table_html(at_layer.sort_values("accuracy", ascending=False), "tv-layer-table"))
 
     slider.observe(redraw, "value")
     task.observe(redraw, "value")
@@ -63,9 +80,7 @@ def geometry_explorer(emb: pd.DataFrame, scores: pd.DataFrame | None = None) -> 
             row = scores[scores.layer == layer.value].iloc[0]
             note.value = (f"layer {layer.value}: kNN task identification <b>{row.knn_accuracy:.2f}</b>, "
                           f"silhouette <b>{row.silhouette:.2f}</b>")
-        with out:
-            out.clear_output(wait=True)
-            plots.geometry_scatter(emb, layer.value, method.value, colour.value).show()
+        _show(out, plots.geometry_scatter(emb, layer.value, method.value, colour.value))
 
     for control in (layer, method, colour):
         control.observe(redraw, "value")
@@ -86,10 +101,8 @@ def vocab_explorer(top: pd.DataFrame, n: int = 8) -> w.VBox:
         specific = kind.value == "task-specific"
         df = top[(top.layer == slider.value) & (top["rank"] < n) & (top["specific"] == specific)]
         table = df.groupby("task", sort=False)["token"].apply(", ".join).reset_index()
-        with out:
-            out.clear_output(wait=True)
-            display(_table_html(table.rename(columns={"token": f"top tokens at layer {slider.value}"}),
-                                "tv-vocab-table"))
+        _show(out, _table_html(table.rename(columns={"token": f"top tokens at layer {slider.value}"}),
+                               "tv-vocab-table"))
 
     slider.observe(redraw, "value")
     kind.observe(redraw, "value")
@@ -108,11 +121,9 @@ def alpha_explorer(table: pd.DataFrame) -> w.VBox:
     def redraw(_=None):
         row = df.iloc[(df.value - slider.value).abs().argmin()]
         note.value = (f"α = {slider.value}: accuracy on {a} <b>{row.acc_a:.2f}</b>, on {b} <b>{row.acc_b:.2f}</b>")
-        with out:
-            out.clear_output(wait=True)
-            fig = plots.interpolation_curves(table)
-            fig.add_vline(x=slider.value, line_dash="dash")
-            fig.show()
+        fig = plots.interpolation_curves(table)
+        fig.add_vline(x=slider.value, line_dash="dash")
+        _show(out, fig)
 
     slider.observe(redraw, "value")
     redraw()
