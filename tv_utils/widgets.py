@@ -284,10 +284,8 @@ def results_explorer(results: pd.DataFrame, per_layer: pd.DataFrame) -> w.VBox:
         row = results[results.task == task.value].iloc[0]
         note.value = (f"<span class='tv-result'><b>{row.task}</b> ({row.category}): baseline {row.baseline:.2f}, "
                       f"ICL {row.icl:.2f}, task vector {row.tv:.2f} at layer {row.best_layer}</span>")
-        with out:
-            out.clear_output(wait=True)
-            plots.layer_curves(per_layer[per_layer.task == task.value], highlight=int(row.best_layer),
-                               title=f"{task.value}: task-vector accuracy by layer").show()
+        _show(out, plots.layer_curves(per_layer[per_layer.task == task.value], highlight=int(row.best_layer),
+                                      title=f"{task.value}: task-vector accuracy by layer"))
 
     task.observe(redraw, "value")
     redraw()
