@@ -4,6 +4,7 @@ JupyterLab runs from a temporary copy of notebooks/ on a free loopback port with
 committed notebooks are never touched. Screenshots go to test-output/browser/.
 """
 
+import json
 import os
 import re
 import secrets
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -41,12 +43,16 @@ def lab(tmp_path_factory):
         pytest.fail(f"Debian's chromium is missing at {CHROMIUM}: run scripts/setup.sh (apt-get install chromium)")
     root = tmp_path_factory.mktemp("lab")
     shutil.copytree(ROOT / "notebooks", root / "notebooks")
+    settings = root / "settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)  # no "get notified about Jupyter news?" toast over the screenshots
+    (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
     port, token = _free_port(), secrets.token_hex(16)
     log = open(root / "jupyter.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
          f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root / 'notebooks'}",
-         "--ServerApp.open_browser=False", "--LabApp.news_url=", "--allow-root"],
+         "--ServerApp.open_browser=False", f"--LabApp.user_settings_dir={root / 'settings'}",
+         f"--LabApp.workspaces_dir={root / 'workspaces'}", "--allow-root"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     base = f"http://127.0.0.1:{port}"
     try:
@@ -92,23 +98,38 @@ def browser():
             b.close()
 
 
-def _open_and_run_all(browser, lab, name: str):
+@contextmanager
+def _run_all(browser, lab, name: str):
+    """Open notebook `name` in JupyterLab, run all cells and wait until every one has finished; afterwards
+    close the page and shut its kernel down, so the next notebook does not compete with it."""
     base, token = lab
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(f"{base}/lab/tree/{name}.ipynb?token={token}", timeout=120_000)
-    page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=120_000)
-    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle'], "
-                           "[data-status='idle']", timeout=120_000, state="attached")
-    page.click(".jp-NotebookPanel .jp-Cell >> nth=0")
-    page.keyboard.press("Escape")
-    page.get_by_role("menuitem", name="Run", exact=True).click()
-    page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
-    # every code cell done: no cell shows the running marker [*]
-    page.wait_for_function(
-        """() => { const p = [...document.querySelectorAll('.jp-InputPrompt')].map(e => e.textContent);
-                   return p.length > 0 && p.every(t => !t.includes('*')) && p.some(t => /\\d/.test(t)); }""",
-        timeout=CELL_TIMEOUT_MS)
-    return page
+    try:
+        # a workspace of its own, so JupyterLab does not reopen the tabs of the previous test
+        page.goto(f"{base}/lab/workspaces/{name}/tree/{name}.ipynb?token={token}", timeout=120_000)
+        page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=120_000)
+        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle'], "
+                               "[data-status='idle']", timeout=120_000, state="attached")
+        page.click(".jp-NotebookPanel .jp-Cell >> nth=0")
+        page.keyboard.press("Escape")
+        page.get_by_role("menuitem", name="Run", exact=True).click()
+        page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+        # every code cell done: no cell shows the running marker [*]
+        page.wait_for_function(
+            """() => { const p = [...document.querySelectorAll('.jp-InputPrompt')].map(e => e.textContent);
+                       return p.length > 0 && p.every(t => !t.includes('*')) && p.some(t => /\\d/.test(t)); }""",
+            timeout=CELL_TIMEOUT_MS)
+        yield page
+    finally:
+        page.close()
+        _shutdown_kernels(base, token)
+
+
+def _shutdown_kernels(base: str, token: str):
+    sessions = json.load(urllib.request.urlopen(f"{base}/api/sessions?token={token}", timeout=10))
+    for session in sessions:
+        request = urllib.request.Request(f"{base}/api/sessions/{session['id']}?token={token}", method="DELETE")
+        urllib.request.urlopen(request, timeout=30)
 
 
 def _assert_no_widget_errors(page, name: str):
@@ -124,8 +145,7 @@ def _shot(page, name: str):
 
 
 def test_layer_slider_updates_figure_and_table(browser, lab):
-    page = _open_and_run_all(browser, lab, "03_layer_sweep")
-    try:
+    with _run_all(browser, lab, "03_layer_sweep") as page:
         page.wait_for_selector(".tv-layer-table", timeout=60_000)
         _assert_no_widget_errors(page, "03_layer_sweep")
         explorer = page.locator(".widget-vbox", has=page.locator(".tv-layer-acc")).last
@@ -151,5 +171,41 @@ def test_layer_slider_updates_figure_and_table(browser, lab):
         assert after_layer == before_layer - 3, (before, after)
         assert after[0] != before[0] or after[1] != before[1], "the per-task table did not change with the slider"
         _shot(page, "03_layer_sweep")
-    finally:
-        page.close()
+
+
+def test_results_dropdown_switches_task(browser, lab):
+    with _run_all(browser, lab, "02_task_vectors") as page:
+        explorer = page.locator(".widget-vbox", has=page.locator(".tv-result")).last
+        explorer.scroll_into_view_if_needed(timeout=60_000)
+        _assert_no_widget_errors(page, "02_task_vectors")
+        note, title = explorer.locator(".tv-result"), explorer.locator(".gtitle").first
+        select = explorer.locator("select").first
+        current = select.input_value()
+        expect(note).to_contain_text(current)
+        expect(title).to_contain_text(f"{current}:")
+        before = note.inner_text()
+        other = next(o for o in select.locator("option").all_text_contents() if o != current)
+        select.select_option(other)
+        expect(note).to_contain_text(other, timeout=30_000)
+        expect(title).to_contain_text(f"{other}:", timeout=30_000)
+        assert note.inner_text() != before, "the result line did not change with the dropdown"
+        _shot(page, "02_task_vectors")
+
+
+def test_custom_task_text_area_answers_typed_queries(browser, lab):
+    with _run_all(browser, lab, "07_beyond") as page:
+        box = page.locator(".widget-vbox", has=page.locator(".widget-textarea")).first
+        box.scroll_into_view_if_needed(timeout=60_000)
+        _assert_no_widget_errors(page, "07_beyond")
+        pairs = ["cat -> CAT", "dog -> DOG", "sun -> SUN", "red -> RED", "box -> BOX", "map -> MAP"]
+        queries = ["pen", "cup"]
+        box.locator(".widget-textarea textarea").fill("\n".join(pairs))
+        box.locator(".widget-text:not(.widget-textarea) input").fill(", ".join(queries))
+        box.get_by_role("button", name="Build θ and answer").click()
+        table = box.locator(".tv-custom-table")
+        expect(table).to_be_visible(timeout=120_000)
+        # theta came from the typed pairs: their last two inputs are the dummy queries
+        expect(box).to_contain_text("4 demonstrations, averaged over the dummy queries box, map")
+        rows = table.locator("tbody tr")
+        assert [rows.nth(i).locator("td").first.inner_text() for i in range(rows.count())] == queries
+        _shot(page, "07_beyond")
