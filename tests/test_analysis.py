@@ -1,6 +1,7 @@
 """Analyses on a tiny random Llama: shapes, invariants (alpha=0/1, save/load, logit lens), bad input."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -133,3 +134,22 @@ def test_results_are_written_atomically_with_normal_permissions(tmp_path):
     path = store.write_atomic(tmp_path / "sub" / "x.csv", "a,b\n")
     assert path.read_text() == "a,b\n" and os.stat(path).st_mode & 0o044  # group/other can read
     assert [p.name for p in path.parent.iterdir()] == ["x.csv"]  # no temporary file left
+
+
+def test_saved_tables_read_back_tokens_as_text(tmp_path):
+    from tv_utils import store
+
+    df = pd.DataFrame({"token": ["None", "NA", "nan", "Paris"], "acc": [0.5, None, 1.0, 0.25]})
+    store.save_table(df, tmp_path / "top.csv")
+    back = store.precomputed("top", tmp_path)
+    assert back["token"].tolist() == ["None", "NA", "nan", "Paris"]
+    assert back["acc"].isna().tolist() == [False, True, False, False]
+    assert store.precomputed("absent", tmp_path) is None
+
+
+def test_default_layer_is_the_best_mean_dev_layer(tiny_llama, tmp_path):
+    from tv_utils import store
+
+    per_layer = pd.DataFrame({"layer": [0, 1, 2, 0, 1, 2], "dev_acc": [0.1, 0.3, 0.9, 0.2, 0.8, 0.1]})
+    store.save_table(per_layer, tmp_path / f"reproduce_{tiny_llama.name.replace('/', '_')}_per_layer.csv")
+    assert analysis.default_layer(tiny_llama, tmp_path) == 1  # means 0.15, 0.55, 0.50

@@ -52,21 +52,6 @@ def _stem(args, analysis: str, model_name: str) -> str:
     return f"{args.out}/{analysis}_{model_name.replace('/', '_')}"
 
 
-def default_layer(model, out: str) -> int:
-    """Best mean dev layer from this model's committed reproduce run, else from a quick sweep of 4 tasks."""
-    import pandas as pd
-
-    path = Path(out) / f"reproduce_{model.name.replace('/', '_')}_per_layer.csv"
-    if path.exists():
-        per_layer = pd.read_csv(path)
-    else:
-        from .analysis import layer_accuracy
-
-        per_layer = pd.concat([layer_accuracy(model, t, n=20) for t in
-                               ("en_fr", "antonyms", "country_capital", "list_first")])
-    return int(per_layer.groupby("layer")["dev_acc"].mean().idxmax())
-
-
 def cmd_depth(args) -> None:
     import pandas as pd
     from tqdm.auto import tqdm
@@ -94,7 +79,7 @@ def cmd_geometry(args) -> None:
     from . import analysis, plots, store
 
     model = _load(args)
-    layer = args.layer if args.layer is not None else default_layer(model, args.out)
+    layer = args.layer if args.layer is not None else analysis.default_layer(model, args.out)
     tv = analysis.collect_task_vectors(model, args.tasks, n=args.n)
     layers = sorted({max(0, layer - 4), layer, min(model.n_layers - 1, layer + 4)})
     emb = analysis.embeddings(tv, layers)
@@ -130,7 +115,7 @@ def cmd_vocab(args) -> None:
     from . import analysis, plots, store
 
     model = _load(args)
-    layer = args.layer if args.layer is not None else default_layer(model, args.out)
+    layer = args.layer if args.layer is not None else analysis.default_layer(model, args.out)
     top, ranks = analysis.vocabulary_projection(model, args.tasks, n=args.n)
     stem = _stem(args, "vocab", model.name)
     store.save_table(top, f"{stem}_top_tokens.csv")
@@ -149,7 +134,7 @@ def cmd_beyond(args) -> None:
     from . import analysis, plots, store
 
     model = _load(args)
-    layer = args.layer if args.layer is not None else default_layer(model, args.out)
+    layer = args.layer if args.layer is not None else analysis.default_layer(model, args.out)
     stem = _stem(args, "beyond", model.name)
     mix = analysis.interpolate(model, args.task_a, args.task_b, layer=layer, n=args.n)
     store.save_table(mix, f"{stem}_interpolation.csv")

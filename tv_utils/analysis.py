@@ -49,6 +49,16 @@ def best_depth(per_layer: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def default_layer(model: Model, folder: str | Path = store.FIGURES) -> int:
+    """The layer with the best mean dev accuracy in this model's precomputed reproduce run, else in a quick
+    sweep of four tasks: the layer the analyses use when none is given."""
+    per_layer = store.precomputed(f"reproduce_{model.name.replace('/', '_')}_per_layer", folder)
+    if per_layer is None:
+        per_layer = pd.concat([layer_accuracy(model, t, n=20) for t in
+                               ("en_fr", "antonyms", "country_capital", "list_first")])
+    return int(per_layer.groupby("layer")["dev_acc"].mean().idxmax())
+
+
 # ---------------------------------------------------------------- geometry
 
 

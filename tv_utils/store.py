@@ -12,11 +12,12 @@ FIGURES = Path(__file__).resolve().parent.parent / "figures"
 
 
 def precomputed(name: str, folder: str | Path = FIGURES):
-    """A committed result table, e.g. precomputed("reproduce_gemma3-270m_per_layer"), or None if absent."""
+    """A committed result table, e.g. precomputed("reproduce_gemma3-270m_per_layer"), or None if absent.
+    Only empty cells are missing values: tokens such as "None" or "NA" stay text."""
     import pandas as pd
 
     path = Path(folder) / f"{name}.csv"
-    return pd.read_csv(path) if path.exists() else None
+    return pd.read_csv(path, keep_default_na=False, na_values=[""]) if path.exists() else None
 
 
 def write_atomic(path: str | Path, data: str | bytes) -> Path:
