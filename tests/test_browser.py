@@ -133,6 +133,14 @@ def _shutdown_kernels(base: str, token: str):
         urllib.request.urlopen(request, timeout=30)
 
 
+def _widget(page, name: str, marker: str):
+    """The innermost widget box holding `marker`, scrolled into view, once the notebook shows no errors."""
+    box = page.locator(".widget-vbox", has=page.locator(marker)).last
+    box.scroll_into_view_if_needed(timeout=60_000)
+    _assert_no_widget_errors(page, name)
+    return box
+
+
 def _assert_no_widget_errors(page, name: str):
     text = page.inner_text(".jp-NotebookPanel")
     for error in WIDGET_ERRORS:
@@ -147,10 +155,7 @@ def _shot(page, name: str):
 
 def test_layer_slider_updates_figure_and_table(browser, lab):
     with _run_all(browser, lab, "03_layer_sweep") as page:
-        page.wait_for_selector(".tv-layer-table", timeout=60_000)
-        _assert_no_widget_errors(page, "03_layer_sweep")
-        explorer = page.locator(".widget-vbox", has=page.locator(".tv-layer-acc")).last
-        explorer.scroll_into_view_if_needed()
+        explorer = _widget(page, "03_layer_sweep", ".tv-layer-table")
 
         def state():
             title = explorer.locator(".gtitle").first.text_content()
@@ -176,9 +181,7 @@ def test_layer_slider_updates_figure_and_table(browser, lab):
 
 def test_results_dropdown_switches_task(browser, lab):
     with _run_all(browser, lab, "02_task_vectors") as page:
-        explorer = page.locator(".widget-vbox", has=page.locator(".tv-result")).last
-        explorer.scroll_into_view_if_needed(timeout=60_000)
-        _assert_no_widget_errors(page, "02_task_vectors")
+        explorer = _widget(page, "02_task_vectors", ".tv-result")
         note, title = explorer.locator(".tv-result"), explorer.locator(".gtitle").first
         select = explorer.locator("select").first
         current = select.input_value()
@@ -195,9 +198,7 @@ def test_results_dropdown_switches_task(browser, lab):
 
 def test_custom_task_text_area_answers_typed_queries(browser, lab):
     with _run_all(browser, lab, "07_beyond") as page:
-        box = page.locator(".widget-vbox", has=page.locator(".widget-textarea")).first
-        box.scroll_into_view_if_needed(timeout=60_000)
-        _assert_no_widget_errors(page, "07_beyond")
+        box = _widget(page, "07_beyond", ".widget-textarea")
         pairs = ["cat -> CAT", "dog -> DOG", "sun -> SUN", "red -> RED", "box -> BOX", "map -> MAP"]
         queries = ["pen", "cup"]
         box.locator(".widget-textarea textarea").fill("\n".join(pairs))
