@@ -193,7 +193,8 @@ def main(argv=None) -> None:
         return p
 
     p = sub.add_parser("depth", help="layer sweeps of several models on relative depth")
-    p.add_argument("--models", nargs="+", default=["gemma3-270m", "smollm2-135m", "qwen2.5-coder-0.5b"])
+    p.add_argument("--models", nargs="+", default=["gemma3-270m", "smollm2-135m", "qwen2.5-coder-0.5b",
+                                                   "qwen2.5-coder-1.5b"])
     p.add_argument("--tasks", nargs="+", default=["en_fr", "antonyms", "country_capital", "list_first",
                                                   "present_simple_gerund", "location_continent"], choices=TASK_NAMES)
     p.add_argument("--device", default=None)
