@@ -6,7 +6,6 @@ import argparse
 import resource
 import sys
 import time
-from pathlib import Path
 
 from .tasks import TASK_NAMES
 
