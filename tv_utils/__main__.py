@@ -17,7 +17,8 @@ def _peak_rss_gb() -> float:
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="embedded key, local path or Hugging Face id (default gemma3-270m)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--dtype", default=None, help="float32, bfloat16 ... (default: the faster one, measured)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="default: float32 on CPU, bfloat16 on a GPU that supports it (else float32)")
 
 
 def _load(args):
@@ -219,6 +220,8 @@ def main(argv=None) -> None:
     p.add_argument("--tasks", nargs="+", default=["en_fr", "antonyms", "country_capital"], choices=TASK_NAMES)
     p.add_argument("--skip-reproduce", action="store_true")
     p.add_argument("--random-7b", action="store_true", help="paper protocol on a random Llama-7B (GPU)")
+    p.add_argument("--compare-dtypes", nargs="+", metavar="DTYPE", choices=["float32", "bfloat16", "float16"],
+                   help="only the full reproduce, once per dtype, timed and compared side by side")
     p.set_defaults(func=lambda a: __import__("tv_utils.bench", fromlist=["main"]).main(a))
 
     p = sub.add_parser("prepare", help="convert and cache a model (the embedded default needs ~60 s once)")

@@ -24,7 +24,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
 from .interventions import _chunks, _hidden, pad_left
-from .models import Model
+from .models import Model, check_finite
 from .prompts import DEFAULT_FORMAT, PromptFormat
 
 HEAD_ROWS = 256  # rows per unembedding product: large enough to stream the head's weights efficiently
@@ -63,7 +63,7 @@ def _forward(model: Model, batch: dict, cache=None, capture: bool = False, patch
             hidden = _hidden(output)
             if patch and layer_idx in patch:
                 rows, values = patch[layer_idx]
-                hidden[rows, -1] = values
+                hidden[rows, -1] = values.to(hidden.dtype)
             if capture:
                 captured[layer_idx] = hidden[:, -1].clone()
 
@@ -72,12 +72,13 @@ def _forward(model: Model, batch: dict, cache=None, capture: bool = False, patch
     handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(model.layers)]
     try:
         with _attention_backends(model):
-            out = model.base(**batch, past_key_values=cache, use_cache=True)
+            out = model.base(**batch, **{model.cache_arg: cache}, use_cache=True)
     finally:
         for h in handles:
             h.remove()
     states = torch.stack(captured, dim=1) if capture else None
-    return out.last_hidden_state[:, -1], states, out.past_key_values
+    final = check_finite(model, out.last_hidden_state[:, -1], "hidden states")
+    return final, states, getattr(out, model.cache_arg)
 
 
 def predict(model: Model, final_states: torch.Tensor) -> torch.Tensor:

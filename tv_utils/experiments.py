@@ -71,7 +71,7 @@ def prepare_split(model: Model, task: Task | str, split: str, n: int, protocol: 
 
 def accuracy(model: Model, predicted: torch.Tensor, target: torch.Tensor, dim=None):
     """Share of predictions matching their targets (see `prompts.hits`); per column when dim=0."""
-    correct = hits(model.tokenizer, predicted, target).float()
+    correct = hits(model.tokenizer, predicted, target).double()  # 7/50 is 0.14, not float32's 0.14000000059
     return correct.mean().item() if dim is None else correct.mean(dim).tolist()
 
 
@@ -155,11 +155,13 @@ def reproduce(model: Model, task_names=TASK_NAMES, out_dir: str | Path = "figure
     stem = out / f"reproduce_{model.name.replace('/', '_')}"
     store.save_table(results, f"{stem}_results.csv")
     store.save_table(per_layer, f"{stem}_per_layer.csv")
-    records = results.to_dict("records")
+    records = results.round(4).to_dict("records")
     for rec in records:
         rec["dev_acc_by_layer"] = per_layer.loc[per_layer.task == rec["task"], "dev_acc"].round(4).tolist()
-    store.save_json({"model": model.name, "model_info": model.info, "protocol": asdict(protocol),
-                     "summary": summarize(results).to_dict("records"), "tasks": records}, f"{stem}_results.json")
+    store.save_json({"model": model.name, "dtype": model.info["dtype"], "device": model.info["device"],
+                     "versions": store.versions(), "protocol": asdict(protocol),
+                     "summary": summarize(results).round(4).to_dict("records"), "tasks": records},
+                    f"{stem}_results.json")
     if figures:
         store.save_figure(plots.accuracy_bars(results), f"{stem}_accuracy")
         store.save_figure(plots.layer_curves(per_layer), f"{stem}_layers")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .models import Model
+from .models import Model, check_finite
 
 
 def _hidden(output):
@@ -76,7 +76,7 @@ def capture(model: Model, seqs: list[list[int]], batch_size: int = 32, remote: b
     for part in _chunks(len(seqs), batch_size):
         states = _capture_trace(model.nn, model.nn_layers(), pad_left(model, seqs[part]), remote, logits_to_keep)
         out.append(torch.stack(states, dim=1).to(theta_device(model)))
-    return torch.cat(out)
+    return check_finite(model, torch.cat(out), "hidden states")
 
 
 @torch.no_grad()
@@ -95,7 +95,7 @@ def patched_logits(model: Model, seqs: list[list[int]], theta: torch.Tensor, lay
         values = theta[part].to(model.dtype) if target is not None else None
         logits = _patch_trace(model.nn, target, values, pad_left(model, seqs[part]), remote, logits_to_keep)
         out.append(logits.float().to(theta_device(model)))
-    return torch.cat(out)
+    return check_finite(model, torch.cat(out), "logits")
 
 
 def theta_device(model: Model) -> torch.device:

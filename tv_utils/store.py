@@ -47,6 +47,14 @@ def save_table(df, path: str | Path) -> Path:
     return write_atomic(path, df.to_csv(index=False, float_format="%.4f"))
 
 
+def versions(packages=("torch", "transformers", "nnsight")) -> dict[str, str]:
+    """Versions of the packages that decide the numbers, recorded with results (no machine paths: the same
+    run gives the same bytes on every machine)."""
+    from importlib.metadata import version
+
+    return {name: version(name).split("+")[0] for name in packages}  # torch 2.13.0+cpu: the release
+
+
 def save_json(obj, path: str | Path) -> Path:
     return write_atomic(path, json.dumps(obj, indent=1, default=float) + "\n")
 
@@ -54,7 +62,8 @@ def save_json(obj, path: str | Path) -> Path:
 def save_figure(fig, stem: str | Path, png: bool = True) -> list[Path]:
     """A plotly figure as interactive HTML (plotly.js from CDN) and, when a browser is available, PNG."""
     stem = Path(stem)
-    written = [write_atomic(stem.with_suffix(".html"), fig.to_html(include_plotlyjs="cdn", full_html=True))]
+    html = fig.to_html(include_plotlyjs="cdn", full_html=True, div_id=stem.name)  # no random id: same bytes
+    written = [write_atomic(stem.with_suffix(".html"), html)]
     if png:
         written.append(write_atomic(stem.with_suffix(".png"), fig.to_image(format="png", scale=2)))
     return written
