@@ -194,7 +194,7 @@ def bench_dtypes(model_name: str | None, dtypes=("float32", "bfloat16"), tasks=T
     times = pd.DataFrame(times)
     times["x_faster_than_first"] = times["seconds_excluding_load"].iloc[0] / times["seconds_excluding_load"]
     table = pd.concat(accuracy).pivot(index="category", columns="dtype", values=["baseline", "icl", "tv"])
-    return times, table.reindex(columns=list(dtypes), level=1)
+    return times, table.reindex(index=accuracy[0]["category"]).reindex(columns=list(dtypes), level=1)
 
 
 def cpu_flags() -> str:

@@ -110,3 +110,35 @@ def task_vectors(model: Model, seqs: list[list[int]], n_dummies: int, **kw) -> t
     """
     states = capture(model, seqs, **kw)
     return states.view(-1, n_dummies, *states.shape[1:]).mean(dim=1)
+
+
+@torch.no_grad()
+def reference_protocol(model: Model, task, protocol=None, fmt=None) -> dict:
+    """The paper's protocol for one task, spelled out with the two traces above (slow; `experiments.run_tasks`
+    computes the same numbers, batched): dummies -> theta -> patched sweep on dev -> best layer -> test."""
+    from .experiments import PAPER
+    from .prompts import DEFAULT_FORMAT, hits, usable_task
+    from .tasks import get_task, sample_episodes
+
+    p, fmt = protocol or PAPER, fmt or DEFAULT_FORMAT
+    usable, answer_ids = usable_task(get_task(task) if isinstance(task, str) else task, model.tokenizer, fmt)
+
+    def split(name: str, n: int):
+        episodes = sample_episodes(usable, n, p.k, p.n_dummies, name, p.seed)
+        dummies = model.encode([fmt.icl(ep.demos, d) for ep in episodes for d in ep.dummies])
+        theta = task_vectors(model, dummies, p.n_dummies)  # A(S): [episodes, layers, hidden]
+        queries = model.encode([fmt.query(ep.query[0]) for ep in episodes])
+        target = torch.tensor([answer_ids[ep.query[1]] for ep in episodes])
+        return episodes, theta, queries, target
+
+    def accuracy(seqs, theta, layer, target) -> float:  # f(x; theta): greedy answer, scored as text
+        predicted = patched_logits(model, seqs, theta, layer).argmax(-1).cpu()
+        return hits(model.tokenizer, predicted, target).double().mean().item()
+
+    _, theta, queries, target = split("dev", p.n_dev)
+    dev_acc = [accuracy(queries, theta[:, layer], layer, target) for layer in range(model.n_layers)]
+    best = dev_acc.index(max(dev_acc))
+    episodes, theta, queries, target = split("test", p.n_test)
+    icl = model.encode([fmt.icl(ep.demos, ep.query[0]) for ep in episodes])
+    return {"baseline": accuracy(queries, None, None, target), "icl": accuracy(icl, None, None, target),
+            "tv": accuracy(queries, theta[:, best], best, target), "best_layer": best, "dev_acc": dev_acc}
