@@ -77,6 +77,12 @@ def tiny_llama(tokenizer):
     return from_config(tiny_config("llama", len(tokenizer)), tokenizer, name="tiny-llama")
 
 
+@pytest.fixture
+def new_tiny_llama(tokenizer):
+    """A tiny Llama of this test's own, to break or change without touching the shared one."""
+    return from_config(tiny_config("llama", len(tokenizer)), tokenizer, name="tiny-llama")
+
+
 @pytest.fixture(scope="session")
 def gemma():
     """The embedded default model (converted once into the user cache)."""

@@ -1,8 +1,6 @@
 """dtype rules: float32 on every CPU (no timing probe), bf16 only where asked or on a bf16 GPU, and NaN/inf
 (float16 overflow) as a clear error instead of a table of zero accuracies."""
 
-import copy
-
 import pytest
 import torch
 
@@ -29,8 +27,8 @@ def test_unknown_dtype_names_the_choices():
         resolve_dtype("float33", "cpu")
 
 
-def test_nan_is_an_error_not_zero_accuracy(tiny_llama):
-    broken = copy.deepcopy(tiny_llama)
+def test_nan_is_an_error_not_zero_accuracy(new_tiny_llama):
+    broken = new_tiny_llama
     with torch.no_grad():
         broken.layers[1].mlp.down_proj.weight[0, 0] = float("nan")
     seqs = broken.encode(["example:a-> b\nexample:c->", "example:d->"])
