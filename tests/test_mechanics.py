@@ -48,10 +48,10 @@ def test_patching_last_layer_reproduces_other_prompt(tiny):
 def test_patch_leaves_upstream_layers_alone(tiny):
     seqs = _seqs(tiny)
     batch = iv.pad_left(tiny, seqs)
-    _, clean, _ = engine._forward(tiny, batch, capture=True)
+    _, clean, _ = engine.forward(tiny, batch, capture=True)
     layer = 2
     theta = torch.randn(len(seqs), clean.shape[-1]) * 10
-    _, patched, _ = engine._forward(tiny, batch, capture=True, patch={layer: (torch.arange(len(seqs)), theta)})
+    _, patched, _ = engine.forward(tiny, batch, capture=True, patch={layer: (torch.arange(len(seqs)), theta)})
     torch.testing.assert_close(patched[:, :layer], clean[:, :layer], atol=0, rtol=0)
     torch.testing.assert_close(patched[:, layer], theta.to(tiny.dtype), atol=0, rtol=0)
     assert not torch.allclose(patched[:, layer + 1], clean[:, layer + 1])

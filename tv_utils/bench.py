@@ -25,6 +25,7 @@ import torch
 
 from . import engine
 from . import interventions as iv
+from .batches import chunks, layer_hidden, pad_left
 from .experiments import PAPER, Protocol, summarize
 from .models import Model
 from .prompts import DEFAULT_FORMAT, usable_task
@@ -62,14 +63,14 @@ def sweep_straightforward(model: Model, episodes, dummies, queries, n_dummies: i
 
 @torch.no_grad()
 def sweep_kv_cache(model: Model, episodes, dummies, queries, n_dummies: int) -> torch.Tensor:
-    _, states, _ = engine._forward(model, iv.pad_left(model, dummies), capture=True)
+    _, states, _ = engine.forward(model, pad_left(model, dummies), capture=True)
     theta = states.view(-1, n_dummies, *states.shape[1:]).mean(1)
-    prefix_mask, cache = engine._cached_prefix(model, [q[:-1] for q in queries])
-    batch = engine._suffix_batch(model, prefix_mask, [[q[-1]] for q in queries], 1)
+    prefix_mask, cache = engine.cached_prefix(model, [q[:-1] for q in queries])
+    batch = engine.suffix_batch(model, prefix_mask, [[q[-1]] for q in queries], 1)
     rows = torch.arange(len(queries), device=model.device)
     cols = []
     for layer in range(model.n_layers):
-        final, _, _ = engine._forward(model, batch, cache=copy.deepcopy(cache), patch={layer: (rows, theta[:, layer])})
+        final, _, _ = engine.forward(model, batch, cache=copy.deepcopy(cache), patch={layer: (rows, theta[:, layer])})
         cols.append(engine.predict(model, final))
     return torch.stack(cols, dim=1)
 
@@ -103,13 +104,13 @@ def bench_sweeps(model: Model, tasks, protocol: Protocol = PAPER, methods=tuple(
 def _hook_capture(model: Model, seqs, batch_size: int = 32) -> torch.Tensor:
     """iv.capture's work with plain forward hooks instead of nnsight."""
     out = []
-    for part in iv._chunks(len(seqs), batch_size):
+    for part in chunks(len(seqs), batch_size):
         states = []
-        handles = [layer.register_forward_hook(lambda m, a, o: states.append(iv._hidden(o)[:, -1]))
+        handles = [layer.register_forward_hook(lambda m, a, o: states.append(layer_hidden(o)[:, -1]))
                    for layer in model.layers]
         try:
             with torch.no_grad():
-                model.hf(**iv.pad_left(model, seqs[part]), logits_to_keep=1)
+                model.hf(**pad_left(model, seqs[part]), logits_to_keep=1)
         finally:
             for h in handles:
                 h.remove()
@@ -120,14 +121,14 @@ def _hook_capture(model: Model, seqs, batch_size: int = 32) -> torch.Tensor:
 def _hook_patch(model: Model, seqs, theta, layer: int, batch_size: int = 32) -> torch.Tensor:
     """iv.patched_logits's work with a plain forward hook instead of nnsight."""
     out = []
-    for part in iv._chunks(len(seqs), batch_size):
+    for part in chunks(len(seqs), batch_size):
         def write(m, a, o, values=theta[part]):
-            iv._hidden(o)[:, -1] = values
+            layer_hidden(o)[:, -1] = values
 
         handle = model.layers[layer].register_forward_hook(write)
         try:
             with torch.no_grad():
-                out.append(model.hf(**iv.pad_left(model, seqs[part]), logits_to_keep=1).logits[:, -1].float())
+                out.append(model.hf(**pad_left(model, seqs[part]), logits_to_keep=1).logits[:, -1].float())
         finally:
             handle.remove()
     return torch.cat(out)
@@ -251,7 +252,7 @@ def random_llama_7b(device: str, dtype=torch.bfloat16) -> Model:
 def bench_random_7b(device: str = "cuda") -> dict:
     """The full paper protocol (18 tasks, 50 dev + 50 test episodes, every layer) on a random 7B Llama,
     with a breakdown by stage (the same calls `experiments.run_tasks` makes)."""
-    from .experiments import _queries, _sample
+    from .experiments import encode_queries, sample_split
 
     start = time.perf_counter()
     model = random_llama_7b(device)
@@ -260,15 +261,15 @@ def bench_random_7b(device: str = "cuda") -> dict:
     p, fmt = PAPER, DEFAULT_FORMAT
 
     def protocol(n_dev: int, n_test: int) -> dict:
-        dev = [ep for t in TASK_NAMES for ep in _sample(model, t, "dev", n_dev, p, fmt)[1]]
-        test = [ep for t in TASK_NAMES for ep in _sample(model, t, "test", n_test, p, fmt)[1]]
+        dev = [ep for t in TASK_NAMES for ep in sample_split(model, t, "dev", n_dev, p, fmt)[1]]
+        test = [ep for t in TASK_NAMES for ep in sample_split(model, t, "test", n_test, p, fmt)[1]]
         seconds = {}
         (theta, _), seconds["dev theta (all layers)"] = timed(model, engine.episode_states, model, dev, fmt, 32,
                                                               False)
-        queries = _queries(model, dev, fmt)
+        queries = encode_queries(model, dev, fmt)
         _, seconds["dev sweep (all layers)"] = timed(model, engine.layer_sweep, model, queries, theta)
         (theta, _), seconds["test theta + ICL"] = timed(model, engine.episode_states, model, test, fmt)
-        queries = _queries(model, test, fmt)
+        queries = encode_queries(model, test, fmt)
         _, seconds["test baseline"] = timed(model, engine.next_tokens, model, queries)
         _, seconds["test TV at one layer"] = timed(model, engine.layer_sweep, model, queries, theta, [16])
         return seconds

@@ -36,7 +36,8 @@ def _targets(episodes, answer_ids: dict[str, int], device) -> torch.Tensor:
     return torch.tensor([answer_ids[ep.query[1]] for ep in episodes], device=device)
 
 
-def _queries(model: Model, episodes, fmt: PromptFormat) -> list[list[int]]:
+def encode_queries(model: Model, episodes, fmt: PromptFormat) -> list[list[int]]:
+    """Token ids of each episode's zero-shot query prompt `x ->`."""
     return model.encode([fmt.query(ep.query[0]) for ep in episodes])
 
 
@@ -52,7 +53,7 @@ class Split:
     queries: list[list[int]]
 
 
-def _sample(model: Model, task: Task | str, split: str, n: int, protocol: Protocol, fmt: PromptFormat):
+def sample_split(model: Model, task: Task | str, split: str, n: int, protocol: Protocol, fmt: PromptFormat):
     """A split's episodes over the pairs this tokenizer can score, and their target tokens."""
     task = get_task(task) if isinstance(task, str) else task
     usable, answer_ids = usable_task(task, model.tokenizer, fmt)
@@ -64,9 +65,9 @@ def prepare_split(model: Model, task: Task | str, split: str, n: int, protocol: 
                   fmt: PromptFormat = DEFAULT_FORMAT, icl: bool = True) -> Split:
     """Sample a split's episodes and run them once through the engine
     (icl=False skips the ICL prompts when only theta is needed)."""
-    usable, episodes, target = _sample(model, task, split, n, protocol, fmt)
+    usable, episodes, target = sample_split(model, task, split, n, protocol, fmt)
     theta, icl_pred = engine.episode_states(model, episodes, fmt, icl=icl)
-    return Split(usable, episodes, target, theta, icl_pred, _queries(model, episodes, fmt))
+    return Split(usable, episodes, target, theta, icl_pred, encode_queries(model, episodes, fmt))
 
 
 def accuracy(model: Model, predicted: torch.Tensor, target: torch.Tensor, dim=None):
@@ -96,16 +97,16 @@ def run_tasks(model: Model, task_names=TASK_NAMES, protocol: Protocol = PAPER, f
     """
     layers = list(range(model.n_layers)) if layers is None else [model.check_layer(l) for l in layers]
     p = protocol
-    dev = [_sample(model, t, "dev", p.n_dev, p, fmt) for t in task_names]
-    test = [_sample(model, t, "test", p.n_test, p, fmt) for t in task_names]
+    dev = [sample_split(model, t, "dev", p.n_dev, p, fmt) for t in task_names]
+    test = [sample_split(model, t, "test", p.n_test, p, fmt) for t in task_names]
     flat = lambda splits: [ep for _, eps, _ in splits for ep in eps]  # noqa: E731
     say = (lambda text: f"{text} ({len(dev)} tasks, {model.name})") if progress else (lambda text: None)  # noqa: E731
 
     theta, _ = engine.episode_states(model, flat(dev), fmt, icl=False, progress=say("dev task vectors"))
-    sweep = engine.layer_sweep(model, _queries(model, flat(dev), fmt), theta, layers,
+    sweep = engine.layer_sweep(model, encode_queries(model, flat(dev), fmt), theta, layers,
                                progress=say(f"dev sweep, {len(layers)} layers"))
     theta, icl_pred = engine.episode_states(model, flat(test), fmt, progress=say("test ICL and task vectors"))
-    queries = _queries(model, flat(test), fmt)
+    queries = encode_queries(model, flat(test), fmt)
     base_pred = engine.next_tokens(model, queries)
 
     rows, curves, best, start = [], [], [], 0

@@ -4,7 +4,7 @@
     answer  = next token of `x ->` with its layer-L last-token state replaced by theta  (f: apply)
 
 Layer outputs are `[batch, seq, hidden]` tensors in most transformers-5 models but tuples for some
-(GPT-J); `_hidden` (and the same two lines inside each trace) takes the tensor either way. Prompts are left-padded, so the last token is at -1.
+(GPT-J); `batches.layer_hidden` (and the same two lines inside each trace) takes the tensor either way. Prompts are left-padded, so the last token is at -1.
 Each trace lives in its own small function whose locals are only nnsight envoys, the batch and tensors
 (remote execution pickles them), and loops are plain `for` loops (nnsight cannot trace comprehensions).
 
@@ -17,30 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from .batches import chunks, pad_left
 from .models import Model, check_finite
-
-
-def _hidden(output):
-    """A decoder layer's hidden states, whether the layer returns a tensor or a tuple."""
-    return output[0] if isinstance(output, tuple) else output
-
-
-def pad_left(model: Model, seqs: list[list[int]]) -> dict[str, torch.Tensor]:
-    """Left-padded ids, attention mask and explicit position ids (so padding never shifts positions)."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), model.pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, seq in enumerate(seqs):
-        ids[row, width - len(seq):] = torch.tensor(seq)
-        mask[row, width - len(seq):] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    device = model.device if model.device.type != "meta" else "cpu"  # meta: a remote model's inputs stay here
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "position_ids": positions.to(device)}
-
-
-def _chunks(n: int, size: int):
-    for start in range(0, n, size):
-        yield slice(start, min(n, start + size))
 
 
 def _capture_trace(lm, layers, batch, remote, logits_to_keep):
@@ -73,7 +51,7 @@ def capture(model: Model, seqs: list[list[int]], batch_size: int = 32, remote: b
     logits_to_keep=1 computes the head for the last position only (0: every position, as a plain
     forward would; the benchmark's straightforward method does that)."""
     out = []
-    for part in _chunks(len(seqs), batch_size):
+    for part in chunks(len(seqs), batch_size):
         states = _capture_trace(model.nn, model.nn_layers(), pad_left(model, seqs[part]), remote, logits_to_keep)
         out.append(torch.stack(states, dim=1).to(theta_device(model)))
     return check_finite(model, torch.cat(out), "hidden states")
@@ -91,7 +69,7 @@ def patched_logits(model: Model, seqs: list[list[int]], theta: torch.Tensor, lay
     theta = theta.expand(len(seqs), -1) if theta is not None and theta.dim() == 1 else theta
     target = model.nn_layers()[layer] if layer is not None else None
     out = []
-    for part in _chunks(len(seqs), batch_size):
+    for part in chunks(len(seqs), batch_size):
         values = theta[part].to(model.dtype) if target is not None else None
         logits = _patch_trace(model.nn, target, values, pad_left(model, seqs[part]), remote, logits_to_keep)
         out.append(logits.float().to(theta_device(model)))
