@@ -72,6 +72,12 @@ def tiny(request, tokenizer):
     return from_config(tiny_config(family, len(tokenizer)), tokenizer, name=f"tiny-{family}", dtype=dtype)
 
 
+@pytest.fixture(scope="session", params=FAMILIES)
+def tiny_float32(request, tokenizer):
+    """A tiny random model of each family in float32 only (for exact comparisons between two code paths)."""
+    return from_config(tiny_config(request.param, len(tokenizer)), tokenizer, name=f"tiny-{request.param}")
+
+
 @pytest.fixture(scope="session")
 def tiny_llama(tokenizer):
     return from_config(tiny_config("llama", len(tokenizer)), tokenizer, name="tiny-llama")

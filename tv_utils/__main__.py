@@ -31,15 +31,23 @@ def _load(args):
     return model
 
 
+def _load_remote(args):
+    from .models import load_remote
+
+    if not args.model:
+        sys.exit("error: --remote needs --model with a model id that NDIF hosts, e.g. meta-llama/Llama-3.1-70B")
+    return load_remote(args.model)
+
+
 def cmd_reproduce(args) -> None:
     from .experiments import Protocol, reproduce, summarize
 
     unknown = sorted(set(args.tasks) - set(TASK_NAMES))
     if unknown:
         sys.exit(f"unknown task(s) {', '.join(unknown)}; valid tasks: {', '.join(TASK_NAMES)}")
-    model = _load(args)
+    model = _load_remote(args) if args.remote is True else _load(args)
     protocol = Protocol(k=args.k, n_dev=args.n_dev, n_test=args.n_test, seed=args.seed)
-    results = reproduce(model, args.tasks, args.out, protocol, figures=not args.no_figures)
+    results = reproduce(model, args.tasks, args.out, protocol, figures=not args.no_figures, remote=args.remote)
     cols = ["task", "category", "baseline", "icl", "tv", "best_layer", "tv_over_icl"]
     print(results[cols].to_string(index=False, float_format="%.2f"))
     print()
@@ -180,6 +188,9 @@ def main(argv=None) -> None:
     p.add_argument("--n-dev", type=int, default=50)
     p.add_argument("--n-test", type=int, default=50)
     p.add_argument("--no-figures", action="store_true")
+    p.add_argument("--remote", nargs="?", const=True, default=False, choices=["local"],
+                   help="run through nnsight traces on NDIF (needs NDIF_API_KEY); '--remote local' runs nnsight's "
+                        "offline simulation of remote execution on a local model")
     p.set_defaults(func=cmd_reproduce)
 
     def analysis_parser(name: str, help: str, tasks=TASK_NAMES, layer=True):

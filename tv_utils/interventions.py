@@ -43,15 +43,33 @@ def _patch_trace(lm, target, values, batch, remote, logits_to_keep):
     return logits
 
 
+def _answers_trace(lm, targets, values, batch, remote, logits_to_keep):
+    """One nnsight trace, one invoke per target: write that invoke's values over the last token's output of
+    its target (nothing if None); only the greedy token ids and the largest |logit| (NaN check) come back."""
+    with lm.trace(logits_to_keep=logits_to_keep, remote=remote) as tracer:
+        answers = list().save()
+        largest = list().save()
+        for target, value in zip(targets, values):
+            with tracer.invoke(batch):
+                if target is not None:
+                    output = target.output
+                    hidden = output[0] if isinstance(output, tuple) else output
+                    hidden[:, -1] = value
+                logits = lm.output.logits[:, -1]
+                answers.append(logits.argmax(-1))
+                largest.append(logits.abs().max())
+    return answers, largest
+
+
 @torch.no_grad()
-def capture(model: Model, seqs: list[list[int]], batch_size: int = 32, remote: bool | str = False,
+def capture(model: Model, seqs: list[list[int]], batch_size: int | None = 32, remote: bool | str = False,
             logits_to_keep: int = 1) -> torch.Tensor:
     """Last-token hidden state after every layer: [n_prompts, n_layers, hidden].
 
     logits_to_keep=1 computes the head for the last position only (0: every position, as a plain
     forward would; the benchmark's straightforward method does that)."""
     out = []
-    for part in chunks(len(seqs), batch_size):
+    for part in chunks(len(seqs), batch_size or len(seqs)):  # None: one batch (one NDIF request)
         states = _capture_trace(model.nn, model.nn_layers(), pad_left(model, seqs[part]), remote, logits_to_keep)
         out.append(torch.stack(states, dim=1).to(theta_device(model)))
     return check_finite(model, torch.cat(out), "hidden states")
@@ -76,6 +94,25 @@ def patched_logits(model: Model, seqs: list[list[int]], theta: torch.Tensor, lay
     return check_finite(model, torch.cat(out), "logits")
 
 
+@torch.no_grad()
+def patched_answers(model: Model, seqs: list[list[int]], theta: torch.Tensor | None, layers,
+                    batch_size: int | None = 32, remote: bool | str = False) -> torch.Tensor:
+    """Greedy next token [n_prompts, len(layers)] with theta [n_prompts, n_layers, hidden] written at each
+    layer in turn (layers=[None]: unpatched). All layers of a batch go in one trace, one invoke each, and
+    only token ids come back: one NDIF request per batch, a few bytes per answer instead of a vocabulary
+    of logits. batch_size=None sends all prompts at once."""
+    layers = [None if layer is None else model.check_layer(layer) for layer in layers]
+    envoys = model.nn_layers()
+    targets = [None if layer is None else envoys[layer] for layer in layers]
+    out = []
+    for part in chunks(len(seqs), batch_size or len(seqs)):
+        values = [None if layer is None else theta[part, layer].to(model.dtype) for layer in layers]
+        answers, largest = _answers_trace(model.nn, targets, values, pad_left(model, seqs[part]), remote, 1)
+        check_finite(model, torch.stack(largest).float(), "logits")
+        out.append(torch.stack(answers, dim=1).to(theta_device(model)))
+    return torch.cat(out)
+
+
 def theta_device(model: Model) -> torch.device:
     """Where results live: the model's device, or the CPU for a remote (meta) model."""
     return model.device if model.device.type != "meta" else torch.device("cpu")
@@ -91,32 +128,36 @@ def task_vectors(model: Model, seqs: list[list[int]], n_dummies: int, **kw) -> t
 
 
 @torch.no_grad()
-def reference_protocol(model: Model, task, protocol=None, fmt=None) -> dict:
-    """The paper's protocol for one task, spelled out with the two traces above (slow; `experiments.run_tasks`
-    computes the same numbers, batched): dummies -> theta -> patched sweep on dev -> best layer -> test."""
+def reference_protocol(model: Model, task, protocol=None, fmt=None, remote: bool | str = False,
+                       batch_size: int | None = 32) -> dict:
+    """The paper's protocol for one task, spelled out with the traces above (`experiments.run_tasks` computes
+    the same numbers with the fast engine): dummies -> theta -> patched sweep on dev -> best layer -> test.
+    It only uses nnsight traces, so it also runs on NDIF (remote=True) or in nnsight's simulation ("local")."""
     from .experiments import PAPER
     from .prompts import DEFAULT_FORMAT, hits, usable_task
     from .tasks import get_task, sample_episodes
 
     p, fmt = protocol or PAPER, fmt or DEFAULT_FORMAT
     usable, answer_ids = usable_task(get_task(task) if isinstance(task, str) else task, model.tokenizer, fmt)
+    run = dict(batch_size=batch_size, remote=remote)
 
     def split(name: str, n: int):
         episodes = sample_episodes(usable, n, p.k, p.n_dummies, name, p.seed)
         dummies = model.encode([fmt.icl(ep.demos, d) for ep in episodes for d in ep.dummies])
-        theta = task_vectors(model, dummies, p.n_dummies)  # A(S): [episodes, layers, hidden]
+        theta = task_vectors(model, dummies, p.n_dummies, **run)  # A(S): [episodes, layers, hidden]
         queries = model.encode([fmt.query(ep.query[0]) for ep in episodes])
         target = torch.tensor([answer_ids[ep.query[1]] for ep in episodes])
         return episodes, theta, queries, target
 
-    def accuracy(seqs, theta, layer, target) -> float:  # f(x; theta): greedy answer, scored as text
-        predicted = patched_logits(model, seqs, theta, layer).argmax(-1).cpu()
-        return hits(model.tokenizer, predicted, target).double().mean().item()
+    def accuracy(predicted, target) -> list[float]:  # per column: greedy answers scored as text
+        return hits(model.tokenizer, predicted.cpu(), target[:, None]).double().mean(0).tolist()
 
     _, theta, queries, target = split("dev", p.n_dev)
-    dev_acc = [accuracy(queries, theta[:, layer], layer, target) for layer in range(model.n_layers)]
+    dev_acc = accuracy(patched_answers(model, queries, theta, range(model.n_layers), **run), target)  # f(x; θ)
     best = dev_acc.index(max(dev_acc))
     episodes, theta, queries, target = split("test", p.n_test)
     icl = model.encode([fmt.icl(ep.demos, ep.query[0]) for ep in episodes])
-    return {"baseline": accuracy(queries, None, None, target), "icl": accuracy(icl, None, None, target),
-            "tv": accuracy(queries, theta[:, best], best, target), "best_layer": best, "dev_acc": dev_acc}
+    return {"baseline": accuracy(patched_answers(model, queries, None, [None], **run), target)[0],
+            "icl": accuracy(patched_answers(model, icl, None, [None], **run), target)[0],
+            "tv": accuracy(patched_answers(model, queries, theta, [best], **run), target)[0],
+            "best_layer": best, "dev_acc": dev_acc}
