@@ -19,13 +19,15 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="default: float32 on CPU, bfloat16 on a GPU that supports it (else float32)")
+    p.add_argument("--device-map", default=None, metavar="auto",
+                   help="shard a model too large for one device across the GPUs and the CPU (accelerate's 'auto')")
 
 
 def _load(args):
     from .models import load_model
 
     start = time.perf_counter()
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, device_map=getattr(args, "device_map", None))
     print(f"loaded {model.name} ({model.info['dtype']} on {model.info['device']}) "
           f"in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return model

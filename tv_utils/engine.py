@@ -61,11 +61,11 @@ def forward(model: Model, batch: dict, cache=None, capture: bool = False, patch:
     def hook(layer_idx):
         def run(_module, _args, output):
             hidden = layer_hidden(output)
-            if patch and layer_idx in patch:
+            if patch and layer_idx in patch:  # .to(): a sharded model's layers live on several devices
                 rows, values = patch[layer_idx]
-                hidden[rows, -1] = values.to(hidden.dtype)
+                hidden[rows.to(hidden.device), -1] = values.to(hidden.device, hidden.dtype)
             if capture:
-                captured[layer_idx] = hidden[:, -1].clone()
+                captured[layer_idx] = hidden[:, -1].to(model.device, copy=True)
 
         return run
 
@@ -85,7 +85,7 @@ def predict(model: Model, final_states: torch.Tensor) -> torch.Tensor:
     """Greedy next token for final-normed states [N, H], through the unembedding in large chunks."""
     preds = []
     for part in chunks(len(final_states), _rows(model, HEAD_ROWS)):
-        preds.append(model.unembed(final_states[part]).argmax(-1))
+        preds.append(model.unembed(final_states[part]).argmax(-1).to(model.device))
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
 
 

@@ -273,7 +273,12 @@ class Model:
 
     @property
     def device(self) -> torch.device:
-        return next(self.hf.parameters()).device
+        """Where inputs and results go: the embeddings' device (meta for an NDIF model). A model that
+        accelerate shards (`device_map`) runs its first module there, or on the CPU if it lies on disk."""
+        device = self.hf.get_input_embeddings().weight.device
+        if device.type == "meta" and getattr(self.hf, "hf_device_map", None):
+            return torch.device("cpu")
+        return device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -290,7 +295,8 @@ class Model:
         transformers pipeline, which would otherwise move a CPU model onto an available GPU."""
         from nnsight import TransformersModel
 
-        return TransformersModel(self.hf, tokenizer=self.tokenizer, device=self.device)
+        placed = {} if getattr(self.hf, "hf_device_map", None) else {"device": self.device}  # sharded: stays put
+        return TransformersModel(self.hf, tokenizer=self.tokenizer, **placed)
 
     def nn_layers(self):
         return attrgetter(self.layer_path)(self.nn)
@@ -317,8 +323,11 @@ def _bos_stand_in(tokenizer) -> tuple[int, ...]:
 
 
 def load_model(name_or_path: str | None = None, device: str | None = None, dtype: torch.dtype | str | None = None,
-               prepend_bos: bool = True) -> Model:
-    """Load an embedded model by key (default `gemma3-270m`), a local path, or a Hugging Face id."""
+               prepend_bos: bool = True, device_map: str | dict | None = None, offload_folder: str | None = None) -> Model:
+    """Load an embedded model by key (default `gemma3-270m`), a local path, or a Hugging Face id.
+
+    device_map ("auto", or accelerate's {module name: device} dict) shards a model too large for one device
+    across the GPUs, the CPU and (with offload_folder) the disk; the engine and the traces follow it."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     name = name_or_path or DEFAULT_MODEL
@@ -333,17 +342,20 @@ def load_model(name_or_path: str | None = None, device: str | None = None, dtype
         source = name
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        placement = {"device_map": device_map, "offload_folder": offload_folder} if device_map else {}
+        hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **placement)
     except OSError as e:
         raise ValueError(
             f"cannot load model {name!r}: not an embedded model ({', '.join(EMBEDDED)}), not a local path, "
             f"and not loadable as a Hugging Face id ({e.__class__.__name__}: {str(e).splitlines()[0]})"
         ) from None
-    hf.to(device).eval()
+    if not device_map:
+        hf.to(device)
+    hf.eval()
     tokenizer.padding_side = "left"
     prepend = _bos_stand_in(tokenizer) if prepend_bos else ()
     return Model(name=name, hf=hf, tokenizer=tokenizer, prepend_ids=prepend,
-                 info={"source": str(source), "device": device, "dtype": str(dtype).replace("torch.", "")})
+                 info={"source": str(source), "device": str(device_map or device), "dtype": str(dtype).replace("torch.", "")})
 
 
 def load_remote(repo_id: str) -> Model:
