@@ -167,6 +167,32 @@ def cmd_beyond(args) -> None:
     print(robust.to_string(index=False, float_format="%.2f"))
 
 
+def cmd_function_vectors(args) -> None:
+    import pandas as pd
+
+    from . import function_vectors, plots, store
+    from .experiments import Protocol
+
+    model = _load(args)
+    protocol = Protocol(n_dev=args.n_dev, n_test=args.n_test)
+    table, effects = function_vectors.compare_methods(model, args.tasks, k=args.k, n_effect=args.n_effect,
+                                                      protocol=protocol)
+    stem = _stem(args, "function_vectors", model.name)
+    store.save_table(table, f"{stem}.csv")
+    store.save_table(effects, f"{stem}_head_effects.csv")
+    heads = table.attrs["heads"]
+    store.save_json({"model": model.name, "k": args.k, "top_heads": [list(h) for h in heads]}, f"{stem}_heads.json")
+    store.save_figure(plots.head_heatmap(effects, heads), f"{stem}_heads")
+    methods = ["baseline", "icl", "tv", "tv_add", "fv"]
+    long = table.melt(id_vars=["task"], value_vars=methods, var_name="method", value_name="accuracy")
+    store.save_figure(plots.method_bars(long, "task", "accuracy", "method", "Task vectors and function vectors"),
+                      f"{stem}_accuracy")
+    print(table.to_string(index=False, float_format="%.2f"))
+    print(pd.DataFrame(table[methods + ["icl_shuffled", "icl_shuffled_tv", "icl_shuffled_fv"]].mean()).T
+          .to_string(index=False, float_format="%.3f"))
+    print(f"top {args.k} heads (layer, head): {heads}")
+
+
 def cmd_prepare(args) -> None:
     _load(args)
 
@@ -227,6 +253,13 @@ def main(argv=None) -> None:
     p.add_argument("--task-a", default="present_simple_past_simple")
     p.add_argument("--task-b", default="present_simple_gerund")
     p.set_defaults(func=cmd_beyond)
+
+    p = analysis_parser("function-vectors", "function vectors (Todd et al.) beside task vectors, same episodes", layer=False)
+    p.add_argument("--k", type=int, default=10, help="number of top heads summed into the function vector")
+    p.add_argument("--n-effect", type=int, default=10, help="ICL prompts per task for the heads' indirect effects")
+    p.add_argument("--n-dev", type=int, default=50)
+    p.add_argument("--n-test", type=int, default=50)
+    p.set_defaults(func=cmd_function_vectors)
 
     p = sub.add_parser("bench", help="timings side by side: sweep methods, nnsight vs hooks, reproduce")
     _add_model_args(p)

@@ -18,10 +18,10 @@ import torch
 
 from . import engine
 from .batches import chunks, pad_left
-from .experiments import PAPER, Protocol, accuracy, best_of, encode_queries, sample_split
+from .experiments import PAPER, Protocol, accuracy, best_of, encode_queries, run_tasks, sample_split
 from .models import Model
 from .prompts import DEFAULT_FORMAT, PromptFormat
-from .tasks import Episode
+from .tasks import TASK_NAMES, Episode, get_task
 
 # The attention block's output projection, relative to a decoder layer: Llama/Qwen2/Gemma, GPT-2, GPT-J, NeoX.
 HEAD_PROJECTIONS = ("self_attn.o_proj", "attn.c_proj", "attn.out_proj", "attention.dense")
@@ -160,15 +160,16 @@ def function_vector(model: Model, mean_states: torch.Tensor, heads: list[tuple[i
 
 
 @torch.no_grad()
-def added_sweep(model: Model, queries: list[list[int]], vector: torch.Tensor, layers=None) -> torch.Tensor:
-    """Greedy answers [n, len(layers)] with `vector` added to each query's last-token state after each layer."""
+def added_sweep(model: Model, seqs: list[list[int]], vector: torch.Tensor, layers=None) -> torch.Tensor:
+    """Greedy answers [n, len(layers)] with `vector` ([hidden], or [n_layers, hidden] for one per layer) added
+    to each prompt's last-token state after each layer in turn."""
     layers = list(range(model.n_layers)) if layers is None else layers
     states = []
-    for part in chunks(len(queries), 64):
-        _, captured, _ = engine.forward(model, pad_left(model, queries[part]), capture=True)
+    for part in chunks(len(seqs), 64):
+        _, captured, _ = engine.forward(model, pad_left(model, seqs[part]), capture=True)
         states.append(captured)
     theta = torch.cat(states) + vector.to(model.device, model.dtype)  # replace with (own state + vector) == add
-    return engine.layer_sweep(model, queries, theta, layers)
+    return engine.layer_sweep(model, seqs, theta, layers)
 
 
 def evaluate_vector(model: Model, task, vector: torch.Tensor, protocol: Protocol = PAPER,
@@ -181,3 +182,49 @@ def evaluate_vector(model: Model, task, vector: torch.Tensor, protocol: Protocol
     _, test, test_target = sample_split(model, task, "test", protocol.n_test, protocol, fmt)
     answers = added_sweep(model, encode_queries(model, test, fmt), vector, [best])[:, 0]
     return {"accuracy": accuracy(model, answers, test_target), "layer": best, "dev_acc": dev_acc}
+
+
+def mapping_rank(task) -> float:
+    """Distinct outputs per input: 1.0 for a one-to-one mapping (letter shifts, translation), low for a few
+    shared answers (continents, religions)."""
+    task = get_task(task) if isinstance(task, str) else task
+    return len({y for _, y in task.pairs}) / len(task.pairs)
+
+
+def compare_methods(model: Model, tasks=TASK_NAMES, k: int = 10, n_effect: int = 10, protocol: Protocol = PAPER,
+                    fmt: PromptFormat = DEFAULT_FORMAT) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Baseline, ICL, task vector (replaced), task vector added (minus the mean over tasks), function vector
+    (added), and both vectors on ICL prompts with shuffled labels, on the same episodes and scoring:
+    (one row per task, the indirect-effect table of every head and task)."""
+    from tqdm.auto import tqdm
+
+    results, _ = run_tasks(model, tasks, protocol, fmt, progress=False)
+    effects, head_means, task_theta = [], {}, {}
+    for task in tqdm(tasks, desc="indirect effects and mean θ"):
+        table, head_means[task] = indirect_effects(model, task, n_effect, protocol, fmt)
+        effects.append(table)
+        _, dev, _ = sample_split(model, task, "dev", protocol.n_dev, protocol, fmt)
+        task_theta[task] = engine.episode_states(model, dev, fmt, icl=False)[0].float().mean(0)  # [L, H]
+    effects = pd.concat(effects, ignore_index=True)
+    heads = top_heads(effects, k)
+    centre = torch.stack(list(task_theta.values())).mean(0)
+    rows = []
+    for task, (_, row) in tqdm(list(zip(tasks, results.iterrows())), desc="function vectors"):
+        vector = function_vector(model, head_means[task], heads)
+        fv_run = evaluate_vector(model, task, vector, protocol, fmt)
+        tv_add = evaluate_vector(model, task, task_theta[task] - centre, protocol, fmt)
+        _, test, target = sample_split(model, task, "test", protocol.n_test, protocol, fmt)
+        shuffled = model.encode([fmt.icl(shuffled_labels(ep, protocol.seed).demos, ep.query[0]) for ep in test])
+        theta, _ = engine.episode_states(model, test, fmt, icl=False)
+        tv_layer = int(row["best_layer"])
+        rows.append({
+            "task": row["task"], "category": row["category"], "mapping_rank": round(mapping_rank(task), 4),
+            "baseline": row["baseline"], "icl": row["icl"], "tv": row["tv"], "tv_add": tv_add["accuracy"],
+            "fv": fv_run["accuracy"],
+            "icl_shuffled": accuracy(model, engine.next_tokens(model, shuffled), target),
+            "icl_shuffled_tv": accuracy(model, engine.layer_sweep(model, shuffled, theta, [tv_layer])[:, 0], target),
+            "icl_shuffled_fv": accuracy(model, added_sweep(model, shuffled, vector, [fv_run["layer"]])[:, 0], target),
+            "tv_layer": tv_layer, "tv_add_layer": tv_add["layer"], "fv_layer": fv_run["layer"]})
+    table = pd.DataFrame(rows)
+    table.attrs["heads"] = heads
+    return table, effects

@@ -145,3 +145,16 @@ def method_bars(table: pd.DataFrame, x: str, y: str, colour: str, title: str, y_
     fig.update_layout(barmode="group", title=title, yaxis=dict(title=y, range=list(y_range) if y_range else None),
                       height=450, width=900)
     return fig
+
+
+def head_heatmap(effects: pd.DataFrame, top: list[tuple[int, int]] | None = None) -> go.Figure:
+    """Mean causal indirect effect of every attention head over tasks (layer x head), top heads outlined."""
+    mean = effects.groupby(["layer", "head"])["effect"].mean().unstack("head")
+    fig = go.Figure(go.Heatmap(z=mean.to_numpy(), x=[f"head {h}" for h in mean.columns], y=mean.index,
+                               colorscale="RdBu", zmid=0, colorbar=dict(title="Δ p(answer)")))
+    for layer, head in top or []:
+        fig.add_shape(type="rect", x0=head - 0.5, x1=head + 0.5, y0=layer - 0.5, y1=layer + 0.5,
+                      line=dict(color="black", width=2))
+    fig.update_layout(title="Indirect effect of each head (mean over tasks); top heads outlined",
+                      xaxis_title="head", yaxis_title="layer", height=560)
+    return fig
