@@ -59,3 +59,14 @@ def test_adding_zero_changes_nothing(tiny_llama):
     zero = torch.zeros(tiny_llama.hf.config.hidden_size)
     plain = engine.next_tokens(tiny_llama, queries)
     assert torch.equal(fv.added_sweep(tiny_llama, queries, zero), plain[:, None].expand(-1, tiny_llama.n_layers))
+
+
+def test_comparison_table_has_every_method(tiny_llama):
+    tasks = [make_task("shift", list(zip("abcdefghijklmnop", "bcdefghijklmnopq"))),
+             make_task("same", [(c, "x") for c in "abcdefghijklmnop"])]
+    table, effects = fv.compare_methods(tiny_llama, tasks, k=2, n_effect=3, protocol=Protocol(k=3, n_dev=4, n_test=4))
+    assert list(table["task"]) == ["shift", "same"] and len(table.attrs["heads"]) == 2
+    assert table.loc[1, "mapping_rank"] == 1 / 16 and table.loc[0, "mapping_rank"] == 1.0
+    methods = ["baseline", "icl", "tv", "tv_add", "fv", "icl_shuffled", "icl_shuffled_tv", "icl_shuffled_fv"]
+    assert table[methods].apply(lambda c: c.between(0, 1).all()).all()
+    assert len(effects) == 2 * tiny_llama.n_layers * fv.n_heads(tiny_llama)
