@@ -450,7 +450,8 @@ def robustness(model: Model, task: str, layer: int, n: int = 50, sizes=(1, 2, 4,
         full = torch.zeros(len(theta), model.n_layers, theta.shape[-1])
         full[:, layer] = theta
         pred = engine.layer_sweep(model, test.queries, full.to(model.device), [layer])[:, 0]
-        rows.append({"model": model.name, "task": task, "layer": layer, "condition": f"mean of {size} episodes",
+        condition = "θ from 1 other episode" if size == 1 else f"mean θ of {size} other episodes"
+        rows.append({"model": model.name, "task": task, "layer": layer, "condition": condition,
                      "accuracy": accuracy(model, pred, test.target)})
     shuffled = [_shuffled(ep, rng) for ep in test.episodes]
     theta, _ = engine.episode_states(model, shuffled, fmt)

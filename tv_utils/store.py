@@ -59,11 +59,13 @@ def save_json(obj, path: str | Path) -> Path:
     return write_atomic(path, json.dumps(obj, indent=1, default=float) + "\n")
 
 
-def save_figure(fig, stem: str | Path, png: bool = True) -> list[Path]:
-    """A plotly figure as interactive HTML (plotly.js from CDN) and, when a browser is available, PNG."""
+def save_figure(fig, stem: str | Path, png: bool = True, width: int = 1000) -> list[Path]:
+    """A plotly figure as interactive HTML (plotly.js from CDN, fills the page) and, when a browser is
+    available, PNG `width` px wide at the figure's own height (the figures set no width of their own)."""
     stem = Path(stem)
     html = fig.to_html(include_plotlyjs="cdn", full_html=True, div_id=stem.name)  # no random id: same bytes
     written = [write_atomic(stem.with_suffix(".html"), html)]
     if png:
-        written.append(write_atomic(stem.with_suffix(".png"), fig.to_image(format="png", scale=2)))
+        image = fig.to_image(format="png", width=width, height=fig.layout.height, scale=2)
+        written.append(write_atomic(stem.with_suffix(".png"), image))
     return written

@@ -15,6 +15,14 @@ from IPython.display import HTML, display
 from . import plots
 
 
+class Explorer(w.VBox):
+    """A VBox whose plain-text form (shown where widgets are not rendered, e.g. a notebook not run yet) says
+    how to use it, instead of the repr of its children."""
+
+    def __repr__(self) -> str:
+        return "Interactive explorer: run this cell (Shift+Enter) to use it."
+
+
 def _table_html(df: pd.DataFrame, css_class: str, float_format="{:.2f}") -> HTML:
     return HTML(df.to_html(index=False, classes=css_class, float_format=float_format.format, border=0))
 
@@ -39,7 +47,7 @@ def _show(out: w.Output, *objects) -> None:
     out.outputs = tuple(outputs)
 
 
-def layer_explorer(per_layer: pd.DataFrame, start: int | None = None) -> w.VBox:
+def layer_explorer(per_layer: pd.DataFrame, start: int | None = None) -> Explorer:
     """Slider over layers and a task dropdown: the accuracy curves with the chosen layer marked, and the
     per-task accuracy at that layer (from a precomputed per-layer table)."""
     layers = sorted(per_layer["layer"].unique())
@@ -65,12 +73,14 @@ def layer_explorer(per_layer: pd.DataFrame, start: int | None = None) -> w.VBox:
     slider.observe(redraw, "value")
     task.observe(redraw, "value")
     redraw()
-    return w.VBox([w.HBox([slider, task]), note, figure_out, table_out])
+    return Explorer([w.HBox([slider, task]), note, figure_out, table_out])
 
 
-def geometry_explorer(emb: pd.DataFrame, scores: pd.DataFrame | None = None) -> w.VBox:
-    """Dropdowns for layer, method and colouring over precomputed 2-D embeddings of task vectors."""
-    layer = w.Dropdown(options=sorted(emb.layer.unique()), description="layer")
+def geometry_explorer(emb: pd.DataFrame, scores: pd.DataFrame | None = None, start: int | None = None) -> Explorer:
+    """Dropdowns for layer (opening at `start`, else the first), method and colouring over precomputed 2-D
+    embeddings of task vectors."""
+    layers = sorted(int(v) for v in emb.layer.unique())
+    layer = w.Dropdown(options=layers, value=layers[0] if start is None else start, description="layer")
     method = w.Dropdown(options=sorted(emb.method.unique()), description="method")
     colour = w.Dropdown(options=["task", "category"], description="colour by")
     note, out = w.HTML(), w.Output()
@@ -85,14 +95,16 @@ def geometry_explorer(emb: pd.DataFrame, scores: pd.DataFrame | None = None) -> 
     for control in (layer, method, colour):
         control.observe(redraw, "value")
     redraw()
-    return w.VBox([w.HBox([layer, method, colour]), note, out])
+    return Explorer([w.HBox([layer, method, colour]), note, out])
 
 
-def vocab_explorer(top: pd.DataFrame, n: int = 8) -> w.VBox:
-    """Slider over layers: the top word-like tokens of each task's mean theta at that layer, either raw
-    or task-specific (tokens that rank high for many tasks removed; see `analysis.vocabulary_projection`)."""
-    layers = sorted(top.layer.unique())
-    slider = w.SelectionSlider(options=layers, value=layers[len(layers) // 2], description="layer",
+def vocab_explorer(top: pd.DataFrame, n: int = 8, start: int | None = None) -> Explorer:
+    """Slider over layers (opening at `start`, else the middle one): the top word-like tokens of each task's
+    mean theta at that layer, either raw or task-specific (tokens that rank high for many tasks removed; see
+    `analysis.vocabulary_projection`)."""
+    layers = sorted(int(v) for v in top.layer.unique())
+    slider = w.SelectionSlider(options=layers, value=layers[len(layers) // 2] if start is None else start,
+                               description="layer",
                                continuous_update=False)
     kind = w.ToggleButtons(options=["task-specific", "raw"], description="tokens")
     out = w.Output()
@@ -107,10 +119,10 @@ def vocab_explorer(top: pd.DataFrame, n: int = 8) -> w.VBox:
     slider.observe(redraw, "value")
     kind.observe(redraw, "value")
     redraw()
-    return w.VBox([w.HBox([slider, kind]), out])
+    return Explorer([w.HBox([slider, kind]), out])
 
 
-def alpha_explorer(table: pd.DataFrame) -> w.VBox:
+def alpha_explorer(table: pd.DataFrame) -> Explorer:
     """Slider over alpha on a precomputed interpolation table: accuracy on A and B at that mix."""
     df = table[table.kind == "alpha"].reset_index(drop=True)
     slider = w.SelectionSlider(options=[round(v, 2) for v in df.value], value=round(df.value.iloc[-1], 2),
@@ -127,7 +139,7 @@ def alpha_explorer(table: pd.DataFrame) -> w.VBox:
 
     slider.observe(redraw, "value")
     redraw()
-    return w.VBox([slider, note, out])
+    return Explorer([slider, note, out])
 
 
 def icl_example(model, task, k: int = 5, n: int = 10) -> dict:
@@ -145,7 +157,7 @@ def icl_example(model, task, k: int = 5, n: int = 10) -> dict:
             "zero_shot_accuracy": accuracy(model, base, s.target), "n": n}
 
 
-def icl_playground(model, task_names, n: int = 10) -> w.VBox:
+def icl_playground(model, task_names, n: int = 10) -> Explorer:
     """Pick a task and a number of demonstrations: see one prompt, the model's answer and the accuracy
     over n episodes, with and without the demonstrations."""
     task = w.Dropdown(options=list(task_names), description="task")
@@ -164,7 +176,7 @@ def icl_playground(model, task_names, n: int = 10) -> w.VBox:
                          f"zero-shot <b>{r['zero_shot_accuracy']:.2f}</b></p>"))
 
     run.on_click(go)
-    return w.VBox([w.HBox([task, k, run]), out])
+    return Explorer([w.HBox([task, k, run]), out])
 
 
 EXAMPLE_TASK = """Apple -> Red
@@ -209,7 +221,7 @@ def custom_task_table(model, pairs, queries, layer: int) -> tuple[pd.DataFrame, 
     return table, {"demos": demos, "dummies": dummies}
 
 
-def custom_task_widget(model, layer: int) -> w.VBox:
+def custom_task_widget(model, layer: int) -> Explorer:
     """Type `input -> output` lines, build theta from them, and answer new queries with `x ->` + theta."""
     pairs_box = w.Textarea(value=EXAMPLE_TASK, description="pairs", layout=w.Layout(width="420px", height="170px"))
     queries_box = w.Text(value="Corn, Cherry, Ocean", description="queries")
@@ -229,7 +241,7 @@ def custom_task_widget(model, layer: int) -> w.VBox:
             display(_table_html(table, "tv-custom-table"))
 
     run.on_click(go)
-    return w.VBox([pairs_box, queries_box, run, out])
+    return Explorer([pairs_box, queries_box, run, out])
 
 
 def conflict_partners(task_a: str, min_shared: int = 8) -> list[str]:
@@ -240,15 +252,16 @@ def conflict_partners(task_a: str, min_shared: int = 8) -> list[str]:
     return [b for b in TASK_NAMES if b != task_a and len(inputs & {x for x, _ in get_task(b).pairs}) >= min_shared]
 
 
-def conflict_widget(model, n: int = 10, layer: int | None = None, start=("en_es", "en_fr")) -> w.VBox:
+def conflict_widget(model, n: int = 10, layer: int | None = None, start=("en_es", "en_fr")) -> Explorer:
     """Pick task A (the demonstrations) and task B (the patched theta), press Run: accuracy on A's and B's
     answers with plain ICL and with theta(B) patched in (`analysis.conflicting_tasks` on n episodes)."""
     from .analysis import conflicting_tasks
     from .tasks import TASK_NAMES
 
     sources = [t for t in TASK_NAMES if conflict_partners(t)]
-    a = w.Dropdown(options=sources, value=start[0], description="task A (demos)")
-    b = w.Dropdown(options=conflict_partners(start[0]), value=start[1], description="task B (θ)")
+    full_labels = {"description_width": "initial"}  # the default width cuts "task A (demos)" short
+    a = w.Dropdown(options=sources, value=start[0], description="task A (demos)", style=full_labels)
+    b = w.Dropdown(options=conflict_partners(start[0]), value=start[1], description="task B (θ)", style=full_labels)
     run = w.Button(description="Run", button_style="primary")
     out = w.Output()
 
@@ -272,10 +285,10 @@ def conflict_widget(model, n: int = 10, layer: int | None = None, start=("en_es"
 
     a.observe(partners, "value")
     run.on_click(go)
-    return w.VBox([w.HBox([a, b, run]), out])
+    return Explorer([w.HBox([a, b, run]), out])
 
 
-def results_explorer(results: pd.DataFrame, per_layer: pd.DataFrame) -> w.VBox:
+def results_explorer(results: pd.DataFrame, per_layer: pd.DataFrame) -> Explorer:
     """Pick a task: its Baseline / ICL / task-vector accuracy and its accuracy per layer (precomputed)."""
     task = w.Dropdown(options=list(results["task"]), description="task")
     note, out = w.HTML(), w.Output()
@@ -289,4 +302,4 @@ def results_explorer(results: pd.DataFrame, per_layer: pd.DataFrame) -> w.VBox:
 
     task.observe(redraw, "value")
     redraw()
-    return w.VBox([task, note, out])
+    return Explorer([task, note, out])
