@@ -58,8 +58,10 @@ def cmd_reproduce(args) -> None:
           f"peak RSS {_peak_rss_gb():.2f} GB; results and figures in {args.out}/")
 
 
-def _stem(args, analysis: str, model_name: str) -> str:
-    return f"{args.out}/{analysis}_{model_name.replace('/', '_')}"
+def _stem(args, analysis: str, model_name: str):
+    from .store import results_stem
+
+    return results_stem(analysis, model_name, args.out)
 
 
 def cmd_depth(args) -> None:
@@ -77,7 +79,7 @@ def cmd_depth(args) -> None:
         del model
     per_layer = pd.concat(curves, ignore_index=True)
     best = analysis.best_depth(per_layer)
-    stem = f"{args.out}/depth"
+    stem = store.results_folder(args.out) / "depth"
     store.save_table(per_layer, f"{stem}_per_layer.csv")
     store.save_table(best, f"{stem}_best.csv")
     store.save_figure(plots.layer_curves(per_layer, relative=True, title="Task-vector accuracy by relative depth"),
@@ -150,7 +152,7 @@ def cmd_beyond(args) -> None:
     store.save_table(mix, f"{stem}_interpolation.csv")
     store.save_figure(plots.interpolation_curves(mix), f"{stem}_interpolation")
     library = analysis.build_library(model, args.tasks, layer, n=args.n)
-    library.save(f"{args.out}/library_{model.name.replace('/', '_')}")
+    library.save(_stem(args, "library", model.name))
     cost = analysis.reuse_cost(model, library, args.tasks, n=args.n)
     store.save_table(cost, f"{stem}_reuse_cost.csv")
     store.save_figure(plots.method_bars(cost, "task", "accuracy", "method", "ICL vs stored θ: accuracy"),
@@ -210,7 +212,7 @@ def main(argv=None) -> None:
     p = sub.add_parser("reproduce", help="the paper's main experiment: baseline / ICL / task vector on all tasks")
     _add_model_args(p)
     p.add_argument("--tasks", nargs="+", default=list(TASK_NAMES), metavar="TASK")
-    p.add_argument("--out", default="figures")
+    p.add_argument("--out", default=None, help="results folder (default: $TV_UTILS_RESULTS, else figures/)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--k", type=int, default=5, help="demonstrations per episode")
     p.add_argument("--n-dev", type=int, default=50)
@@ -225,7 +227,7 @@ def main(argv=None) -> None:
         p = sub.add_parser(name, help=help)
         _add_model_args(p)
         p.add_argument("--tasks", nargs="+", default=list(tasks), metavar="TASK", choices=TASK_NAMES)
-        p.add_argument("--out", default="figures")
+        p.add_argument("--out", default=None, help="results folder (default: $TV_UTILS_RESULTS, else figures/)")
         p.add_argument("--n", type=int, default=50, help="episodes per task")
         if layer:
             p.add_argument("--layer", type=int, default=None, help="default: the best mean dev layer")
@@ -239,7 +241,7 @@ def main(argv=None) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None)
     p.add_argument("--n", type=int, default=30)
-    p.add_argument("--out", default="figures")
+    p.add_argument("--out", default=None, help="results folder (default: $TV_UTILS_RESULTS, else figures/)")
     p.set_defaults(func=cmd_depth)
     analysis_parser("geometry", "t-SNE / UMAP of task vectors, silhouette, kNN, distances").set_defaults(
         func=cmd_geometry)

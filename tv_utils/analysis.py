@@ -19,9 +19,9 @@ import pandas as pd
 import torch
 
 from . import engine, store
-from .experiments import PAPER, Protocol, accuracy, best_of, prepare_split
+from .experiments import PAPER, Protocol, accuracy, best_mean_layer, best_of, prepare_split
 from .models import Model
-from .prompts import DEFAULT_FORMAT, PromptFormat, answer_token_ids
+from .prompts import DEFAULT_FORMAT, PromptFormat, answer_token_ids, usable_task
 from .tasks import TASK_NAMES, Episode, get_task, make_task
 
 # ---------------------------------------------------------------- depth across models
@@ -41,22 +41,39 @@ def best_depth(per_layer: pd.DataFrame) -> pd.DataFrame:
     covers every layer, so the layer count is the last layer + 1)."""
     rows = []
     for model, df in per_layer.groupby("model", sort=False):
-        mean = df.groupby("layer")["dev_acc"].mean()
-        layer = int(mean.idxmax())
+        layer = best_mean_layer(df)
         n_layers = int(df["layer"].max() + 1)
         rows.append({"model": model, "best_layer": layer, "n_layers": n_layers, "best_rel_depth": layer / n_layers,
-                     "best_mean_acc": float(mean.max())})
+                     "best_mean_acc": float(df.groupby("layer")["dev_acc"].mean().max())})
     return pd.DataFrame(rows)
 
 
-def default_layer(model: Model, folder: str | Path = store.FIGURES) -> int:
-    """The layer with the best mean dev accuracy in this model's precomputed reproduce run, else in a quick
-    sweep of four tasks: the layer the analyses use when none is given."""
-    per_layer = store.precomputed(f"reproduce_{model.name.replace('/', '_')}_per_layer", folder)
+QUICK_EPISODES = 10  # per task, in the quick live runs for a model with no stored results
+
+
+def quick_tasks(model: Model, n: int = 4, need: int = 2 * QUICK_EPISODES) -> list[str]:
+    """Up to n tasks for live fallbacks, one per category first, that this tokenizer can score on `need` pairs."""
+    preferred = ("en_fr", "antonyms", "country_capital", "list_first", "next_letter", "to_upper", "list_last",
+                 "en_es", "present_simple_past_simple", "location_continent")
+    usable = [t for t in preferred if len(usable_task(get_task(t), model.tokenizer)[0].pairs) >= need]
+    if not usable:
+        raise ValueError(f"{model.name}'s tokenizer scores none of the tasks {', '.join(preferred)} on single "
+                         f"answer tokens; run the analyses with tasks it can score")
+    return usable[:n]
+
+
+def per_layer_accuracy(model: Model, folder: str | Path | None = None, n: int = QUICK_EPISODES) -> pd.DataFrame:
+    """Dev accuracy per task and layer: this model's stored reproduce run, else a quick live sweep of
+    `quick_tasks` on n episodes each (for a model with no stored results)."""
+    per_layer = store.precomputed(store.results_stem("reproduce", model.name, folder).name + "_per_layer", folder)
     if per_layer is None:
-        per_layer = pd.concat([layer_accuracy(model, t, n=20) for t in
-                               ("en_fr", "antonyms", "country_capital", "list_first")])
-    return int(per_layer.groupby("layer")["dev_acc"].mean().idxmax())
+        per_layer = pd.concat([layer_accuracy(model, t, n=n) for t in quick_tasks(model)], ignore_index=True)
+    return per_layer
+
+
+def default_layer(model: Model, folder: str | Path | None = None) -> int:
+    """L: the layer with the best mean dev accuracy (`per_layer_accuracy`), used when no layer is given."""
+    return best_mean_layer(per_layer_accuracy(model, folder))
 
 
 # ---------------------------------------------------------------- geometry
@@ -77,10 +94,11 @@ class TaskVectors:
         """theta at the given layers (float16 safetensors) and the row table (CSV) beside it."""
         from safetensors.torch import save
 
-        path = Path(path).with_suffix(".safetensors")
+        stem = store.stem_of(path, ".safetensors")
+        path = store.suffixed(stem, ".safetensors")
         tensors = {f"layer_{l}": self.theta[:, l].half().contiguous() for l in layers}
         store.write_atomic(path, save(tensors, metadata={"model": self.model}))
-        store.save_table(self.meta, path.with_suffix(".csv"))
+        store.save_table(self.meta, store.suffixed(stem, ".csv"))
         return path
 
     @classmethod
@@ -88,7 +106,8 @@ class TaskVectors:
         """Saved task vectors; layers that were not saved are zeros (see `saved_layers`)."""
         from safetensors import safe_open
 
-        path = Path(path).with_suffix(".safetensors")
+        stem = store.stem_of(path, ".safetensors")
+        path = store.suffixed(stem, ".safetensors")
         with safe_open(path, "pt") as f:
             names = list(f.keys())
             model = f.metadata()["model"]
@@ -97,7 +116,7 @@ class TaskVectors:
         theta = torch.zeros(n, max(layers) + 1, hidden)
         for l, t in layers.items():
             theta[:, l] = t
-        tv = cls(model, theta, pd.read_csv(path.with_suffix(".csv")))
+        tv = cls(model, theta, pd.read_csv(store.suffixed(stem, ".csv")))
         tv.saved_layers = sorted(layers)
         return tv
 
@@ -367,19 +386,21 @@ class Library:
         """safetensors with one tensor per task, and a JSON sidecar with the metadata (both atomic)."""
         from safetensors.torch import save
 
-        path = Path(path).with_suffix(".safetensors")
+        stem = store.stem_of(path, ".safetensors")
+        path = store.suffixed(stem, ".safetensors")
         if not self.vectors:
             raise ValueError("the library is empty: add at least one task vector before saving")
         store.write_atomic(path, save({k: v.float().contiguous().cpu() for k, v in self.vectors.items()}))
-        store.save_json({"model": self.model, "layer": self.layer, "tasks": self.meta}, path.with_suffix(".json"))
+        store.save_json({"model": self.model, "layer": self.layer, "tasks": self.meta}, store.suffixed(stem, ".json"))
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> "Library":
         from safetensors.torch import load_file
 
-        path = Path(path).with_suffix(".safetensors")
-        meta = json.loads(path.with_suffix(".json").read_text())
+        stem = store.stem_of(path, ".safetensors")
+        path = store.suffixed(stem, ".safetensors")
+        meta = json.loads(store.suffixed(stem, ".json").read_text())
         vectors = load_file(path)
         if not vectors:
             raise ValueError(f"library {path} holds no task vectors")

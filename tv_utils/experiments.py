@@ -81,6 +81,13 @@ def best_of(layers, accuracy) -> int:
     return layers[max(range(len(layers)), key=lambda i: accuracy[i])]
 
 
+def best_mean_layer(per_layer: pd.DataFrame) -> int:
+    """The layer with the best dev accuracy averaged over the tasks of a per-layer table (the paper's single
+    L for a model; per-task layers are `best_of` each task's curve)."""
+    mean = per_layer.groupby("layer")["dev_acc"].mean()
+    return int(best_of(list(mean.index), mean.tolist()))
+
+
 def evaluate_task(model: Model, task: Task | str, protocol: Protocol = PAPER, fmt: PromptFormat = DEFAULT_FORMAT,
                   layers=None) -> tuple[dict, pd.DataFrame]:
     """One task under the protocol: a summary row and a per-layer dev-accuracy table."""
@@ -183,7 +190,7 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
     return by_cat.reset_index()
 
 
-def reproduce(model: Model, task_names=TASK_NAMES, out_dir: str | Path = "figures", protocol: Protocol = PAPER,
+def reproduce(model: Model, task_names=TASK_NAMES, out_dir: str | Path | None = None, protocol: Protocol = PAPER,
               figures: bool = True, progress: bool = True, remote: bool | str = False) -> pd.DataFrame:
     """The main job: all tasks, results as CSV + JSON and the paper's two figures under out_dir
     (remote: through nnsight traces only, on NDIF or in its local simulation; see `run_tasks`)."""
@@ -192,8 +199,7 @@ def reproduce(model: Model, task_names=TASK_NAMES, out_dir: str | Path = "figure
     start = time.perf_counter()
     results, per_layer = run_tasks(model, task_names, protocol, progress=progress, remote=remote)
     seconds = time.perf_counter() - start
-    out = Path(out_dir)
-    stem = out / f"reproduce_{model.name.replace('/', '_')}"
+    stem = store.results_stem("reproduce", model.name, out_dir)
     store.save_table(results, f"{stem}_results.csv")
     store.save_table(per_layer, f"{stem}_per_layer.csv")
     records = results.round(4).to_dict("records")

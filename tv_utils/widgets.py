@@ -13,6 +13,7 @@ import pandas as pd
 from IPython.display import HTML, display
 
 from . import plots
+from .experiments import best_mean_layer
 
 
 class Explorer(w.VBox):
@@ -51,8 +52,7 @@ def layer_explorer(per_layer: pd.DataFrame, start: int | None = None) -> Explore
     """Slider over layers and a task dropdown: the accuracy curves with the chosen layer marked, and the
     per-task accuracy at that layer (from a precomputed per-layer table)."""
     layers = sorted(per_layer["layer"].unique())
-    mean = per_layer.groupby("layer")["dev_acc"].mean()
-    best = int(mean.idxmax())
+    best = best_mean_layer(per_layer)
     slider = w.IntSlider(value=best if start is None else start, min=layers[0], max=layers[-1],
                          description="layer", continuous_update=False)
     tasks = ["all tasks"] + list(dict.fromkeys(per_layer["task"]))
