@@ -1,5 +1,6 @@
 """The paper's analyses and a few beyond it, each returning a tidy DataFrame (figures live in `plots`).
 
+- ICL and your own task: one ICL example with its accuracy; θ from pairs you type
 - depth: best layer across models, on relative depth
 - geometry: theta clusters by task (t-SNE / UMAP, silhouette, kNN, distance histograms)
 - conflicting tasks: demonstrations of A, theta of B (paper Table 2)
@@ -23,6 +24,49 @@ from .experiments import PAPER, Protocol, accuracy, best_mean_layer, best_of, pr
 from .models import Model
 from .prompts import DEFAULT_FORMAT, PromptFormat, answer_token_ids, usable_task
 from .tasks import TASK_NAMES, Episode, get_task, make_task
+
+# ---------------------------------------------------------------- ICL and your own task
+
+
+def icl_example(model, task, k: int = 5, n: int = 10) -> dict:
+    """One ICL prompt of `task` with k demonstrations, the model's answer to it, and ICL vs zero-shot accuracy
+    over n test episodes (what the ICL playground shows)."""
+    s = prepare_split(model, task, "test", n, Protocol(k=k))
+    ep = s.episodes[0]
+    base = engine.next_tokens(model, s.queries)
+    return {"prompt": DEFAULT_FORMAT.icl(ep.demos, ep.query[0]), "answer": model.decode_token(s.icl_pred[0]),
+            "expected": ep.query[1], "icl_accuracy": accuracy(model, s.icl_pred, s.target),
+            "zero_shot_accuracy": accuracy(model, base, s.target), "n": n}
+
+
+def own_task_answers(model, pairs, queries, layer: int) -> tuple[pd.DataFrame, dict]:
+    """Your own task: theta from `input -> output` pairs (text or a list of tuples), then each query answered
+    zero-shot, with ICL, and with `x ->` + theta at `layer`. The last 2 pairs' inputs serve as the dummy
+    queries x' (as in the paper, x' is not among the demonstrations); the other pairs are the demonstrations.
+
+    Returns (table with one row per query, {"demos": ..., "dummies": ...}).
+    """
+    from .tasks import parse_pairs
+
+    task = make_task("custom", parse_pairs(pairs) if isinstance(pairs, str) else pairs)
+    if len(task.pairs) < 3:
+        raise ValueError(f"give at least 3 pairs (demonstrations plus 2 dummy queries), got {len(task.pairs)}")
+    queries = [q.strip() for q in (queries.split(",") if isinstance(queries, str) else queries) if q.strip()]
+    if not queries:
+        raise ValueError("type at least one query, separated by commas")
+    model.check_layer(layer)
+    demos, dummies = task.pairs[:-2], tuple(x for x, _ in task.pairs[-2:])
+    theta, _ = engine.episode_states(model, [Episode(demos, dummies, (dummies[0], ""))], icl=False)
+    query_ids = model.encode([DEFAULT_FORMAT.query(q) for q in queries])
+    tv = patch_shared(model, query_ids, theta[0, layer], layer)
+    icl = engine.next_tokens(model, model.encode([DEFAULT_FORMAT.icl(demos, q) for q in queries]))
+    zero = engine.next_tokens(model, query_ids)
+    table = pd.DataFrame({"query": queries,
+                          "zero-shot": [model.decode_token(i) for i in zero.tolist()],
+                          "ICL": [model.decode_token(i) for i in icl.tolist()],
+                          f"task vector (layer {layer})": [model.decode_token(i) for i in tv.tolist()]})
+    return table, {"demos": demos, "dummies": dummies}
+
 
 # ---------------------------------------------------------------- depth across models
 
@@ -171,15 +215,21 @@ def geometry_scores(tv: TaskVectors, layers=None, k: int = 5) -> pd.DataFrame:
     labels = tv.meta["task"].to_numpy()
     rows = []
     for layer in range(tv.theta.shape[1]) if layers is None else layers:
-        dist = _cosine_distances(tv.at(layer))
-        np.fill_diagonal(dist, np.inf)
-        neighbours = np.argsort(dist, axis=1)[:, :k]
-        votes = labels[neighbours]
-        predicted = [pd.Series(v).mode().iloc[0] if (v == v[0]).sum() < k else v[0] for v in votes]
-        np.fill_diagonal(dist, 0)
-        rows.append({"model": tv.model, "layer": layer, "knn_accuracy": float(np.mean(predicted == labels)),
-                     "silhouette": float(silhouette_score(dist, labels, metric="precomputed"))})
+        x = tv.at(layer)
+        rows.append({"model": tv.model, "layer": layer, "knn_accuracy": knn_accuracy(x, labels, k),
+                     "silhouette": float(silhouette_score(_cosine_distances(x), labels, metric="precomputed"))})
     return pd.DataFrame(rows)
+
+
+def knn_accuracy(x: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
+    """Leave-one-out task identification: each vector's task guessed by a vote of its k nearest *other*
+    vectors (cosine distance; the most common label, the nearest one's on a tie)."""
+    labels = np.asarray(labels)
+    dist = _cosine_distances(np.asarray(x, dtype=np.float64))
+    np.fill_diagonal(dist, np.inf)
+    votes = labels[np.argsort(dist, axis=1, kind="stable")[:, :k]]
+    predicted = [pd.Series(v).mode().iloc[0] if (v == v[0]).sum() < k else v[0] for v in votes]
+    return float(np.mean(np.asarray(predicted) == labels))
 
 
 def distance_table(tv: TaskVectors, layer: int) -> pd.DataFrame:
@@ -225,6 +275,21 @@ def _shared_queries(a: str, b: str, protocol: Protocol, n: int) -> list[Episode]
 
     return sample_episodes(make_task(a, shared, task_a.category), n, protocol.k, protocol.n_dummies, "test",
                            protocol.seed)
+
+
+def conflict_partners(task_a: str, min_shared: int = 8) -> list[str]:
+    """Tasks that share at least `min_shared` inputs with task_a (so demos of A can be scored on B's answers)."""
+    from .tasks import TASK_NAMES, get_task
+
+    inputs = {x for x, _ in get_task(task_a).pairs}
+    return [b for b in TASK_NAMES if b != task_a and len(inputs & {x for x, _ in get_task(b).pairs}) >= min_shared]
+
+
+def followed_task(table: pd.DataFrame, task_a: str, task_b: str) -> str:
+    """The task whose answers the model gives with θ(B) patched over demonstrations of A (the higher accuracy
+    in the "ICL + theta of B" row; A on a tie)."""
+    row = table[(table.task_a == task_a) & (table.task_b == task_b) & (table.method == "ICL + theta of B")].iloc[0]
+    return task_b if row.acc_b > row.acc_a else task_a
 
 
 def conflicting_tasks(model: Model, pairs=PAPER_CONFLICTS, n: int = 50, layer: int | None = None,
@@ -274,6 +339,11 @@ def project(model: Model, vectors: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(model.unembed(h).float(), dim=-1).cpu()
 
 
+def answer_rank(logp: torch.Tensor, answer_ids: torch.Tensor) -> torch.Tensor:
+    """Rank of each row's answer token among the vocabulary (0 = the top token; ties count in its favour)."""
+    return (logp > logp.gather(1, answer_ids[:, None])).sum(1)
+
+
 def top_tokens(model: Model, theta: torch.Tensor, k: int = 10, pool: int = 200) -> list[list[tuple[str, float]]]:
     """Top word-like tokens per vector (deduplicated on stripped lower-case text) with their probability."""
     out = []
@@ -312,7 +382,7 @@ def vocabulary_projection(model: Model, tasks=TASK_NAMES, layers=None, n: int = 
         for layer in layers:
             logp = project(model, s.theta[:, layer].float())
             target_logp = logp.gather(1, s.target.cpu()[:, None])
-            ranks = (logp > target_logp).sum(1).float()
+            ranks = answer_rank(logp, s.target.cpu()).float()
             rank_rows.append({"model": model.name, "task": name, "layer": layer,
                               "median_rank": ranks.median().item(), "top1": (ranks == 0).float().mean().item(),
                               "mean_prob": target_logp.exp().mean().item()})

@@ -1,5 +1,5 @@
-"""ipywidgets for the notebooks. Explorers over precomputed tables respond instantly; the few that need
-the model (ICL playground, your own task, conflicting pair) run it on demand for a handful of episodes.
+"""ipywidgets for the notebooks: they only display. Explorers show precomputed tables; the few that need
+the model (ICL playground, your own task, conflicting pair) call an `analysis` function on demand.
 
 Each builder returns the widget box; the figure and table live in Output areas that are redrawn on change.
 """
@@ -12,7 +12,7 @@ import ipywidgets as w
 import pandas as pd
 from IPython.display import HTML, display
 
-from . import plots
+from . import analysis, plots
 from .experiments import best_mean_layer
 
 
@@ -142,21 +142,6 @@ def alpha_explorer(table: pd.DataFrame) -> Explorer:
     return Explorer([slider, note, out])
 
 
-def icl_example(model, task, k: int = 5, n: int = 10) -> dict:
-    """One ICL prompt of `task` with k demonstrations, the model's answer to it, and ICL vs zero-shot accuracy
-    over n test episodes (what the ICL playground shows)."""
-    from . import engine
-    from .experiments import Protocol, accuracy, prepare_split
-    from .prompts import DEFAULT_FORMAT
-
-    s = prepare_split(model, task, "test", n, Protocol(k=k))
-    ep = s.episodes[0]
-    base = engine.next_tokens(model, s.queries)
-    return {"prompt": DEFAULT_FORMAT.icl(ep.demos, ep.query[0]), "answer": model.decode_token(s.icl_pred[0]),
-            "expected": ep.query[1], "icl_accuracy": accuracy(model, s.icl_pred, s.target),
-            "zero_shot_accuracy": accuracy(model, base, s.target), "n": n}
-
-
 def icl_playground(model, task_names, n: int = 10) -> Explorer:
     """Pick a task and a number of demonstrations: see one prompt, the model's answer and the accuracy
     over n episodes, with and without the demonstrations."""
@@ -168,7 +153,7 @@ def icl_playground(model, task_names, n: int = 10) -> Explorer:
     def go(_=None):
         with out:
             out.clear_output(wait=True)
-            r = icl_example(model, task.value, k.value, n)
+            r = analysis.icl_example(model, task.value, k.value, n)
             display(HTML(f"<pre class='tv-prompt'>{html.escape(r['prompt'])}</pre>"
                          f"<p>model's answer: <b class='tv-answer'>{html.escape(r['answer'])}"
                          f"</b> (expected {html.escape(r['expected'])})</p>"
@@ -189,38 +174,6 @@ Snow -> White
 Coal -> Black"""
 
 
-def custom_task_table(model, pairs, queries, layer: int) -> tuple[pd.DataFrame, dict]:
-    """Your own task: theta from `input -> output` pairs (text or a list of tuples), then each query answered
-    zero-shot, with ICL, and with `x ->` + theta at `layer`. The last 2 pairs' inputs serve as the dummy
-    queries x' (as in the paper, x' is not among the demonstrations); the other pairs are the demonstrations.
-
-    Returns (table with one row per query, {"demos": ..., "dummies": ...}).
-    """
-    from . import engine
-    from .analysis import patch_shared
-    from .prompts import DEFAULT_FORMAT
-    from .tasks import Episode, make_task, parse_pairs
-
-    task = make_task("custom", parse_pairs(pairs) if isinstance(pairs, str) else pairs)
-    if len(task.pairs) < 3:
-        raise ValueError(f"give at least 3 pairs (demonstrations plus 2 dummy queries), got {len(task.pairs)}")
-    queries = [q.strip() for q in (queries.split(",") if isinstance(queries, str) else queries) if q.strip()]
-    if not queries:
-        raise ValueError("type at least one query, separated by commas")
-    model.check_layer(layer)
-    demos, dummies = task.pairs[:-2], tuple(x for x, _ in task.pairs[-2:])
-    theta, _ = engine.episode_states(model, [Episode(demos, dummies, (dummies[0], ""))], icl=False)
-    query_ids = model.encode([DEFAULT_FORMAT.query(q) for q in queries])
-    tv = patch_shared(model, query_ids, theta[0, layer], layer)
-    icl = engine.next_tokens(model, model.encode([DEFAULT_FORMAT.icl(demos, q) for q in queries]))
-    zero = engine.next_tokens(model, query_ids)
-    table = pd.DataFrame({"query": queries,
-                          "zero-shot": [model.decode_token(i) for i in zero.tolist()],
-                          "ICL": [model.decode_token(i) for i in icl.tolist()],
-                          f"task vector (layer {layer})": [model.decode_token(i) for i in tv.tolist()]})
-    return table, {"demos": demos, "dummies": dummies}
-
-
 def custom_task_widget(model, layer: int) -> Explorer:
     """Type `input -> output` lines, build theta from them, and answer new queries with `x ->` + theta."""
     pairs_box = w.Textarea(value=EXAMPLE_TASK, description="pairs", layout=w.Layout(width="420px", height="170px"))
@@ -232,7 +185,7 @@ def custom_task_widget(model, layer: int) -> Explorer:
         with out:
             out.clear_output(wait=True)
             try:
-                table, info = custom_task_table(model, pairs_box.value, queries_box.value, layer)
+                table, info = analysis.own_task_answers(model, pairs_box.value, queries_box.value, layer)
             except ValueError as e:
                 display(HTML(f"<p class='tv-error' style='color:#b00'>{html.escape(str(e))}</p>"))
                 return
@@ -244,40 +197,30 @@ def custom_task_widget(model, layer: int) -> Explorer:
     return Explorer([pairs_box, queries_box, run, out])
 
 
-def conflict_partners(task_a: str, min_shared: int = 8) -> list[str]:
-    """Tasks that share at least `min_shared` inputs with task_a (so demos of A can be scored on B's answers)."""
-    from .tasks import TASK_NAMES, get_task
-
-    inputs = {x for x, _ in get_task(task_a).pairs}
-    return [b for b in TASK_NAMES if b != task_a and len(inputs & {x for x, _ in get_task(b).pairs}) >= min_shared]
-
-
 def conflict_widget(model, n: int = 10, layer: int | None = None, start=("en_es", "en_fr")) -> Explorer:
     """Pick task A (the demonstrations) and task B (the patched theta), press Run: accuracy on A's and B's
     answers with plain ICL and with theta(B) patched in (`analysis.conflicting_tasks` on n episodes)."""
-    from .analysis import conflicting_tasks
     from .tasks import TASK_NAMES
 
-    sources = [t for t in TASK_NAMES if conflict_partners(t)]
+    sources = [t for t in TASK_NAMES if analysis.conflict_partners(t)]
     full_labels = {"description_width": "initial"}  # the default width cuts "task A (demos)" short
     a = w.Dropdown(options=sources, value=start[0], description="task A (demos)", style=full_labels)
-    b = w.Dropdown(options=conflict_partners(start[0]), value=start[1], description="task B (θ)", style=full_labels)
+    b = w.Dropdown(options=analysis.conflict_partners(start[0]), value=start[1], description="task B (θ)", style=full_labels)
     run = w.Button(description="Run", button_style="primary")
     out = w.Output()
 
     def partners(_=None):
-        b.options = conflict_partners(a.value)
+        b.options = analysis.conflict_partners(a.value)
 
     def go(_=None):
         with out:
             out.clear_output(wait=True)
             try:
-                table = conflicting_tasks(model, [(a.value, b.value)], n=n, layer=layer)
+                table = analysis.conflicting_tasks(model, [(a.value, b.value)], n=n, layer=layer)
             except (KeyError, ValueError) as e:
                 display(HTML(f"<p class='tv-error' style='color:#b00'>{html.escape(str(e))}</p>"))
                 return
-            conflict = table[table.method == "ICL + theta of B"].iloc[0]
-            followed = b.value if conflict.acc_b > conflict.acc_a else a.value
+            followed = analysis.followed_task(table, a.value, b.value)
             display(_table_html(table[["method", "layer", "acc_a", "acc_b"]], "tv-conflict-table"))
             display(HTML(f"<p>with θ({html.escape(b.value)}) patched over demonstrations of {html.escape(a.value)}, "
                          f"the model follows <b class='tv-followed'>{html.escape(followed)}</b></p>"))
