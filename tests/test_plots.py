@@ -1,6 +1,8 @@
 """Figures from the committed tables: they fit any output area (no fixed width), every axis is titled, and
 explorers say how to use them before they are run."""
 
+import numpy as np
+import plotly.graph_objects as go
 import pytest
 
 from tv_utils import plots, widgets
@@ -51,3 +53,26 @@ def test_every_task_has_its_own_colour():
 def test_explorer_text_says_how_to_use_it():
     explorer = widgets.alpha_explorer(precomputed(f"beyond_{M}_interpolation"))
     assert explorer._repr_mimebundle_()["text/plain"] == "Interactive explorer: run this cell (Shift+Enter) to use it."
+
+
+def _drawn(figure) -> dict:
+    """What a figure draws: its layout and traces as plain lists (FigureWidget trace ids dropped)."""
+    plain = go.FigureWidget(figure).to_plotly_json() if not isinstance(figure, go.FigureWidget) else figure.to_plotly_json()
+    traces = [{k: np.asarray(v).tolist() for k, v in t.items() if k != "uid"} for t in plain["data"]]
+    return {"layout": plain["layout"], "data": traces}
+
+
+def test_explorers_fast_paths_draw_what_a_fresh_figure_draws():
+    """A slider move only moves the layer mark, a layer change only moves the points: the figure they leave
+    equals the one drawn from scratch."""
+    per_layer = precomputed(f"reproduce_{M}_per_layer")
+    explorer = widgets.layer_explorer(per_layer, start=11)
+    explorer.children[0].children[0].value = 8
+    fresh = plots.layer_curves(per_layer, highlight=8, title="Task-vector accuracy by layer (layer 8 marked)")
+    assert _drawn(explorer.children[2]) == _drawn(fresh)
+
+    emb, scores = precomputed(f"geometry_{M}_embeddings"), precomputed(f"geometry_{M}_scores")
+    explorer = widgets.geometry_explorer(emb, scores, start=11)
+    explorer.children[0].children[1].value = "umap"
+    explorer.children[0].children[0].value = 7
+    assert _drawn(explorer.children[2]) == _drawn(plots.geometry_scatter(emb, 7, "umap", "task"))

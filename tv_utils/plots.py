@@ -49,13 +49,15 @@ def accuracy_bars(results: pd.DataFrame, title: str | None = None) -> go.Figure:
     fig = go.Figure()
     for method, colour in METHOD_COLOURS.items():
         fig.add_bar(
-            x=[df["category"], df["task"]], y=df[method], name=METHOD_LABELS[method], marker_color=colour,
-            hovertemplate="%{x}<br>" + METHOD_LABELS[method] + ": %{y:.2f}<extra></extra>",
+            x=[df["category"], df["task"].map(short_name)], y=df[method], name=METHOD_LABELS[method],
+            marker_color=colour, customdata=df["task"],
+            hovertemplate="%{customdata}<br>" + METHOD_LABELS[method] + ": %{y:.2f}<extra></extra>",
         )
     model = ", ".join(results["model"].unique())
     fig.update_layout(
         barmode="group", title=title or f"Accuracy per task ({model})", xaxis_title="task (by category)",
-        yaxis=dict(title="accuracy", range=[0, 1]), legend=TOP_LEGEND, height=540, margin=dict(t=100, b=170),
+        yaxis=dict(title="accuracy", range=[0, 1]), legend=TOP_LEGEND, height=480, margin=dict(t=100, b=120),
+        xaxis_tickangle=-45,
     )
     return fig
 
@@ -102,7 +104,7 @@ def layer_curves(per_layer: pd.DataFrame, highlight: int | None = None, relative
                             line=dict(width=4, color="black" if len(models) == 1 else colour),
                             hovertemplate=hover(name))
     if highlight is not None:
-        fig.add_vline(x=highlight, line_dash="dash", line_color="black", annotation_text=f"layer {highlight}")
+        mark_layer(fig, highlight)
     many = len(models) == 1 and len(tasks) > 1
     fig.update_layout(
         title=title or "Task-vector accuracy by layer (dev)", xaxis_title="relative depth" if relative else "layer",
@@ -110,6 +112,25 @@ def layer_curves(per_layer: pd.DataFrame, highlight: int | None = None, relative
         legend=dict(font=dict(size=10), tracegroupgap=4) if many else None,
     )
     return fig
+
+
+def mark_layer(fig: go.Figure, layer: int) -> go.Figure:
+    """Mark `layer` with a dashed line and a label, or move the figure's mark there (on a FigureWidget that is
+    a relayout in the browser, not a new plot)."""
+    if fig.layout.shapes:
+        fig.layout.shapes[0].update(x0=layer, x1=layer)
+        fig.layout.annotations[0].update(x=layer, text=f"layer {layer}")
+    else:
+        fig.add_vline(x=layer, line_dash="dash", line_color="black", annotation_text=f"layer {layer}")
+    return fig
+
+
+def geometry_title(layer: int, method: str, colour: str) -> str:
+    return f"Task vectors at layer {layer} ({method_label(method)}, coloured by {colour})"
+
+
+def method_label(method: str) -> str:
+    return method.upper().replace("TSNE", "t-SNE")
 
 
 def geometry_scatter(emb: pd.DataFrame, layer: int, method: str = "tsne", colour: str = "task") -> go.Figure:
@@ -126,8 +147,8 @@ def geometry_scatter(emb: pd.DataFrame, layer: int, method: str = "tsne", colour
                         legendgrouptitle_text=part.category.iloc[0] if colour == "task" else None,
                         customdata=part[["task", "demos"]], hovertemplate="%{customdata[0]}<br>%{customdata[1]}"
                                                                           "<extra></extra>")
-    name = method.upper().replace("TSNE", "t-SNE")
-    fig.update_layout(title=f"Task vectors at layer {layer} ({name}, coloured by {colour})",
+    name = method_label(method)
+    fig.update_layout(title=geometry_title(layer, method, colour),
                       xaxis=dict(title=f"{name} 1", showticklabels=False),
                       yaxis=dict(title=f"{name} 2", showticklabels=False),
                       legend=dict(font=dict(size=10), tracegroupgap=4), height=680)

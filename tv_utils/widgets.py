@@ -1,7 +1,8 @@
 """ipywidgets for the notebooks: they only display. Explorers show precomputed tables; the few that need
 the model (ICL playground, your own task, conflicting pair) call an `analysis` function on demand.
 
-Each builder returns the widget box; the figure and table live in Output areas that are redrawn on change.
+Each builder returns the widget box. Figures are plotly FigureWidgets updated in place (a slider move only
+relayouts the plot in the browser); tables live in Output areas that are redrawn on change.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import html
 
 import ipywidgets as w
 import pandas as pd
+import plotly.graph_objects as go
 from IPython.display import HTML, display
 
 from . import analysis, plots
@@ -48,6 +50,16 @@ def _show(out: w.Output, *objects) -> None:
     out.outputs = tuple(outputs)
 
 
+def _redraw(view: go.FigureWidget, fig: go.Figure) -> None:
+    """Make the figure widget `view` show `fig`, in place: when only the layout differs (a moved marker, a new
+    title) the browser relayouts the plot it has instead of drawing a new one, which keeps explorers fast."""
+    with view.batch_update():
+        if [t.to_plotly_json() for t in view.data] != [t.to_plotly_json() for t in fig.data]:
+            view.data = ()
+            view.add_traces(fig.data)
+        view.layout = fig.layout
+
+
 def layer_explorer(per_layer: pd.DataFrame, start: int | None = None) -> Explorer:
     """Slider over layers and a task dropdown: the accuracy curves with the chosen layer marked, and the
     per-task accuracy at that layer (from a precomputed per-layer table)."""
@@ -57,23 +69,27 @@ def layer_explorer(per_layer: pd.DataFrame, start: int | None = None) -> Explore
                          description="layer", continuous_update=False)
     tasks = ["all tasks"] + list(dict.fromkeys(per_layer["task"]))
     task = w.Dropdown(options=tasks, description="task")
-    note = w.HTML()
-    figure_out, table_out = w.Output(), w.Output()
+    note, figure, table_out = w.HTML(), go.FigureWidget(), w.Output()
 
-    def redraw(_=None):
+    def redraw(change=None):
         df = per_layer if task.value == "all tasks" else per_layer[per_layer.task == task.value]
         layer = slider.value
         at_layer = df[df.layer == layer][["task", "category", "dev_acc"]].rename(columns={"dev_acc": "accuracy"})
         note.value = (f"<b>layer {layer}</b>: mean accuracy <b class='tv-layer-acc'>{at_layer.accuracy.mean():.2f}"
                       f"</b> (best mean layer: {best})")
-        _show(figure_out, plots.layer_curves(df, highlight=layer,
-                                             title=f"Task-vector accuracy by layer (layer {layer} marked)"))
+        title = f"Task-vector accuracy by layer (layer {layer} marked)"
+        if change is not None and change.owner is slider:  # same curves: move the mark
+            with figure.batch_update():
+                plots.mark_layer(figure, layer)
+                figure.layout.title.text = title
+        else:
+            _redraw(figure, plots.layer_curves(df, highlight=layer, title=title))
         _show(table_out, _table_html(at_layer.sort_values("accuracy", ascending=False), "tv-layer-table"))
 
     slider.observe(redraw, "value")
     task.observe(redraw, "value")
     redraw()
-    return Explorer([w.HBox([slider, task]), note, figure_out, table_out])
+    return Explorer([w.HBox([slider, task]), note, figure, table_out])
 
 
 def geometry_explorer(emb: pd.DataFrame, scores: pd.DataFrame | None = None, start: int | None = None) -> Explorer:
@@ -83,19 +99,29 @@ def geometry_explorer(emb: pd.DataFrame, scores: pd.DataFrame | None = None, sta
     layer = w.Dropdown(options=layers, value=layers[0] if start is None else start, description="layer")
     method = w.Dropdown(options=sorted(emb.method.unique()), description="method")
     colour = w.Dropdown(options=["task", "category"], description="colour by")
-    note, out = w.HTML(), w.Output()
+    note, figure = w.HTML(), go.FigureWidget()
 
-    def redraw(_=None):
+    def redraw(change=None):
         if scores is not None:
             row = scores[scores.layer == layer.value].iloc[0]
             note.value = (f"layer {layer.value}: kNN task identification <b>{row.knn_accuracy:.2f}</b>, "
                           f"silhouette <b>{row.silhouette:.2f}</b>")
-        _show(out, plots.geometry_scatter(emb, layer.value, method.value, colour.value))
+        if change is not None and change.owner is not colour:  # same points, same colours: move them
+            df = emb[(emb.layer == layer.value) & (emb.method == method.value)]
+            groups = dict(tuple(df.groupby(colour.value, sort=False)))
+            with figure.batch_update():
+                for trace in figure.data:
+                    trace.x, trace.y = groups[trace.name].x.to_numpy(), groups[trace.name].y.to_numpy()
+                figure.layout.title.text = plots.geometry_title(layer.value, method.value, colour.value)
+                figure.layout.xaxis.title.text = f"{plots.method_label(method.value)} 1"
+                figure.layout.yaxis.title.text = f"{plots.method_label(method.value)} 2"
+        else:
+            _redraw(figure, plots.geometry_scatter(emb, layer.value, method.value, colour.value))
 
     for control in (layer, method, colour):
         control.observe(redraw, "value")
     redraw()
-    return Explorer([w.HBox([layer, method, colour]), note, out])
+    return Explorer([w.HBox([layer, method, colour]), note, figure])
 
 
 def vocab_explorer(top: pd.DataFrame, n: int = 8, start: int | None = None) -> Explorer:
@@ -127,7 +153,7 @@ def alpha_explorer(table: pd.DataFrame) -> Explorer:
     df = table[table.kind == "alpha"].reset_index(drop=True)
     slider = w.SelectionSlider(options=[round(v, 2) for v in df.value], value=round(df.value.iloc[-1], 2),
                                description="α", continuous_update=False)
-    note, out = w.HTML(), w.Output()
+    note, figure = w.HTML(), go.FigureWidget()
     a, b = df.task_a.iloc[0], df.task_b.iloc[0]
 
     def redraw(_=None):
@@ -135,11 +161,11 @@ def alpha_explorer(table: pd.DataFrame) -> Explorer:
         note.value = (f"α = {slider.value}: accuracy on {a} <b>{row.acc_a:.2f}</b>, on {b} <b>{row.acc_b:.2f}</b>")
         fig = plots.interpolation_curves(table)
         fig.add_vline(x=slider.value, line_dash="dash")
-        _show(out, fig)
+        _redraw(figure, fig)
 
     slider.observe(redraw, "value")
     redraw()
-    return Explorer([slider, note, out])
+    return Explorer([slider, note, figure])
 
 
 def icl_playground(model, task_names, n: int = 10) -> Explorer:
@@ -234,15 +260,15 @@ def conflict_widget(model, n: int = 10, layer: int | None = None, start=("en_es"
 def results_explorer(results: pd.DataFrame, per_layer: pd.DataFrame) -> Explorer:
     """Pick a task: its Baseline / ICL / task-vector accuracy and its accuracy per layer (precomputed)."""
     task = w.Dropdown(options=list(results["task"]), description="task")
-    note, out = w.HTML(), w.Output()
+    note, figure = w.HTML(), go.FigureWidget()
 
     def redraw(_=None):
         row = results[results.task == task.value].iloc[0]
         note.value = (f"<span class='tv-result'><b>{row.task}</b> ({row.category}): baseline {row.baseline:.2f}, "
                       f"ICL {row.icl:.2f}, task vector {row.tv:.2f} at layer {row.best_layer}</span>")
-        _show(out, plots.layer_curves(per_layer[per_layer.task == task.value], highlight=int(row.best_layer),
-                                      title=f"{task.value}: task-vector accuracy by layer"))
+        _redraw(figure, plots.layer_curves(per_layer[per_layer.task == task.value], highlight=int(row.best_layer),
+                                           title=f"{task.value}: task-vector accuracy by layer"))
 
     task.observe(redraw, "value")
     redraw()
-    return Explorer([task, note, out])
+    return Explorer([task, note, figure])
