@@ -20,7 +20,8 @@ import pandas as pd
 import torch
 
 from . import engine, store
-from .experiments import PAPER, Protocol, accuracy, best_mean_layer, best_of, prepare_split
+from .experiments import (PAPER, Protocol, accuracy, best_mean_layer, best_of, encode_queries, prepare_split,
+                          sample_split)
 from .models import Model
 from .prompts import DEFAULT_FORMAT, PromptFormat, answer_token_ids, usable_task
 from .tasks import TASK_NAMES, Episode, get_task, make_task
@@ -31,12 +32,13 @@ from .tasks import TASK_NAMES, Episode, get_task, make_task
 def icl_example(model, task, k: int = 5, n: int = 10) -> dict:
     """One ICL prompt of `task` with k demonstrations, the model's answer to it, and ICL vs zero-shot accuracy
     over n test episodes (what the ICL playground shows)."""
-    s = prepare_split(model, task, "test", n, Protocol(k=k))
-    ep = s.episodes[0]
-    base = engine.next_tokens(model, s.queries)
-    return {"prompt": DEFAULT_FORMAT.icl(ep.demos, ep.query[0]), "answer": model.decode_token(s.icl_pred[0]),
-            "expected": ep.query[1], "icl_accuracy": accuracy(model, s.icl_pred, s.target),
-            "zero_shot_accuracy": accuracy(model, base, s.target), "n": n}
+    _, episodes, target = sample_split(model, task, "test", n, Protocol(k=k), DEFAULT_FORMAT)
+    icl = engine.next_tokens(model, model.encode([DEFAULT_FORMAT.icl(ep.demos, ep.query[0]) for ep in episodes]))
+    base = engine.next_tokens(model, encode_queries(model, episodes, DEFAULT_FORMAT))  # no θ needed here
+    ep = episodes[0]
+    return {"prompt": DEFAULT_FORMAT.icl(ep.demos, ep.query[0]), "answer": model.decode_token(icl[0]),
+            "expected": ep.query[1], "icl_accuracy": accuracy(model, icl, target),
+            "zero_shot_accuracy": accuracy(model, base, target), "n": n}
 
 
 def own_task_answers(model, pairs, queries, layer: int) -> tuple[pd.DataFrame, dict]:
