@@ -66,3 +66,14 @@ def test_public_functions_run_in_bfloat16():
     assert states.dtype == torch.bfloat16
     patched = iv.patched_logits(model, seqs[1:], states[0, 9], 9)
     assert model.decode_token(patched.argmax(-1)[0]).strip() == "Madrid"  # the task from θ, the query's own answer
+
+
+def test_cli_reports_float16_overflow_in_one_line(tmp_path, capsys):
+    """The CLI stops with the NonFiniteError's message as one line (as for bad input), not a traceback."""
+    from tv_utils.__main__ import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["reproduce", "--device", "cpu", "--dtype", "float16", "--tasks", "country_capital", "--k", "3",
+              "--n-dev", "2", "--n-test", "2", "--no-figures", "--out", str(tmp_path)])
+    assert str(stop.value.code).startswith("error: gemma3-270m in float16 produced NaN/inf hidden states")
+    assert "--dtype float32" in str(stop.value.code)

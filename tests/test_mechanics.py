@@ -131,3 +131,14 @@ def test_bench_sweep_methods_agree(tiny_llama):
 
     table = bench_sweeps(tiny_llama, ["next_letter"], Protocol(k=3, n_dev=6))
     assert table["same_answers"].all() and len(table) == 3
+
+
+def test_bench_child_reproduce_gets_the_device_and_dtype():
+    """`bench --device cuda` must time the GPU: its reproduce child gets the same device, dtype and model."""
+    from tv_utils.bench import reproduce_command
+
+    cmd = reproduce_command("out", None, ["en_fr"], "float32", "cuda:1")
+    assert cmd[cmd.index("--device") + 1] == "cuda:1" and cmd[cmd.index("--dtype") + 1] == "float32"
+    assert "--model" not in cmd  # the default model, as in the parent
+    cpu_default = reproduce_command("out", "smollm2-135m", ["en_fr"], None, None)
+    assert "--device" not in cpu_default and cpu_default[cpu_default.index("--model") + 1] == "smollm2-135m"

@@ -14,6 +14,16 @@ def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def _peak_memory(model) -> str:
+    """Peak RSS, and on a GPU also the peak GPU memory that PyTorch allocated."""
+    import torch
+
+    text = f"peak RSS {_peak_rss_gb():.2f} GB"
+    if model.device.type == "cuda":
+        text += f"; peak GPU memory {torch.cuda.max_memory_allocated(model.device) / 2**30:.2f} GB"
+    return text
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="embedded key, local path or Hugging Face id (default gemma3-270m)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -55,7 +65,7 @@ def cmd_reproduce(args) -> None:
     print()
     print(summarize(results).to_string(index=False, float_format="%.3f"))
     print(f"\n{len(results)} tasks in {results.attrs['seconds']:.1f} s (model load excluded); "
-          f"peak RSS {_peak_rss_gb():.2f} GB; results and figures in {args.out}/")
+          f"{_peak_memory(model)}; results and figures in {args.out}/")
 
 
 def _stem(args, analysis: str, model_name: str):
@@ -281,9 +291,11 @@ def main(argv=None) -> None:
     p.set_defaults(func=cmd_install_model)
 
     args = parser.parse_args(argv)
+    from .models import NonFiniteError
+
     try:
         args.func(args)
-    except (ValueError, KeyError, ImportError) as e:  # bad input: one clear line, not a traceback
+    except (ValueError, KeyError, ImportError, NonFiniteError) as e:  # bad input or dtype: one clear line
         sys.exit(f"error: {e.args[0] if e.args else e}")
 
 

@@ -158,32 +158,42 @@ def bench_nnsight_overhead(model: Model, task: str = "en_fr", protocol: Protocol
     return pd.DataFrame(rows)
 
 
-def bench_reproduce(model_name: str | None, tasks=TASK_NAMES, dtype: str | None = None) -> tuple[dict, pd.DataFrame]:
-    """`python -m tv_utils reproduce` as a child process: its reported time, its peak RSS, and its results."""
+def bench_reproduce(model_name: str | None, tasks=TASK_NAMES, dtype: str | None = None,
+                    device: str | None = None) -> tuple[dict, pd.DataFrame]:
+    """`python -m tv_utils reproduce` as a child process on `device`: its reported time, its peak RSS (and
+    peak GPU memory on a GPU), and its results."""
     with tempfile.TemporaryDirectory() as out:
-        cmd = [sys.executable, "-m", "tv_utils", "reproduce", "--out", out, "--no-figures", "--tasks", *tasks]
-        cmd += ["--model", model_name] if model_name else []
-        cmd += ["--dtype", dtype] if dtype else []
+        cmd = reproduce_command(out, model_name, tasks, dtype, device)
         start = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
         wall = time.perf_counter() - start
         results = pd.read_csv(next(Path(out).glob("reproduce_*_results.csv")))
-    line = next(l for l in proc.stdout.splitlines() if " tasks in " in l)
-    seconds = float(line.split(" tasks in ")[1].split(" s")[0])
-    peak = float(line.split("peak RSS ")[1].split(" GB")[0])  # the child's own, as it reports it
-    row = {"dtype": dtype or "default", "tasks": len(tasks), "seconds_excluding_load": seconds,
-           "wall_with_load": wall, "peak_rss_gb": peak}
+    line = next(l for l in proc.stdout.splitlines() if " tasks in " in l)  # the child's own report
+    row = {"dtype": dtype or "default", "tasks": len(tasks),
+           "seconds_excluding_load": float(line.split(" tasks in ")[1].split(" s")[0]),
+           "wall_with_load": wall, "peak_rss_gb": float(line.split("peak RSS ")[1].split(" GB")[0])}
+    if "peak GPU memory " in line:
+        row["peak_gpu_gb"] = float(line.split("peak GPU memory ")[1].split(" GB")[0])
     return row, results
 
 
-def bench_dtypes(model_name: str | None, dtypes=("float32", "bfloat16"), tasks=TASK_NAMES) -> tuple[pd.DataFrame, pd.DataFrame]:
+def reproduce_command(out: str, model_name: str | None, tasks, dtype: str | None, device: str | None) -> list[str]:
+    """The child's command line: the full protocol without figures, on the bench's model, dtype and device."""
+    cmd = [sys.executable, "-m", "tv_utils", "reproduce", "--out", out, "--no-figures", "--tasks", *tasks]
+    for flag, value in (("--model", model_name), ("--dtype", dtype), ("--device", device)):
+        cmd += [flag, value] if value else []
+    return cmd
+
+
+def bench_dtypes(model_name: str | None, dtypes=("float32", "bfloat16"), tasks=TASK_NAMES,
+                 device: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Full reproduce once per dtype, side by side: (time table, mean accuracy per category and dtype).
 
     The time table also counts, against the first dtype, the tasks whose best layer moved and the largest
     per-task change in each accuracy."""
     times, accuracy, first = [], [], None
     for dtype in dtypes:
-        row, results = bench_reproduce(model_name, tasks, dtype)
+        row, results = bench_reproduce(model_name, tasks, dtype, device)
         if first is None:
             first = results
         else:
@@ -208,6 +218,13 @@ def cpu_flags() -> str:
     flags = set(next((l.split(":", 1)[1].split() for l in info.splitlines() if l.startswith("flags")), []))
     shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
     return f"{model}; {' '.join(shown) or 'no AVX2'}"
+
+
+def processor(device: str | None) -> str:
+    """What runs the model: the GPU's name for a CUDA device (the default where one exists), else the CPU."""
+    if (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device or "cuda"))
+    return cpu_flags()
 
 
 def word_tokenizer(vocab_size: int):
@@ -294,8 +311,8 @@ def main(args) -> None:
         print(json.dumps(bench_random_7b(args.device or "cuda"), indent=1))
         return
     if args.compare_dtypes:
-        print(f"== reproduce per dtype (paper protocol, child processes) on {cpu_flags()}")
-        times, table = bench_dtypes(args.model, args.compare_dtypes)
+        print(f"== reproduce per dtype (paper protocol, child processes) on {processor(args.device)}")
+        times, table = bench_dtypes(args.model, args.compare_dtypes, device=args.device)
         print(times.to_string(index=False, float_format="%.3f"))
         print("\nmean accuracy by category")
         print(table.to_string(float_format="%.3f"))
@@ -310,4 +327,5 @@ def main(args) -> None:
     if not args.skip_reproduce:
         del model
         print("\n== end-to-end reproduce (paper protocol, child process)")
-        print(pd.DataFrame([bench_reproduce(args.model, dtype=args.dtype)[0]]).to_string(index=False, float_format="%.2f"))
+        row, _ = bench_reproduce(args.model, dtype=args.dtype, device=args.device)
+        print(pd.DataFrame([row]).to_string(index=False, float_format="%.2f"))

@@ -171,7 +171,7 @@ def layer_sweep(model: Model, seqs: list[list[int]], theta: torch.Tensor, layers
 def next_tokens(model: Model, seqs: list[list[int]], batch_size: int = 64) -> torch.Tensor:
     """Unpatched greedy next token per prompt (zero-shot baseline, or ICL without prefix sharing)."""
     preds = []
-    for part in chunks(len(seqs), batch_size):
+    for part in chunks(len(seqs), _rows(model, batch_size)):
         final, _, _ = forward(model, pad_left(model, seqs[part]))
         preds.append(predict(model, final))
     return torch.cat(preds)
