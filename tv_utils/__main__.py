@@ -52,6 +52,7 @@ def _load_remote(args):
 
 
 def cmd_reproduce(args) -> None:
+    from . import store
     from .experiments import Protocol, reproduce, summarize
 
     unknown = sorted(set(args.tasks) - set(TASK_NAMES))
@@ -65,7 +66,7 @@ def cmd_reproduce(args) -> None:
     print()
     print(summarize(results).to_string(index=False, float_format="%.3f"))
     print(f"\n{len(results)} tasks in {results.attrs['seconds']:.1f} s (model load excluded); "
-          f"{_peak_memory(model)}; results and figures in {args.out}/")
+          f"{_peak_memory(model)}; results and figures in {store.results_folder(args.out)}/")
 
 
 def _stem(args, analysis: str, model_name: str):

@@ -15,6 +15,7 @@ Answer conventions, all here:
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 
 from .tasks import Episode, Task
