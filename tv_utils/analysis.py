@@ -22,7 +22,7 @@ from . import engine, store
 from .experiments import PAPER, Protocol, accuracy, best_of, prepare_split
 from .models import Model
 from .prompts import DEFAULT_FORMAT, PromptFormat, answer_token_ids
-from .tasks import TASK_NAMES, Episode, get_task, make_task
+from .tasks import TASK_NAMES, Episode, Task, get_task, make_task
 
 # ---------------------------------------------------------------- depth across models
 
@@ -194,7 +194,7 @@ PAPER_CONFLICTS = (
 )
 
 
-def _shared_queries(a: str, b: str, protocol: Protocol, n: int) -> list[Episode]:
+def shared_queries(a: str, b: str, protocol: Protocol, n: int) -> list[Episode]:
     """Episodes of task A whose query input also has an answer under task B (so both can be scored)."""
     task_a, task_b = get_task(a), get_task(b)
     b_answers = dict(task_b.pairs)
@@ -219,7 +219,7 @@ def conflicting_tasks(model: Model, pairs=PAPER_CONFLICTS, n: int = 50, layer: i
         for name in (a, b):
             if name not in TASK_NAMES:
                 raise KeyError(f"unknown task {name!r} in pair ({a}, {b}); valid tasks: {', '.join(TASK_NAMES)}")
-        episodes = _shared_queries(a, b, protocol, n)
+        episodes = shared_queries(a, b, protocol, n)
         answers_b = dict(get_task(b).pairs)
         tok = model.tokenizer
         target_a = torch.tensor([answer_token_ids(tok, ep.query[1], fmt)[0] for ep in episodes])
@@ -284,8 +284,9 @@ def vocabulary_projection(model: Model, tasks=TASK_NAMES, layers=None, n: int = 
     """
     layers = list(range(model.n_layers)) if layers is None else list(layers)
     candidates, rank_rows = [], []
-    for name in tasks:
-        s = prepare_split(model, name, "test", n, protocol, icl=False)
+    for task in tasks:
+        s = prepare_split(model, task, "test", n, protocol, icl=False)
+        name = s.task.name
         mean = s.theta.float().mean(0)  # [n_layers, H]
         for layer, tokens in zip(layers, top_tokens(model, mean[layers], pool)):
             for token, prob in tokens:
@@ -325,7 +326,7 @@ def interpolate(model: Model, task_a: str, task_b: str, alphas=np.linspace(0, 1,
     if bad:
         raise ValueError(f"alpha must be in [0, 1], got {bad}")
     model.check_layer(layer)
-    episodes = _shared_queries(task_a, task_b, protocol, n)
+    episodes = shared_queries(task_a, task_b, protocol, n)
     answers_b = dict(get_task(task_b).pairs)
     tok = model.tokenizer
     target_a = torch.tensor([answer_token_ids(tok, ep.query[1], fmt)[0] for ep in episodes])
@@ -395,8 +396,9 @@ def build_library(model: Model, tasks, layer: int, n: int = 20, protocol: Protoc
     """Mean theta over n dev episodes per task, at one layer."""
     model.check_layer(layer)
     vectors, meta = {}, {}
-    for name in tasks:
-        s = prepare_split(model, name, "dev", n, protocol, icl=False)
+    for task in tasks:
+        s = prepare_split(model, task, "dev", n, protocol, icl=False)
+        name = s.task.name
         vectors[name] = s.theta[:, layer].float().mean(0).cpu()
         meta[name] = {"layer": layer, "seed": protocol.seed, "n_episodes": n, "k": protocol.k}
     return Library(model.name, layer, vectors, meta)
@@ -415,8 +417,9 @@ def reuse_cost(model: Model, library: Library, tasks, n: int = 50, protocol: Pro
                fmt: PromptFormat = DEFAULT_FORMAT) -> pd.DataFrame:
     """ICL vs stored-theta inference on the same test queries: prompt tokens, seconds per query, accuracy."""
     rows = []
-    for name in tasks:
-        s = prepare_split(model, name, "test", n, protocol, fmt, icl=False)
+    for task in tasks:
+        s = prepare_split(model, task, "test", n, protocol, fmt, icl=False)
+        name = s.task.name
         icl = model.encode([fmt.icl(ep.demos, ep.query[0]) for ep in s.episodes])
         start = time.perf_counter()
         icl_pred = engine.next_tokens(model, icl)
@@ -436,13 +439,14 @@ def reuse_cost(model: Model, library: Library, tasks, n: int = 50, protocol: Pro
 # ---------------------------------------------------------------- beyond the paper: robustness
 
 
-def robustness(model: Model, task: str, layer: int, n: int = 50, sizes=(1, 2, 4, 8), protocol: Protocol = PAPER,
+def robustness(model: Model, task: Task | str, layer: int, n: int = 50, sizes=(1, 2, 4, 8), protocol: Protocol = PAPER,
                fmt: PromptFormat = DEFAULT_FORMAT, seed: int = 0) -> pd.DataFrame:
     """Accuracy of theta averaged over 1, 2, 4, 8 episodes, and of theta from shuffled demonstrations."""
     model.check_layer(layer)
     rng = np.random.default_rng(seed)
     pool = prepare_split(model, task, "dev", n, protocol, fmt, icl=False)
     test = prepare_split(model, task, "test", n, protocol, fmt, icl=False)
+    name = pool.task.name
     rows = []
     for size in sizes:
         picks = torch.as_tensor(rng.integers(0, len(pool.episodes), size=(len(test.episodes), size)))
@@ -450,15 +454,15 @@ def robustness(model: Model, task: str, layer: int, n: int = 50, sizes=(1, 2, 4,
         full = torch.zeros(len(theta), model.n_layers, theta.shape[-1])
         full[:, layer] = theta
         pred = engine.layer_sweep(model, test.queries, full.to(model.device), [layer])[:, 0]
-        rows.append({"model": model.name, "task": task, "layer": layer, "condition": f"mean of {size} episodes",
+        rows.append({"model": model.name, "task": name, "layer": layer, "condition": f"mean of {size} episodes",
                      "accuracy": accuracy(model, pred, test.target)})
     shuffled = [_shuffled(ep, rng) for ep in test.episodes]
     theta, _ = engine.episode_states(model, shuffled, fmt)
     pred = engine.layer_sweep(model, test.queries, theta, [layer])[:, 0]
-    rows.append({"model": model.name, "task": task, "layer": layer, "condition": "demos with shuffled answers",
+    rows.append({"model": model.name, "task": name, "layer": layer, "condition": "demos with shuffled answers",
                  "accuracy": accuracy(model, pred, test.target)})
     pred = engine.layer_sweep(model, test.queries, test.theta, [layer])[:, 0]
-    rows.append({"model": model.name, "task": task, "layer": layer, "condition": "own episode (paper)",
+    rows.append({"model": model.name, "task": name, "layer": layer, "condition": "own episode (paper)",
                  "accuracy": accuracy(model, pred, test.target)})
     return pd.DataFrame(rows)
 
