@@ -1,13 +1,69 @@
-"""Command line: `python -m tv_utils {reproduce,depth,geometry,conflict,vocab,beyond,prepare,install-model}`."""
+"""Command line: `python -m tv_utils {reproduce,depth,geometry,conflict,vocab,beyond,bench,prepare,install-model}`.
+
+Arguments are checked before any weights load (tasks and task files, counts, layers against the model's config,
+device, dtype): bad input exits with status 2 and one line on stderr, in seconds, writing nothing. Errors the kit
+reports while running exit with status 1 and one line; Ctrl-C exits with 130.
+"""
 
 from __future__ import annotations
 
 import argparse
+import re
 import resource
 import sys
 import time
+from pathlib import Path
 
 from .tasks import TASK_NAMES
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class UsageError(Exception):
+    """Bad command-line input found after parsing; reported like argparse's own errors (status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (`prog: error: ...`), without the usage text before them."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _count(text: str) -> int:
+    """argparse type: a whole number, at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _device(text: str) -> str:
+    """argparse type: cpu, cuda, cuda:N or mps (whether it exists here is checked later)."""
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; valid devices: cpu, cuda, cuda:N, mps")
+    return text
+
+
+def _task_file(path: str):
+    """argparse type: a custom task read with `tasks.load_task_file`."""
+    from .tasks import load_task_file
+
+    try:
+        return load_task_file(path)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _task_pair(text: str) -> tuple[str, str]:
+    """argparse type: `A:B`, two task names (checked later)."""
+    a, _, b = text.partition(":")
+    if not a or not b or ":" in b:
+        raise argparse.ArgumentTypeError(f"expected A:B with two task names, e.g. en_es:en_fr, got {text!r}")
+    return a, b
 
 
 def _peak_rss_gb() -> float:
@@ -16,8 +72,93 @@ def _peak_rss_gb() -> float:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="embedded key, local path or Hugging Face id (default gemma3-270m)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--dtype", default=None, help="float32, bfloat16 ... (default: the faster one, measured)")
+    _add_device_args(p)
+
+
+def _add_device_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", type=_device, default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--dtype", choices=DTYPES, default=None, help="default: the faster one, measured")
+
+
+def _add_task_args(p: argparse.ArgumentParser, default) -> None:
+    """--tasks (default: `default`, or only the file's task when --task-file is given) and --task-file."""
+    p.add_argument("--tasks", nargs="+", default=None, metavar="TASK", help=f"default: {' '.join(default)}")
+    p.add_argument("--task-file", type=_task_file, default=None, metavar="PATH",
+                   help="a custom task: CSV with an input,output header, or JSON [[input, output], ...] or "
+                        "{input: output}; named for the file")
+    p.set_defaults(default_tasks=list(default))
+
+
+def _task_list(args) -> list:
+    """The tasks to run: those named with --tasks, plus the file's task; the command's default without either."""
+    names = args.tasks if args.tasks is not None else [] if args.task_file else args.default_tasks
+    unknown = sorted(set(names) - set(TASK_NAMES))
+    if unknown:
+        raise UsageError(f"unknown task(s) {', '.join(unknown)}; valid tasks: {', '.join(TASK_NAMES)}")
+    if args.task_file is None:
+        return list(names)
+    if args.task_file.name in TASK_NAMES:
+        raise UsageError(f"the task file is named like the paper's task {args.task_file.name!r}; rename the file")
+    return [*names, args.task_file]
+
+
+def _check(args) -> None:
+    """Everything that can be checked without model weights, so that bad input fails fast and writes nothing."""
+    from .experiments import PAPER
+    from .models import DEFAULT_MODEL, available_devices, count_layers
+    from .tasks import check_episode_size, get_task
+
+    if hasattr(args, "task_file"):
+        args.tasks = _task_list(args)
+        k = getattr(args, "k", PAPER.k)
+        for task in args.tasks:
+            try:
+                check_episode_size(get_task(task) if isinstance(task, str) else task, k, PAPER.n_dummies)
+            except ValueError as e:
+                raise UsageError(f"{e}; add pairs or lower --k") from None
+        if args.command == "geometry" and len(args.tasks) < 2:
+            raise UsageError("geometry compares tasks: give at least 2 (with --tasks and --task-file)")
+    pairs = getattr(args, "pairs", None) or []
+    if args.command == "beyond":
+        pairs = [(args.task_a, args.task_b)]
+    for a, b in pairs:
+        from .analysis import shared_queries
+
+        unknown = [t for t in (a, b) if t not in TASK_NAMES]
+        if unknown:
+            raise UsageError(f"unknown task(s) {', '.join(unknown)} in pair {a}:{b}; "
+                             f"valid tasks: {', '.join(TASK_NAMES)}")
+        try:
+            shared_queries(a, b, PAPER, 1)
+        except ValueError as e:
+            raise UsageError(e) from None
+    if getattr(args, "device", None) and args.device not in available_devices():
+        raise UsageError(f"device {args.device!r} is not available here; available: "
+                         f"{', '.join(available_devices())}")
+    for name in getattr(args, "models", None) or ([args.model] if hasattr(args, "model") else []):
+        try:
+            n_layers = count_layers(name)
+        except ValueError as e:
+            raise UsageError(e) from None
+        if getattr(args, "layer", None) is not None and not 0 <= args.layer < n_layers:
+            raise UsageError(f"--layer {args.layer} is out of range for {name or DEFAULT_MODEL}: "
+                             f"valid layers are 0..{n_layers - 1}")
+
+
+def _raised_by_kit(e: BaseException) -> bool:
+    """Whether e was raised by tv_utils' own code (input it rejects), not inside a library (a bug: keep the trace)."""
+    tb = e.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return Path(tb.tb_frame.f_code.co_filename).parent == Path(__file__).parent
+
+
+def _figure(args, fig, stem: str) -> None:
+    """Save a figure (HTML and PNG) unless --no-figures."""
+    from . import store
+
+    if not args.no_figures:
+        store.save_figure(fig, stem)
 
 
 def _load(args):
@@ -33,9 +174,6 @@ def _load(args):
 def cmd_reproduce(args) -> None:
     from .experiments import Protocol, reproduce, summarize
 
-    unknown = sorted(set(args.tasks) - set(TASK_NAMES))
-    if unknown:
-        sys.exit(f"unknown task(s) {', '.join(unknown)}; valid tasks: {', '.join(TASK_NAMES)}")
     model = _load(args)
     protocol = Protocol(k=args.k, n_dev=args.n_dev, n_test=args.n_test, seed=args.seed)
     results = reproduce(model, args.tasks, args.out, protocol, figures=not args.no_figures)
@@ -69,8 +207,8 @@ def cmd_depth(args) -> None:
     stem = f"{args.out}/depth"
     store.save_table(per_layer, f"{stem}_per_layer.csv")
     store.save_table(best, f"{stem}_best.csv")
-    store.save_figure(plots.layer_curves(per_layer, relative=True, title="Task-vector accuracy by relative depth"),
-                      f"{stem}_curves")
+    _figure(args, plots.layer_curves(per_layer, relative=True, title="Task-vector accuracy by relative depth"),
+            f"{stem}_curves")
     print(best.to_string(index=False, float_format="%.3f"))
 
 
@@ -92,8 +230,8 @@ def cmd_geometry(args) -> None:
     distances = analysis.distance_table(tv, layer)
     store.save_table(distances.groupby("pair")["distance"].describe().reset_index(), f"{stem}_distances.csv")
     for method in ("tsne", "umap"):
-        store.save_figure(plots.geometry_scatter(emb, layer, method), f"{stem}_{method}")
-    store.save_figure(plots.distance_histogram(distances), f"{stem}_distances")
+        _figure(args, plots.geometry_scatter(emb, layer, method), f"{stem}_{method}")
+    _figure(args, plots.distance_histogram(distances), f"{stem}_distances")
     print(scores.to_string(index=False, float_format="%.3f"))
     print(nearest.to_string(index=False, float_format="%.3f"))
 
@@ -102,11 +240,10 @@ def cmd_conflict(args) -> None:
     from . import analysis, plots, store
 
     model = _load(args)
-    pairs = [tuple(p.split(":")) for p in args.pairs] if args.pairs else analysis.PAPER_CONFLICTS
-    table = analysis.conflicting_tasks(model, pairs, n=args.n, layer=args.layer)
+    table = analysis.conflicting_tasks(model, args.pairs or analysis.PAPER_CONFLICTS, n=args.n, layer=args.layer)
     stem = _stem(args, "conflict", model.name)
     store.save_table(table, f"{stem}.csv")
-    store.save_figure(plots.conflict_bars(table), stem)
+    _figure(args, plots.conflict_bars(table), stem)
     print(table.to_string(index=False, float_format="%.2f"))
 
 
@@ -119,8 +256,8 @@ def cmd_vocab(args) -> None:
     stem = _stem(args, "vocab", model.name)
     store.save_table(top, f"{stem}_top_tokens.csv")
     store.save_table(ranks, f"{stem}_answer_rank.csv")
-    store.save_figure(plots.top_tokens_table(top[top.specific], layer), f"{stem}_top_tokens")
-    store.save_figure(plots.answer_rank_curves(ranks, highlight=layer), f"{stem}_answer_rank")
+    _figure(args, plots.top_tokens_table(top[top.specific], layer), f"{stem}_top_tokens")
+    _figure(args, plots.answer_rank_curves(ranks, highlight=layer), f"{stem}_answer_rank")
     for specific, title in ((False, "raw"), (True, "task-specific (tokens shared by many tasks removed)")):
         at = top[(top.layer == layer) & (top.specific == specific)]
         print(f"top tokens of mean theta at layer {layer}, {title}:")
@@ -137,17 +274,17 @@ def cmd_beyond(args) -> None:
     stem = _stem(args, "beyond", model.name)
     mix = analysis.interpolate(model, args.task_a, args.task_b, layer=layer, n=args.n)
     store.save_table(mix, f"{stem}_interpolation.csv")
-    store.save_figure(plots.interpolation_curves(mix), f"{stem}_interpolation")
+    _figure(args, plots.interpolation_curves(mix), f"{stem}_interpolation")
     library = analysis.build_library(model, args.tasks, layer, n=args.n)
     library.save(f"{args.out}/library_{model.name.replace('/', '_')}")
     cost = analysis.reuse_cost(model, library, args.tasks, n=args.n)
     store.save_table(cost, f"{stem}_reuse_cost.csv")
-    store.save_figure(plots.method_bars(cost, "task", "accuracy", "method", "ICL vs stored θ: accuracy"),
-                      f"{stem}_reuse_accuracy")
+    _figure(args, plots.method_bars(cost, "task", "accuracy", "method", "ICL vs stored θ: accuracy"),
+            f"{stem}_reuse_accuracy")
     robust = pd.concat([analysis.robustness(model, t, layer, n=args.n) for t in args.tasks], ignore_index=True)
     store.save_table(robust, f"{stem}_robustness.csv")
-    store.save_figure(plots.method_bars(robust, "task", "accuracy", "condition", "Where θ comes from"),
-                      f"{stem}_robustness")
+    _figure(args, plots.method_bars(robust, "task", "accuracy", "condition", "Where θ comes from"),
+            f"{stem}_robustness")
     means = cost.groupby("method")[["prompt_tokens", "ms_per_query", "accuracy"]].mean()
     print(mix.to_string(index=False, float_format="%.2f"))
     print(means.to_string(float_format="%.2f"))
@@ -167,44 +304,45 @@ def cmd_install_model(args) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tv_utils", description=__doc__)
+    parser = _Parser(prog="python -m tv_utils", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("reproduce", help="the paper's main experiment: baseline / ICL / task vector on all tasks")
     _add_model_args(p)
-    p.add_argument("--tasks", nargs="+", default=list(TASK_NAMES), metavar="TASK")
+    _add_task_args(p, TASK_NAMES)
     p.add_argument("--out", default="figures")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--k", type=int, default=5, help="demonstrations per episode")
-    p.add_argument("--n-dev", type=int, default=50)
-    p.add_argument("--n-test", type=int, default=50)
+    p.add_argument("--k", type=_count, default=5, help="demonstrations per episode")
+    p.add_argument("--n-dev", type=_count, default=50)
+    p.add_argument("--n-test", type=_count, default=50)
     p.add_argument("--no-figures", action="store_true")
     p.set_defaults(func=cmd_reproduce)
 
-    def analysis_parser(name: str, help: str, tasks=TASK_NAMES, layer=True):
+    def analysis_parser(name: str, help: str, tasks=TASK_NAMES):
         p = sub.add_parser(name, help=help)
         _add_model_args(p)
-        p.add_argument("--tasks", nargs="+", default=list(tasks), metavar="TASK", choices=TASK_NAMES)
+        if tasks:
+            _add_task_args(p, tasks)
         p.add_argument("--out", default="figures")
-        p.add_argument("--n", type=int, default=50, help="episodes per task")
-        if layer:
-            p.add_argument("--layer", type=int, default=None, help="default: the best mean dev layer")
+        p.add_argument("--n", type=_count, default=50, help="episodes per task")
+        p.add_argument("--layer", type=int, default=None, help="default: the best mean dev layer")
+        p.add_argument("--no-figures", action="store_true")
         return p
 
     p = sub.add_parser("depth", help="layer sweeps of several models on relative depth")
     p.add_argument("--models", nargs="+", default=["gemma3-270m", "smollm2-135m", "qwen2.5-coder-0.5b",
                                                    "qwen2.5-coder-1.5b"])
-    p.add_argument("--tasks", nargs="+", default=["en_fr", "antonyms", "country_capital", "list_first",
-                                                  "present_simple_gerund", "location_continent"], choices=TASK_NAMES)
-    p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default=None)
-    p.add_argument("--n", type=int, default=30)
+    _add_task_args(p, ["en_fr", "antonyms", "country_capital", "list_first", "present_simple_gerund",
+                       "location_continent"])
+    _add_device_args(p)
+    p.add_argument("--n", type=_count, default=30)
     p.add_argument("--out", default="figures")
+    p.add_argument("--no-figures", action="store_true")
     p.set_defaults(func=cmd_depth)
     analysis_parser("geometry", "t-SNE / UMAP of task vectors, silhouette, kNN, distances").set_defaults(
         func=cmd_geometry)
     p = analysis_parser("conflict", "demonstrations of task A with the task vector of task B (paper Table 2)", ())
-    p.add_argument("--pairs", nargs="*", metavar="A:B", help="default: the paper's five pairs")
+    p.add_argument("--pairs", nargs="+", type=_task_pair, metavar="A:B", help="default: the paper's five pairs")
     p.set_defaults(func=cmd_conflict)
     p = analysis_parser("vocab", "project task vectors through the unembedding (paper Table 3)")
     p.set_defaults(func=cmd_vocab, n=20)
@@ -231,9 +369,16 @@ def main(argv=None) -> None:
 
     args = parser.parse_args(argv)
     try:
+        _check(args)
         args.func(args)
-    except (ValueError, KeyError, ImportError) as e:  # bad input: one clear line, not a traceback
-        sys.exit(f"error: {e.args[0] if e.args else e}")
+    except UsageError as e:
+        parser.exit(2, f"{parser.prog} {args.command}: error: {e}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, "interrupted\n")
+    except (ValueError, KeyError, ImportError) as e:
+        if not _raised_by_kit(e):
+            raise
+        parser.exit(1, f"error: {e.args[0] if e.args else e}\n")
 
 
 if __name__ == "__main__":
