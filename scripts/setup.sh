@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Install everything on a fresh Debian machine (Python 3.11+): Debian's Chromium (PNG export, browser
-# tests), PyTorch (CPU build unless one is already installed), this package with its test extras, and
-# the embedded default model, converted once into the user cache.
+# Install everything into the current Python environment (`make` picks it: an active venv/conda env, else
+# a local .venv): Debian's Chromium (PNG export, browser tests), the exact package versions of
+# requirements-lock.txt (PyTorch included, unless a torch is already installed: a CUDA build is kept),
+# this package with its test extras, and the embedded default model, converted once into the user cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -15,7 +16,12 @@ if ! command -v chromium >/dev/null 2>&1; then
   fi
 fi
 
-# A torch already present (CUDA or CPU) is kept; otherwise pin the release whose CPU build this machine has.
-"$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q "torch==2.13.0"
-"$PY" -m pip install -q -e ".[dev]"
+constraints=requirements-lock.txt
+if "$PY" -c "import torch" 2>/dev/null; then  # keep the torch the user installed (e.g. a CUDA build)
+  constraints=$(mktemp)
+  trap 'rm -f "$constraints"' EXIT
+  grep -v '^torch==' requirements-lock.txt > "$constraints"
+fi
+echo "installing the locked environment into $("$PY" -c 'import sys; print(sys.prefix)')"
+"$PY" -m pip install -q -c "$constraints" -e ".[dev]"
 "$PY" -m tv_utils prepare

@@ -60,15 +60,32 @@ def tokenizer():
     return char_tokenizer()
 
 
-@pytest.fixture(scope="session", params=FAMILIES)
+DTYPES = [torch.float32, torch.bfloat16]
+
+
+@pytest.fixture(scope="session", params=[(f, d) for d in DTYPES for f in FAMILIES],
+                ids=[f"{f}-{str(d)[6:]}" for d in DTYPES for f in FAMILIES])
 def tiny(request, tokenizer):
-    """A tiny random model of each family (fp32, CPU)."""
+    """A tiny random model of each family, in float32 and in bfloat16 (CPU)."""
+    family, dtype = request.param
     torch.set_num_threads(2)
+    return from_config(tiny_config(family, len(tokenizer)), tokenizer, name=f"tiny-{family}", dtype=dtype)
+
+
+@pytest.fixture(scope="session", params=FAMILIES)
+def tiny_float32(request, tokenizer):
+    """A tiny random model of each family in float32 only (for exact comparisons between two code paths)."""
     return from_config(tiny_config(request.param, len(tokenizer)), tokenizer, name=f"tiny-{request.param}")
 
 
 @pytest.fixture(scope="session")
 def tiny_llama(tokenizer):
+    return from_config(tiny_config("llama", len(tokenizer)), tokenizer, name="tiny-llama")
+
+
+@pytest.fixture
+def new_tiny_llama(tokenizer):
+    """A tiny Llama of this test's own, to break or change without touching the shared one."""
     return from_config(tiny_config("llama", len(tokenizer)), tokenizer, name="tiny-llama")
 
 

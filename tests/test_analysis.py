@@ -104,8 +104,8 @@ def test_vocabulary_projection_tables(tiny_llama):
 
 def test_robustness_conditions(tiny_llama):
     table = analysis.robustness(tiny_llama, "next_letter", layer=2, n=6, sizes=(1, 2), protocol=P)
-    assert list(table.condition) == ["mean of 1 episodes", "mean of 2 episodes", "demos with shuffled answers",
-                                     "own episode (paper)"]
+    assert list(table.condition) == ["θ from 1 other episode", "mean θ of 2 other episodes",
+                                     "demos with shuffled answers", "own episode (paper)"]
     with pytest.raises(ValueError, match="valid layers"):
         analysis.robustness(tiny_llama, "next_letter", layer=-1, n=6, protocol=P)
 

@@ -1,5 +1,12 @@
-"""The notebooks' exercise checkers accept the reference solutions and reject wrong and unattempted ones
-(plain data, or the tiny random Llama: no download)."""
+"""The notebooks' exercises: every one is rated, hinted, checked and solved in the agreed shape; each folded
+solution (read from the notebook: the only copy) passes its checker on a tiny random Llama or toy data;
+wrong answers and stubs are rejected with a useful message."""
+
+import inspect
+import json
+import linecache
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,47 +15,80 @@ import torch
 from tv_utils import exercises as ex
 from tv_utils.interventions import pad_left
 
-# ---------------------------------------------------------------- the notebooks' solutions, verbatim
+NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
+EXERCISE = re.compile(r"^### Exercise (\d+)\.(\d+) · .+\n\*\*Difficulty\*\* (🔴+)⚪* · \*\*Importance\*\* (🔵+)⚪*\n")
+STUB = re.compile(r"^def (\w+)\(.*\):\n    raise NotImplementedError  # YOUR CODE HERE$")
+CHECK = re.compile(r"^exercises\.(check_\w+)\((\w+)(, .*)?\);$")
+SOLUTION = re.compile(r"^<details><summary>✅ Solution</summary>\n\n```python\n(.*)\n```\n\n</details>$", re.S)
 
 
-def build_prompt(demos, query):
-    lines = [f"example:{x}-> {y}" for x, y in demos]
-    lines.append(f"example:{query}->")
-    return "\n".join(lines)
+def notebook_exercises():
+    """(notebook, number, checker name, function name, solution code) for every exercise, in the fixed shape:
+    task + hint (markdown), stub, check call, folded solution."""
+    found = []
+    for path in NOTEBOOKS:
+        cells = json.loads(path.read_text())["cells"]
+        text = ["".join(c["source"]) for c in cells]
+        for i, source in enumerate(text):
+            head = EXERCISE.match(source)
+            if not head:
+                continue
+            assert "<details><summary>💡 Hint</summary>" in source, f"{path.name} {head[0]}: no hint"
+            assert [c["cell_type"] for c in cells[i + 1:i + 4]] == ["code", "code", "markdown"], path.name
+            stub, check, solution = (STUB.match(text[i + 1]), CHECK.match(text[i + 2]), SOLUTION.match(text[i + 3]))
+            assert stub and check and solution, f"{path.name} exercise {head[1]}.{head[2]} is not in the shape"
+            assert stub[1] == check[2] and f"def {stub[1]}(" in solution[1], path.name
+            assert int(head[1]) == int(path.name[:2]) and 1 <= len(head[3]) <= 5 and 1 <= len(head[4]) <= 5
+            found.append((path.stem, f"{head[1]}.{head[2]}", check[1], stub[1], solution[1]))
+    return found
 
 
-def patch_theta(model, seqs, theta, layer):
-    batch = pad_left(model, seqs)
-    with model.nn.trace(batch, logits_to_keep=1):
-        out = model.nn_layers()[layer].output
-        hidden = out[0] if isinstance(out, tuple) else out
-        hidden[:, -1] = theta.to(model.dtype)
-        logits = model.nn.output.logits[:, -1].save()
-    return logits.float()
+EXERCISES = notebook_exercises()
 
 
-def best_layer(per_layer):
-    mean = per_layer.groupby("layer")["dev_acc"].mean()
-    return int(mean.idxmax())
+def test_every_notebook_has_its_rated_exercises():
+    per_notebook = {}
+    for notebook, *_ in EXERCISES:
+        per_notebook[notebook] = per_notebook.get(notebook, 0) + 1
+    for path in NOTEBOOKS:
+        need = 2 if path.name[:2] in ("02", "03", "04", "05", "06") else 1
+        assert per_notebook.get(path.stem, 0) >= need, f"{path.name}: {per_notebook.get(path.stem, 0)} exercises"
+    # no solution is executed in the notebook: the function is only ever defined by the stub
+    for path in NOTEBOOKS:
+        code = ["".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+        for notebook, number, _, name, _ in EXERCISES:
+            if notebook == path.stem:
+                assert sum(f"def {name}(" in c for c in code) == 1, f"{path.name}: {name} defined twice"
 
 
-def loo_1nn_accuracy(X, labels):
-    unit = X / np.linalg.norm(X, axis=1, keepdims=True)
-    dist = 1 - unit @ unit.T
-    np.fill_diagonal(dist, np.inf)
-    return float(np.mean(labels[dist.argmin(axis=1)] == labels))
+def _solution(code: str, name: str):
+    """The notebook's solution, defined with the names its notebook imports."""
+    import pandas as pd
+
+    from tv_utils import analysis, interventions
+    from tv_utils.experiments import accuracy, best_of
+    from tv_utils.prompts import DEFAULT_FORMAT
+
+    namespace = {"np": np, "pd": pd, "torch": torch, "analysis": analysis, "pad_left": pad_left,
+                 "capture": interventions.capture, "patched_logits": interventions.patched_logits,
+                 "task_vectors": interventions.task_vectors, "accuracy": accuracy, "best_of": best_of,
+                 "DEFAULT_FORMAT": DEFAULT_FORMAT}
+    filename = f"<solution of {name}>"
+    linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)  # nnsight reads the source
+    exec(compile(code, filename, "exec"), namespace)
+    return namespace[name]
 
 
-def follows(table, task_a, task_b):
-    row = table[(table.task_a == task_a) & (table.task_b == task_b) & (table.method == "ICL + theta of B")].iloc[0]
-    return task_b if row.acc_b > row.acc_a else task_a
-
-
-def project_to_vocab(model, vectors):
-    with torch.no_grad():
-        h = model.final_norm(vectors.to(model.device, model.dtype))
-        logits = model.unembed(h).float()
-    return torch.log_softmax(logits, dim=-1)
+@pytest.mark.parametrize("notebook, number, checker, name, code", EXERCISES, ids=[e[1] for e in EXERCISES])
+def test_notebook_solution_passes_its_checker(capsys, tiny_llama, notebook, number, checker, name, code):
+    check = getattr(ex, checker)
+    needs_model = "model" in inspect.signature(check).parameters
+    args = (tiny_llama,) if needs_model else ()
+    assert check(_solution(code, name), *args) is True, capsys.readouterr().out
+    assert capsys.readouterr().out.startswith("✅ Correct:")
+    for unattempted in (stub, returns_none):
+        assert check(unattempted, *args) is False
+        assert capsys.readouterr().out.strip() == ex.NOT_ATTEMPTED
 
 
 # ---------------------------------------------------------------- wrong answers and stubs
@@ -103,11 +143,15 @@ def best_single_task_layer(per_layer):
     return int(per_layer.loc[per_layer.dev_acc.idxmax(), "layer"])
 
 
+def solution(name: str):
+    return next(_solution(code, n) for *_, n, code in EXERCISES if n == name)
+
+
 PLAIN = [
-    (ex.check_icl_prompt, build_prompt, lambda d, q: "\n".join(f"example:{x}->{y}" for x, y in d) + f"\nexample:{q}->"),
-    (ex.check_best_layer, best_layer, best_single_task_layer),
-    (ex.check_knn_accuracy, loo_1nn_accuracy, loo_keeps_self),
-    (ex.check_follows, follows, follows_first_row),
+    (ex.check_icl_prompt, "build_prompt", lambda d, q: "\n".join(f"example:{x}->{y}" for x, y in d) + f"\nexample:{q}->"),
+    (ex.check_best_layer, "best_layer", best_single_task_layer),
+    (ex.check_knn_accuracy, "loo_1nn_accuracy", loo_keeps_self),
+    (ex.check_follows, "follows", follows_first_row),
 ]
 
 
@@ -117,15 +161,10 @@ def _verdict(capsys, checker, *args):
     return ok, out
 
 
-@pytest.mark.parametrize("checker, solution, wrong", PLAIN, ids=lambda v: getattr(v, "__name__", ""))
-def test_plain_checkers(capsys, checker, solution, wrong):
-    ok, out = _verdict(capsys, checker, solution)
-    assert ok is True and out.startswith("✅ Correct:")
+@pytest.mark.parametrize("checker, name, wrong", PLAIN, ids=lambda v: getattr(v, "__name__", ""))
+def test_plain_checkers_reject_a_wrong_answer(capsys, checker, name, wrong):
     ok, out = _verdict(capsys, checker, wrong)
     assert ok is False and out.startswith("❌ Not quite:")
-    for unattempted in (stub, returns_none):
-        ok, out = _verdict(capsys, checker, unattempted)
-        assert ok is False and out.strip() == ex.NOT_ATTEMPTED
 
 
 def test_plain_checkers_explain_common_mistakes(capsys):
@@ -139,30 +178,87 @@ def test_plain_checkers_explain_common_mistakes(capsys):
 
 def test_checkers_take_real_tables_too(capsys):
     per_layer = ex.example_per_layer().assign(dev_acc=lambda d: d.dev_acc[::-1].to_numpy())
-    assert ex.check_best_layer(best_layer, per_layer)
+    assert ex.check_best_layer(solution("best_layer"), per_layer)
     X, labels = ex.example_vectors(seed=5)
-    assert ex.check_knn_accuracy(loo_1nn_accuracy, X, labels)
-    assert ex.check_follows(follows, ex.example_conflict_table())
+    assert ex.check_knn_accuracy(solution("loo_1nn_accuracy"), X, labels)
+    assert ex.check_silhouette(solution("silhouette"), X, labels)
+    assert ex.check_follows(solution("follows"), ex.example_conflict_table())
     capsys.readouterr()
 
 
 def test_check_patch_theta(capsys, tiny_llama):
-    ok, out = _verdict(capsys, ex.check_patch_theta, patch_theta, tiny_llama)
-    assert ok and out.startswith("✅ Correct:")
     ok, out = _verdict(capsys, ex.check_patch_theta, unpatched, tiny_llama)
     assert not ok and "unpatched logits" in out
     ok, out = _verdict(capsys, ex.check_patch_theta, patched_everywhere, tiny_llama)
     assert not ok and out.startswith("❌ Not quite:")
-    ok, out = _verdict(capsys, ex.check_patch_theta, stub, tiny_llama)
-    assert not ok and out.strip() == ex.NOT_ATTEMPTED
 
 
 def test_check_project_to_vocab(capsys, tiny_llama):
-    ok, out = _verdict(capsys, ex.check_project_to_vocab, project_to_vocab, tiny_llama)
-    assert ok and out.startswith("✅ Correct:")
     ok, out = _verdict(capsys, ex.check_project_to_vocab, no_norm, tiny_llama)
     assert not ok and "final norm" in out
     ok, out = _verdict(capsys, ex.check_project_to_vocab, raw_logits, tiny_llama)
     assert not ok and "log_softmax" in out
-    ok, out = _verdict(capsys, ex.check_project_to_vocab, returns_none, tiny_llama)
-    assert not ok and out.strip() == ex.NOT_ATTEMPTED
+
+
+def read_first_row(model, seqs, layer):
+    batch = pad_left(model, seqs)
+    with model.nn.trace(batch, logits_to_keep=1):
+        out = model.nn_layers()[layer].output
+        hidden = out[0]  # on a tensor: the first prompt only
+        theta = hidden[-1].save()
+    return theta.expand(len(seqs), -1)
+
+
+def read_next_layer(model, seqs, layer):
+    return solution("read_theta")(model, seqs, layer + 1)
+
+
+def first_dummy_only(model, demos, dummies, layer):
+    return solution("mean_theta")(model, demos, dummies[:1], layer)
+
+
+def choose_on_test(model, dev, test):
+    return solution("choose_layer")(model, test, test)
+
+
+def euclidean_silhouette(X, labels):
+    from sklearn.metrics import silhouette_score
+
+    return float(silhouette_score(X, labels))
+
+
+def theta_on_query_alone(model, demos_a, query, theta_b, layer):
+    from tv_utils.interventions import patched_logits
+    from tv_utils.prompts import DEFAULT_FORMAT
+
+    return patched_logits(model, model.encode([DEFAULT_FORMAT.query(query)]), theta_b, layer)[0]
+
+
+def one_based_rank(logp, answer_ids):
+    return solution("answer_rank")(logp, answer_ids) + 1
+
+
+def demos_as_dummies(model, pairs, queries, layer):
+    return solution("answer_with_theta")(model, pairs[2:] + pairs[:2], queries, layer)
+
+
+@pytest.mark.parametrize("checker, wrong, why", [
+    (ex.check_read_theta, read_first_row, "batch row 0"),
+    (ex.check_read_theta, read_next_layer, "you returned the output of layer"),
+    (ex.check_mean_theta, first_dummy_only, "single dummy prompt"),
+    (ex.check_conflict_logits, theta_on_query_alone, "query alone"),
+    (ex.check_own_task, demos_as_dummies, "the last two inputs"),
+    (ex.check_choose_layer, choose_on_test, "choose on dev"),
+], ids=lambda v: getattr(v, "__name__", ""))
+def test_model_checkers_explain_common_mistakes(capsys, gemma, checker, wrong, why):
+    """On the real model: a tiny random one answers alike whatever θ it gets, so some mistakes go unseen."""
+    ok, out = _verdict(capsys, checker, wrong, gemma)
+    assert not ok and out.startswith("❌ Not quite:") and why in out, out
+
+
+def test_plain_checkers_catch_method_mistakes(capsys):
+    X, labels = ex.example_vectors(seed=2)
+    assert not ex.check_silhouette(euclidean_silhouette, X, labels)
+    assert "Euclidean" in capsys.readouterr().out
+    assert not ex.check_answer_rank(one_based_rank)
+    assert "start at 1" in capsys.readouterr().out

@@ -12,6 +12,15 @@ PROMPTS = ["example:ab-> c\nexample:q->", "example:hello->", "x->", "example:abc
 ATOL = 1e-4
 
 
+def assert_numerically_close(actual, expected, model):
+    """Equal up to rounding: float32 to 1e-4; bfloat16 (8 bits of mantissa) to 2% of the values' scale,
+    since batching and prefix caching change the order of its rounded sums."""
+    if model.dtype == torch.float32:
+        torch.testing.assert_close(actual, expected, atol=ATOL, rtol=1e-4)
+    else:
+        torch.testing.assert_close(actual, expected, atol=2e-2 * expected.abs().max().item(), rtol=2e-2)
+
+
 def _seqs(model, texts=PROMPTS):
     return model.encode(texts)
 
@@ -39,12 +48,12 @@ def test_patching_last_layer_reproduces_other_prompt(tiny):
 def test_patch_leaves_upstream_layers_alone(tiny):
     seqs = _seqs(tiny)
     batch = iv.pad_left(tiny, seqs)
-    _, clean, _ = engine._forward(tiny, batch, capture=True)
+    _, clean, _ = engine.forward(tiny, batch, capture=True)
     layer = 2
     theta = torch.randn(len(seqs), clean.shape[-1]) * 10
-    _, patched, _ = engine._forward(tiny, batch, capture=True, patch={layer: (torch.arange(len(seqs)), theta)})
+    _, patched, _ = engine.forward(tiny, batch, capture=True, patch={layer: (torch.arange(len(seqs)), theta)})
     torch.testing.assert_close(patched[:, :layer], clean[:, :layer], atol=0, rtol=0)
-    torch.testing.assert_close(patched[:, layer], theta, atol=0, rtol=0)
+    torch.testing.assert_close(patched[:, layer], theta.to(tiny.dtype), atol=0, rtol=0)
     assert not torch.allclose(patched[:, layer + 1], clean[:, layer + 1])
 
 
@@ -52,10 +61,10 @@ def test_batch_equals_one_at_a_time(tiny):
     seqs = _seqs(tiny)
     batched = iv.capture(tiny, seqs)
     single = torch.cat([iv.capture(tiny, [s]) for s in seqs])
-    torch.testing.assert_close(batched, single, atol=ATOL, rtol=1e-4)
+    assert_numerically_close(batched, single, tiny)
     logits = iv.patched_logits(tiny, seqs, batched[:, 1], 1)
     one = torch.cat([iv.patched_logits(tiny, [s], batched[i, 1], 1) for i, s in enumerate(seqs)])
-    torch.testing.assert_close(logits, one, atol=ATOL, rtol=1e-4)
+    assert_numerically_close(logits, one, tiny)
 
 
 def _episodes(n=6, seed=0):
@@ -68,7 +77,7 @@ def test_engine_episode_states_match_nnsight(tiny):
     eps = _episodes()
     theta, icl = engine.episode_states(tiny, eps, batch_size=4)
     dummies = [s for ep in eps for s in tiny.encode(DEFAULT_FORMAT.episode_prompts(ep)[1:])]
-    torch.testing.assert_close(theta, iv.task_vectors(tiny, dummies, n_dummies=2), atol=ATOL, rtol=1e-4)
+    assert_numerically_close(theta, iv.task_vectors(tiny, dummies, n_dummies=2), tiny)
     icl_seqs = tiny.encode([DEFAULT_FORMAT.icl(ep.demos, ep.query[0]) for ep in eps])
     assert torch.equal(icl, iv.patched_logits(tiny, icl_seqs, None, None).argmax(-1))
 

@@ -1,4 +1,5 @@
-"""Command line: `python -m tv_utils {reproduce,depth,geometry,conflict,vocab,beyond,bench,prepare,install-model}`.
+"""Command line: `python -m tv_utils {reproduce,depth,geometry,conflict,vocab,beyond,function-vectors,bench,prepare,
+install-model}`.
 
 Arguments are checked before any weights load (tasks and task files, counts, layers against the model's config,
 device, dtype): bad input exits with status 2 and one line on stderr, in seconds, writing nothing. Errors the kit
@@ -17,6 +18,7 @@ from pathlib import Path
 from .tasks import TASK_NAMES
 
 DTYPES = ("float32", "bfloat16", "float16")
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's named placements
 
 
 class UsageError(Exception):
@@ -72,12 +74,25 @@ def _peak_rss_gb() -> float:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="embedded key, local path or Hugging Face id (default gemma3-270m)")
-    _add_device_args(p)
+    _add_device_args(p, sharding=True)
 
 
-def _add_device_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", type=_device, default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--dtype", choices=DTYPES, default=None, help="default: the faster one, measured")
+def _add_device_args(p: argparse.ArgumentParser, sharding: bool = False) -> None:
+    """--dtype and --device, or (with `sharding`) --device or --device-map."""
+    placement = p.add_mutually_exclusive_group() if sharding else p
+    placement.add_argument("--device", type=_device, default=None,
+                           help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    if sharding:
+        placement.add_argument("--device-map", default=None, choices=DEVICE_MAPS,
+                               help="shard a model too large for one device across the GPUs and the CPU "
+                                    "(accelerate's placement strategies)")
+    p.add_argument("--dtype", choices=DTYPES, default=None,
+                   help="default: float32 on CPU, bfloat16 on a GPU that supports it (else float32)")
+
+
+def _add_out_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default=None, help="results folder (default: $TV_UTILS_RESULTS, else figures/)")
+    p.add_argument("--no-figures", action="store_true", help="write the tables only")
 
 
 def _add_task_args(p: argparse.ArgumentParser, default) -> None:
@@ -132,6 +147,12 @@ def _check(args) -> None:
             shared_queries(a, b, PAPER, 1)
         except ValueError as e:
             raise UsageError(e) from None
+    if getattr(args, "remote", False) is True:
+        if not args.model:
+            raise UsageError("--remote needs --model with a model id that NDIF hosts, e.g. meta-llama/Llama-3.1-70B")
+        if args.device or args.dtype or args.device_map:
+            raise UsageError("--remote runs on NDIF's machines: --device, --dtype and --device-map do not apply")
+        return  # NDIF checks the model id; its config may be gated here
     if getattr(args, "device", None) and args.device not in available_devices():
         raise UsageError(f"device {args.device!r} is not available here; available: "
                          f"{', '.join(available_devices())}")
@@ -165,7 +186,7 @@ def _load(args):
     from .models import load_model
 
     start = time.perf_counter()
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
     print(f"loaded {model.name} ({model.info['dtype']} on {model.info['device']}) "
           f"in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return model
@@ -173,20 +194,24 @@ def _load(args):
 
 def cmd_reproduce(args) -> None:
     from .experiments import Protocol, reproduce, summarize
+    from .models import load_remote
+    from .store import results_folder
 
-    model = _load(args)
+    model = load_remote(args.model) if args.remote is True else _load(args)
     protocol = Protocol(k=args.k, n_dev=args.n_dev, n_test=args.n_test, seed=args.seed)
-    results = reproduce(model, args.tasks, args.out, protocol, figures=not args.no_figures)
+    results = reproduce(model, args.tasks, args.out, protocol, figures=not args.no_figures, remote=args.remote)
     cols = ["task", "category", "baseline", "icl", "tv", "best_layer", "tv_over_icl"]
     print(results[cols].to_string(index=False, float_format="%.2f"))
     print()
     print(summarize(results).to_string(index=False, float_format="%.3f"))
     print(f"\n{len(results)} tasks in {results.attrs['seconds']:.1f} s (model load excluded); "
-          f"peak RSS {_peak_rss_gb():.2f} GB; results and figures in {args.out}/")
+          f"peak RSS {_peak_rss_gb():.2f} GB; results and figures in {results_folder(args.out)}/")
 
 
-def _stem(args, analysis: str, model_name: str) -> str:
-    return f"{args.out}/{analysis}_{model_name.replace('/', '_')}"
+def _stem(args, analysis: str, model_name: str):
+    from .store import results_stem
+
+    return results_stem(analysis, model_name, args.out)
 
 
 def cmd_depth(args) -> None:
@@ -204,7 +229,7 @@ def cmd_depth(args) -> None:
         del model
     per_layer = pd.concat(curves, ignore_index=True)
     best = analysis.best_depth(per_layer)
-    stem = f"{args.out}/depth"
+    stem = store.results_folder(args.out) / "depth"
     store.save_table(per_layer, f"{stem}_per_layer.csv")
     store.save_table(best, f"{stem}_best.csv")
     _figure(args, plots.layer_curves(per_layer, relative=True, title="Task-vector accuracy by relative depth"),
@@ -276,7 +301,7 @@ def cmd_beyond(args) -> None:
     store.save_table(mix, f"{stem}_interpolation.csv")
     _figure(args, plots.interpolation_curves(mix), f"{stem}_interpolation")
     library = analysis.build_library(model, args.tasks, layer, n=args.n)
-    library.save(f"{args.out}/library_{model.name.replace('/', '_')}")
+    library.save(_stem(args, "library", model.name))
     cost = analysis.reuse_cost(model, library, args.tasks, n=args.n)
     store.save_table(cost, f"{stem}_reuse_cost.csv")
     _figure(args, plots.method_bars(cost, "task", "accuracy", "method", "ICL vs stored θ: accuracy"),
@@ -291,6 +316,33 @@ def cmd_beyond(args) -> None:
     ratio = means.loc["ICL"] / means.loc["stored theta"]
     print(f"ICL / stored theta: {ratio['prompt_tokens']:.1f}x prompt tokens, {ratio['ms_per_query']:.1f}x time per query")
     print(robust.to_string(index=False, float_format="%.2f"))
+
+
+def cmd_function_vectors(args) -> None:
+    import pandas as pd
+
+    from . import function_vectors, plots, store
+    from .experiments import Protocol
+
+    model = _load(args)
+    protocol = Protocol(n_dev=args.n_dev, n_test=args.n_test)
+    table, effects = function_vectors.compare_methods(model, args.tasks, k=args.n_heads, n_effect=args.n_effect,
+                                                      protocol=protocol)
+    stem = _stem(args, "function_vectors", model.name)
+    store.save_table(table, f"{stem}.csv")
+    store.save_table(effects, f"{stem}_head_effects.csv")
+    heads = table.attrs["heads"]
+    store.save_json({"model": model.name, "k": args.n_heads, "top_heads": [list(h) for h in heads]},
+                    f"{stem}_heads.json")
+    _figure(args, plots.head_heatmap(effects, heads), f"{stem}_heads")
+    methods = ["baseline", "icl", "tv", "tv_add", "fv"]
+    long = table.melt(id_vars=["task"], value_vars=methods, var_name="method", value_name="accuracy")
+    _figure(args, plots.method_bars(long, "task", "accuracy", "method", "Task vectors and function vectors"),
+            f"{stem}_accuracy")
+    print(table.to_string(index=False, float_format="%.2f"))
+    print(pd.DataFrame(table[methods + ["icl_shuffled", "icl_shuffled_tv", "icl_shuffled_fv"]].mean()).T
+          .to_string(index=False, float_format="%.3f"))
+    print(f"top {args.n_heads} heads (layer, head): {heads}")
 
 
 def cmd_prepare(args) -> None:
@@ -310,12 +362,15 @@ def main(argv=None) -> None:
     p = sub.add_parser("reproduce", help="the paper's main experiment: baseline / ICL / task vector on all tasks")
     _add_model_args(p)
     _add_task_args(p, TASK_NAMES)
-    p.add_argument("--out", default="figures")
+    _add_out_args(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--k", type=_count, default=5, help="demonstrations per episode")
     p.add_argument("--n-dev", type=_count, default=50)
     p.add_argument("--n-test", type=_count, default=50)
-    p.add_argument("--no-figures", action="store_true")
+    p.add_argument("--remote", nargs="?", const=True, default=False, choices=["local"],
+                   help="run through nnsight traces on NDIF (needs NDIF_API_KEY and --model with a model id that "
+                        "NDIF hosts); '--remote local' runs nnsight's offline simulation of remote execution on a "
+                        "local model")
     p.set_defaults(func=cmd_reproduce)
 
     def analysis_parser(name: str, help: str, tasks=TASK_NAMES):
@@ -323,10 +378,9 @@ def main(argv=None) -> None:
         _add_model_args(p)
         if tasks:
             _add_task_args(p, tasks)
-        p.add_argument("--out", default="figures")
+        _add_out_args(p)
         p.add_argument("--n", type=_count, default=50, help="episodes per task")
         p.add_argument("--layer", type=int, default=None, help="default: the best mean dev layer")
-        p.add_argument("--no-figures", action="store_true")
         return p
 
     p = sub.add_parser("depth", help="layer sweeps of several models on relative depth")
@@ -336,8 +390,7 @@ def main(argv=None) -> None:
                        "location_continent"])
     _add_device_args(p)
     p.add_argument("--n", type=_count, default=30)
-    p.add_argument("--out", default="figures")
-    p.add_argument("--no-figures", action="store_true")
+    _add_out_args(p)
     p.set_defaults(func=cmd_depth)
     analysis_parser("geometry", "t-SNE / UMAP of task vectors, silhouette, kNN, distances").set_defaults(
         func=cmd_geometry)
@@ -352,11 +405,25 @@ def main(argv=None) -> None:
     p.add_argument("--task-b", default="present_simple_gerund")
     p.set_defaults(func=cmd_beyond)
 
-    p = sub.add_parser("bench", help="timings side by side: sweep methods, nnsight vs hooks, reproduce")
+    p = sub.add_parser("function-vectors", help="function vectors (Todd et al.) beside task vectors, same episodes")
     _add_model_args(p)
+    _add_task_args(p, TASK_NAMES)
+    _add_out_args(p)
+    p.add_argument("--k", dest="n_heads", type=_count, default=10,
+                   help="number of top heads summed into the function vector")
+    p.add_argument("--n-effect", type=_count, default=10, help="ICL prompts per task for the heads' indirect effects")
+    p.add_argument("--n-dev", type=_count, default=50)
+    p.add_argument("--n-test", type=_count, default=50)
+    p.set_defaults(func=cmd_function_vectors)
+
+    p = sub.add_parser("bench", help="timings side by side: sweep methods, nnsight vs hooks, reproduce")
+    p.add_argument("--model", default=None, help="embedded key, local path or Hugging Face id (default gemma3-270m)")
+    _add_device_args(p)
     p.add_argument("--tasks", nargs="+", default=["en_fr", "antonyms", "country_capital"], choices=TASK_NAMES)
     p.add_argument("--skip-reproduce", action="store_true")
     p.add_argument("--random-7b", action="store_true", help="paper protocol on a random Llama-7B (GPU)")
+    p.add_argument("--compare-dtypes", nargs="+", metavar="DTYPE", choices=DTYPES,
+                   help="only the full reproduce, once per dtype, timed and compared side by side")
     p.set_defaults(func=lambda a: __import__("tv_utils.bench", fromlist=["main"]).main(a))
 
     p = sub.add_parser("prepare", help="convert and cache a model (the embedded default needs ~60 s once)")

@@ -1,5 +1,6 @@
 """The paper's analyses and a few beyond it, each returning a tidy DataFrame (figures live in `plots`).
 
+- ICL and your own task: one ICL example with its accuracy; θ from pairs you type
 - depth: best layer across models, on relative depth
 - geometry: theta clusters by task (t-SNE / UMAP, silhouette, kNN, distance histograms)
 - conflicting tasks: demonstrations of A, theta of B (paper Table 2)
@@ -19,10 +20,53 @@ import pandas as pd
 import torch
 
 from . import engine, store
-from .experiments import PAPER, Protocol, accuracy, best_of, prepare_split
+from .experiments import PAPER, Protocol, accuracy, best_mean_layer, best_of, prepare_split
 from .models import Model
-from .prompts import DEFAULT_FORMAT, PromptFormat, answer_token_ids
+from .prompts import DEFAULT_FORMAT, PromptFormat, answer_token_ids, usable_task
 from .tasks import TASK_NAMES, Episode, Task, get_task, make_task
+
+# ---------------------------------------------------------------- ICL and your own task
+
+
+def icl_example(model, task, k: int = 5, n: int = 10) -> dict:
+    """One ICL prompt of `task` with k demonstrations, the model's answer to it, and ICL vs zero-shot accuracy
+    over n test episodes (what the ICL playground shows)."""
+    s = prepare_split(model, task, "test", n, Protocol(k=k))
+    ep = s.episodes[0]
+    base = engine.next_tokens(model, s.queries)
+    return {"prompt": DEFAULT_FORMAT.icl(ep.demos, ep.query[0]), "answer": model.decode_token(s.icl_pred[0]),
+            "expected": ep.query[1], "icl_accuracy": accuracy(model, s.icl_pred, s.target),
+            "zero_shot_accuracy": accuracy(model, base, s.target), "n": n}
+
+
+def own_task_answers(model, pairs, queries, layer: int) -> tuple[pd.DataFrame, dict]:
+    """Your own task: theta from `input -> output` pairs (text or a list of tuples), then each query answered
+    zero-shot, with ICL, and with `x ->` + theta at `layer`. The last 2 pairs' inputs serve as the dummy
+    queries x' (as in the paper, x' is not among the demonstrations); the other pairs are the demonstrations.
+
+    Returns (table with one row per query, {"demos": ..., "dummies": ...}).
+    """
+    from .tasks import parse_pairs
+
+    task = make_task("custom", parse_pairs(pairs) if isinstance(pairs, str) else pairs)
+    if len(task.pairs) < 3:
+        raise ValueError(f"give at least 3 pairs (demonstrations plus 2 dummy queries), got {len(task.pairs)}")
+    queries = [q.strip() for q in (queries.split(",") if isinstance(queries, str) else queries) if q.strip()]
+    if not queries:
+        raise ValueError("type at least one query, separated by commas")
+    model.check_layer(layer)
+    demos, dummies = task.pairs[:-2], tuple(x for x, _ in task.pairs[-2:])
+    theta, _ = engine.episode_states(model, [Episode(demos, dummies, (dummies[0], ""))], icl=False)
+    query_ids = model.encode([DEFAULT_FORMAT.query(q) for q in queries])
+    tv = patch_shared(model, query_ids, theta[0, layer], layer)
+    icl = engine.next_tokens(model, model.encode([DEFAULT_FORMAT.icl(demos, q) for q in queries]))
+    zero = engine.next_tokens(model, query_ids)
+    table = pd.DataFrame({"query": queries,
+                          "zero-shot": [model.decode_token(i) for i in zero.tolist()],
+                          "ICL": [model.decode_token(i) for i in icl.tolist()],
+                          f"task vector (layer {layer})": [model.decode_token(i) for i in tv.tolist()]})
+    return table, {"demos": demos, "dummies": dummies}
+
 
 # ---------------------------------------------------------------- depth across models
 
@@ -41,22 +85,39 @@ def best_depth(per_layer: pd.DataFrame) -> pd.DataFrame:
     covers every layer, so the layer count is the last layer + 1)."""
     rows = []
     for model, df in per_layer.groupby("model", sort=False):
-        mean = df.groupby("layer")["dev_acc"].mean()
-        layer = int(mean.idxmax())
+        layer = best_mean_layer(df)
         n_layers = int(df["layer"].max() + 1)
         rows.append({"model": model, "best_layer": layer, "n_layers": n_layers, "best_rel_depth": layer / n_layers,
-                     "best_mean_acc": float(mean.max())})
+                     "best_mean_acc": float(df.groupby("layer")["dev_acc"].mean().max())})
     return pd.DataFrame(rows)
 
 
-def default_layer(model: Model, folder: str | Path = store.FIGURES) -> int:
-    """The layer with the best mean dev accuracy in this model's precomputed reproduce run, else in a quick
-    sweep of four tasks: the layer the analyses use when none is given."""
-    per_layer = store.precomputed(f"reproduce_{model.name.replace('/', '_')}_per_layer", folder)
+QUICK_EPISODES = 10  # per task, in the quick live runs for a model with no stored results
+
+
+def quick_tasks(model: Model, n: int = 4, need: int = 2 * QUICK_EPISODES) -> list[str]:
+    """Up to n tasks for live fallbacks, one per category first, that this tokenizer can score on `need` pairs."""
+    preferred = ("en_fr", "antonyms", "country_capital", "list_first", "next_letter", "to_upper", "list_last",
+                 "en_es", "present_simple_past_simple", "location_continent")
+    usable = [t for t in preferred if len(usable_task(get_task(t), model.tokenizer)[0].pairs) >= need]
+    if not usable:
+        raise ValueError(f"{model.name}'s tokenizer scores none of the tasks {', '.join(preferred)} on single "
+                         f"answer tokens; run the analyses with tasks it can score")
+    return usable[:n]
+
+
+def per_layer_accuracy(model: Model, folder: str | Path | None = None, n: int = QUICK_EPISODES) -> pd.DataFrame:
+    """Dev accuracy per task and layer: this model's stored reproduce run, else a quick live sweep of
+    `quick_tasks` on n episodes each (for a model with no stored results)."""
+    per_layer = store.precomputed(store.results_stem("reproduce", model.name, folder).name + "_per_layer", folder)
     if per_layer is None:
-        per_layer = pd.concat([layer_accuracy(model, t, n=20) for t in
-                               ("en_fr", "antonyms", "country_capital", "list_first")])
-    return int(per_layer.groupby("layer")["dev_acc"].mean().idxmax())
+        per_layer = pd.concat([layer_accuracy(model, t, n=n) for t in quick_tasks(model)], ignore_index=True)
+    return per_layer
+
+
+def default_layer(model: Model, folder: str | Path | None = None) -> int:
+    """L: the layer with the best mean dev accuracy (`per_layer_accuracy`), used when no layer is given."""
+    return best_mean_layer(per_layer_accuracy(model, folder))
 
 
 # ---------------------------------------------------------------- geometry
@@ -77,10 +138,11 @@ class TaskVectors:
         """theta at the given layers (float16 safetensors) and the row table (CSV) beside it."""
         from safetensors.torch import save
 
-        path = Path(path).with_suffix(".safetensors")
+        stem = store.stem_of(path, ".safetensors")
+        path = store.suffixed(stem, ".safetensors")
         tensors = {f"layer_{l}": self.theta[:, l].half().contiguous() for l in layers}
         store.write_atomic(path, save(tensors, metadata={"model": self.model}))
-        store.save_table(self.meta, path.with_suffix(".csv"))
+        store.save_table(self.meta, store.suffixed(stem, ".csv"))
         return path
 
     @classmethod
@@ -88,7 +150,8 @@ class TaskVectors:
         """Saved task vectors; layers that were not saved are zeros (see `saved_layers`)."""
         from safetensors import safe_open
 
-        path = Path(path).with_suffix(".safetensors")
+        stem = store.stem_of(path, ".safetensors")
+        path = store.suffixed(stem, ".safetensors")
         with safe_open(path, "pt") as f:
             names = list(f.keys())
             model = f.metadata()["model"]
@@ -97,7 +160,7 @@ class TaskVectors:
         theta = torch.zeros(n, max(layers) + 1, hidden)
         for l, t in layers.items():
             theta[:, l] = t
-        tv = cls(model, theta, pd.read_csv(path.with_suffix(".csv")))
+        tv = cls(model, theta, pd.read_csv(store.suffixed(stem, ".csv")))
         tv.saved_layers = sorted(layers)
         return tv
 
@@ -152,15 +215,21 @@ def geometry_scores(tv: TaskVectors, layers=None, k: int = 5) -> pd.DataFrame:
     labels = tv.meta["task"].to_numpy()
     rows = []
     for layer in range(tv.theta.shape[1]) if layers is None else layers:
-        dist = _cosine_distances(tv.at(layer))
-        np.fill_diagonal(dist, np.inf)
-        neighbours = np.argsort(dist, axis=1)[:, :k]
-        votes = labels[neighbours]
-        predicted = [pd.Series(v).mode().iloc[0] if (v == v[0]).sum() < k else v[0] for v in votes]
-        np.fill_diagonal(dist, 0)
-        rows.append({"model": tv.model, "layer": layer, "knn_accuracy": float(np.mean(predicted == labels)),
-                     "silhouette": float(silhouette_score(dist, labels, metric="precomputed"))})
+        x = tv.at(layer)
+        rows.append({"model": tv.model, "layer": layer, "knn_accuracy": knn_accuracy(x, labels, k),
+                     "silhouette": float(silhouette_score(_cosine_distances(x), labels, metric="precomputed"))})
     return pd.DataFrame(rows)
+
+
+def knn_accuracy(x: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
+    """Leave-one-out task identification: each vector's task guessed by a vote of its k nearest *other*
+    vectors (cosine distance; the most common label, the nearest one's on a tie)."""
+    labels = np.asarray(labels)
+    dist = _cosine_distances(np.asarray(x, dtype=np.float64))
+    np.fill_diagonal(dist, np.inf)
+    votes = labels[np.argsort(dist, axis=1, kind="stable")[:, :k]]
+    predicted = [pd.Series(v).mode().iloc[0] if (v == v[0]).sum() < k else v[0] for v in votes]
+    return float(np.mean(np.asarray(predicted) == labels))
 
 
 def distance_table(tv: TaskVectors, layer: int) -> pd.DataFrame:
@@ -206,6 +275,21 @@ def shared_queries(a: str, b: str, protocol: Protocol, n: int) -> list[Episode]:
 
     return sample_episodes(make_task(a, shared, task_a.category), n, protocol.k, protocol.n_dummies, "test",
                            protocol.seed)
+
+
+def conflict_partners(task_a: str, min_shared: int = 8) -> list[str]:
+    """Tasks that share at least `min_shared` inputs with task_a (so demos of A can be scored on B's answers)."""
+    from .tasks import TASK_NAMES, get_task
+
+    inputs = {x for x, _ in get_task(task_a).pairs}
+    return [b for b in TASK_NAMES if b != task_a and len(inputs & {x for x, _ in get_task(b).pairs}) >= min_shared]
+
+
+def followed_task(table: pd.DataFrame, task_a: str, task_b: str) -> str:
+    """The task whose answers the model gives with θ(B) patched over demonstrations of A (the higher accuracy
+    in the "ICL + theta of B" row; A on a tie)."""
+    row = table[(table.task_a == task_a) & (table.task_b == task_b) & (table.method == "ICL + theta of B")].iloc[0]
+    return task_b if row.acc_b > row.acc_a else task_a
 
 
 def conflicting_tasks(model: Model, pairs=PAPER_CONFLICTS, n: int = 50, layer: int | None = None,
@@ -255,6 +339,11 @@ def project(model: Model, vectors: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(model.unembed(h).float(), dim=-1).cpu()
 
 
+def answer_rank(logp: torch.Tensor, answer_ids: torch.Tensor) -> torch.Tensor:
+    """Rank of each row's answer token among the vocabulary (0 = the top token; ties count in its favour)."""
+    return (logp > logp.gather(1, answer_ids[:, None])).sum(1)
+
+
 def top_tokens(model: Model, theta: torch.Tensor, k: int = 10, pool: int = 200) -> list[list[tuple[str, float]]]:
     """Top word-like tokens per vector (deduplicated on stripped lower-case text) with their probability."""
     out = []
@@ -294,7 +383,7 @@ def vocabulary_projection(model: Model, tasks=TASK_NAMES, layers=None, n: int = 
         for layer in layers:
             logp = project(model, s.theta[:, layer].float())
             target_logp = logp.gather(1, s.target.cpu()[:, None])
-            ranks = (logp > target_logp).sum(1).float()
+            ranks = answer_rank(logp, s.target.cpu()).float()
             rank_rows.append({"model": model.name, "task": name, "layer": layer,
                               "median_rank": ranks.median().item(), "top1": (ranks == 0).float().mean().item(),
                               "mean_prob": target_logp.exp().mean().item()})
@@ -368,19 +457,21 @@ class Library:
         """safetensors with one tensor per task, and a JSON sidecar with the metadata (both atomic)."""
         from safetensors.torch import save
 
-        path = Path(path).with_suffix(".safetensors")
+        stem = store.stem_of(path, ".safetensors")
+        path = store.suffixed(stem, ".safetensors")
         if not self.vectors:
             raise ValueError("the library is empty: add at least one task vector before saving")
         store.write_atomic(path, save({k: v.float().contiguous().cpu() for k, v in self.vectors.items()}))
-        store.save_json({"model": self.model, "layer": self.layer, "tasks": self.meta}, path.with_suffix(".json"))
+        store.save_json({"model": self.model, "layer": self.layer, "tasks": self.meta}, store.suffixed(stem, ".json"))
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> "Library":
         from safetensors.torch import load_file
 
-        path = Path(path).with_suffix(".safetensors")
-        meta = json.loads(path.with_suffix(".json").read_text())
+        stem = store.stem_of(path, ".safetensors")
+        path = store.suffixed(stem, ".safetensors")
+        meta = json.loads(store.suffixed(stem, ".json").read_text())
         vectors = load_file(path)
         if not vectors:
             raise ValueError(f"library {path} holds no task vectors")
@@ -454,7 +545,8 @@ def robustness(model: Model, task: Task | str, layer: int, n: int = 50, sizes=(1
         full = torch.zeros(len(theta), model.n_layers, theta.shape[-1])
         full[:, layer] = theta
         pred = engine.layer_sweep(model, test.queries, full.to(model.device), [layer])[:, 0]
-        rows.append({"model": model.name, "task": name, "layer": layer, "condition": f"mean of {size} episodes",
+        condition = "θ from 1 other episode" if size == 1 else f"mean θ of {size} other episodes"
+        rows.append({"model": model.name, "task": name, "layer": layer, "condition": condition,
                      "accuracy": accuracy(model, pred, test.target)})
     shuffled = [_shuffled(ep, rng) for ep in test.episodes]
     theta, _ = engine.episode_states(model, shuffled, fmt)

@@ -14,18 +14,19 @@ from __future__ import annotations
 
 import copy
 import json
-import resource
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import pandas as pd
 import torch
 
 from . import engine
 from . import interventions as iv
-from .experiments import PAPER, Protocol
+from .batches import chunks, layer_hidden, pad_left
+from .experiments import PAPER, Protocol, summarize
 from .models import Model
 from .prompts import DEFAULT_FORMAT, usable_task
 from .tasks import TASK_NAMES, get_task, sample_episodes
@@ -62,14 +63,14 @@ def sweep_straightforward(model: Model, episodes, dummies, queries, n_dummies: i
 
 @torch.no_grad()
 def sweep_kv_cache(model: Model, episodes, dummies, queries, n_dummies: int) -> torch.Tensor:
-    _, states, _ = engine._forward(model, iv.pad_left(model, dummies), capture=True)
+    _, states, _ = engine.forward(model, pad_left(model, dummies), capture=True)
     theta = states.view(-1, n_dummies, *states.shape[1:]).mean(1)
-    prefix_mask, cache = engine._cached_prefix(model, [q[:-1] for q in queries])
-    batch = engine._suffix_batch(model, prefix_mask, [[q[-1]] for q in queries], 1)
+    prefix_mask, cache = engine.cached_prefix(model, [q[:-1] for q in queries])
+    batch = engine.suffix_batch(model, prefix_mask, [[q[-1]] for q in queries], 1)
     rows = torch.arange(len(queries), device=model.device)
     cols = []
     for layer in range(model.n_layers):
-        final, _, _ = engine._forward(model, batch, cache=copy.deepcopy(cache), patch={layer: (rows, theta[:, layer])})
+        final, _, _ = engine.forward(model, batch, cache=copy.deepcopy(cache), patch={layer: (rows, theta[:, layer])})
         cols.append(engine.predict(model, final))
     return torch.stack(cols, dim=1)
 
@@ -103,13 +104,13 @@ def bench_sweeps(model: Model, tasks, protocol: Protocol = PAPER, methods=tuple(
 def _hook_capture(model: Model, seqs, batch_size: int = 32) -> torch.Tensor:
     """iv.capture's work with plain forward hooks instead of nnsight."""
     out = []
-    for part in iv._chunks(len(seqs), batch_size):
+    for part in chunks(len(seqs), batch_size):
         states = []
-        handles = [layer.register_forward_hook(lambda m, a, o: states.append(iv._hidden(o)[:, -1]))
+        handles = [layer.register_forward_hook(lambda m, a, o: states.append(layer_hidden(o)[:, -1]))
                    for layer in model.layers]
         try:
             with torch.no_grad():
-                model.hf(**iv.pad_left(model, seqs[part]), logits_to_keep=1)
+                model.hf(**pad_left(model, seqs[part]), logits_to_keep=1)
         finally:
             for h in handles:
                 h.remove()
@@ -120,14 +121,14 @@ def _hook_capture(model: Model, seqs, batch_size: int = 32) -> torch.Tensor:
 def _hook_patch(model: Model, seqs, theta, layer: int, batch_size: int = 32) -> torch.Tensor:
     """iv.patched_logits's work with a plain forward hook instead of nnsight."""
     out = []
-    for part in iv._chunks(len(seqs), batch_size):
+    for part in chunks(len(seqs), batch_size):
         def write(m, a, o, values=theta[part]):
-            iv._hidden(o)[:, -1] = values
+            layer_hidden(o)[:, -1] = values
 
         handle = model.layers[layer].register_forward_hook(write)
         try:
             with torch.no_grad():
-                out.append(model.hf(**iv.pad_left(model, seqs[part]), logits_to_keep=1).logits[:, -1].float())
+                out.append(model.hf(**pad_left(model, seqs[part]), logits_to_keep=1).logits[:, -1].float())
         finally:
             handle.remove()
     return torch.cat(out)
@@ -157,19 +158,56 @@ def bench_nnsight_overhead(model: Model, task: str = "en_fr", protocol: Protocol
     return pd.DataFrame(rows)
 
 
-def bench_reproduce(model_name: str | None, tasks=TASK_NAMES) -> dict:
-    """`python -m tv_utils reproduce` as a child process: its reported time and its peak RSS."""
+def bench_reproduce(model_name: str | None, tasks=TASK_NAMES, dtype: str | None = None) -> tuple[dict, pd.DataFrame]:
+    """`python -m tv_utils reproduce` as a child process: its reported time, its peak RSS, and its results."""
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "-m", "tv_utils", "reproduce", "--out", out, "--no-figures", "--tasks", *tasks]
-        if model_name:
-            cmd += ["--model", model_name]
+        cmd += ["--model", model_name] if model_name else []
+        cmd += ["--dtype", dtype] if dtype else []
         start = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
         wall = time.perf_counter() - start
+        results = pd.read_csv(next(Path(out).glob("reproduce_*_results.csv")))
     line = next(l for l in proc.stdout.splitlines() if " tasks in " in l)
     seconds = float(line.split(" tasks in ")[1].split(" s")[0])
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
-    return {"tasks": len(tasks), "seconds_excluding_load": seconds, "wall_with_load": wall, "peak_rss_gb": peak}
+    peak = float(line.split("peak RSS ")[1].split(" GB")[0])  # the child's own, as it reports it
+    row = {"dtype": dtype or "default", "tasks": len(tasks), "seconds_excluding_load": seconds,
+           "wall_with_load": wall, "peak_rss_gb": peak}
+    return row, results
+
+
+def bench_dtypes(model_name: str | None, dtypes=("float32", "bfloat16"), tasks=TASK_NAMES) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Full reproduce once per dtype, side by side: (time table, mean accuracy per category and dtype).
+
+    The time table also counts, against the first dtype, the tasks whose best layer moved and the largest
+    per-task change in each accuracy."""
+    times, accuracy, first = [], [], None
+    for dtype in dtypes:
+        row, results = bench_reproduce(model_name, tasks, dtype)
+        if first is None:
+            first = results
+        else:
+            row["best_layer_moved"] = int((results["best_layer"] != first["best_layer"]).sum())
+            for col in ("baseline", "icl", "tv"):
+                row[f"max_task_diff_{col}"] = (results[col] - first[col]).abs().max()
+        times.append(row)
+        accuracy.append(summarize(results).assign(dtype=dtype))
+    times = pd.DataFrame(times)
+    times["x_faster_than_first"] = times["seconds_excluding_load"].iloc[0] / times["seconds_excluding_load"]
+    table = pd.concat(accuracy).pivot(index="category", columns="dtype", values=["baseline", "icl", "tv"])
+    return times, table.reindex(index=accuracy[0]["category"]).reindex(columns=list(dtypes), level=1)
+
+
+def cpu_flags() -> str:
+    """The CPU's model and the flags that decide bf16 speed (AVX2 / AVX512-BF16 / AMX)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown CPU"
+    model = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")), "?")
+    flags = set(next((l.split(":", 1)[1].split() for l in info.splitlines() if l.startswith("flags")), []))
+    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{model}; {' '.join(shown) or 'no AVX2'}"
 
 
 def word_tokenizer(vocab_size: int):
@@ -214,7 +252,7 @@ def random_llama_7b(device: str, dtype=torch.bfloat16) -> Model:
 def bench_random_7b(device: str = "cuda") -> dict:
     """The full paper protocol (18 tasks, 50 dev + 50 test episodes, every layer) on a random 7B Llama,
     with a breakdown by stage (the same calls `experiments.run_tasks` makes)."""
-    from .experiments import _queries, _sample
+    from .experiments import encode_queries, sample_split
 
     start = time.perf_counter()
     model = random_llama_7b(device)
@@ -223,15 +261,15 @@ def bench_random_7b(device: str = "cuda") -> dict:
     p, fmt = PAPER, DEFAULT_FORMAT
 
     def protocol(n_dev: int, n_test: int) -> dict:
-        dev = [ep for t in TASK_NAMES for ep in _sample(model, t, "dev", n_dev, p, fmt)[1]]
-        test = [ep for t in TASK_NAMES for ep in _sample(model, t, "test", n_test, p, fmt)[1]]
+        dev = [ep for t in TASK_NAMES for ep in sample_split(model, t, "dev", n_dev, p, fmt)[1]]
+        test = [ep for t in TASK_NAMES for ep in sample_split(model, t, "test", n_test, p, fmt)[1]]
         seconds = {}
         (theta, _), seconds["dev theta (all layers)"] = timed(model, engine.episode_states, model, dev, fmt, 32,
                                                               False)
-        queries = _queries(model, dev, fmt)
+        queries = encode_queries(model, dev, fmt)
         _, seconds["dev sweep (all layers)"] = timed(model, engine.layer_sweep, model, queries, theta)
         (theta, _), seconds["test theta + ICL"] = timed(model, engine.episode_states, model, test, fmt)
-        queries = _queries(model, test, fmt)
+        queries = encode_queries(model, test, fmt)
         _, seconds["test baseline"] = timed(model, engine.next_tokens, model, queries)
         _, seconds["test TV at one layer"] = timed(model, engine.layer_sweep, model, queries, theta, [16])
         return seconds
@@ -255,6 +293,13 @@ def main(args) -> None:
     if args.random_7b:
         print(json.dumps(bench_random_7b(args.device or "cuda"), indent=1))
         return
+    if args.compare_dtypes:
+        print(f"== reproduce per dtype (paper protocol, child processes) on {cpu_flags()}")
+        times, table = bench_dtypes(args.model, args.compare_dtypes)
+        print(times.to_string(index=False, float_format="%.3f"))
+        print("\nmean accuracy by category")
+        print(table.to_string(float_format="%.3f"))
+        return
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     print(f"model {model.name} ({model.info['dtype']} on {model.info['device']}), {torch.get_num_threads()} threads")
     print(f"\n== layer sweep ({model.n_layers} layers x {PAPER.n_dev} dev queries, theta over "
@@ -265,4 +310,4 @@ def main(args) -> None:
     if not args.skip_reproduce:
         del model
         print("\n== end-to-end reproduce (paper protocol, child process)")
-        print(pd.DataFrame([bench_reproduce(args.model)]).to_string(index=False, float_format="%.2f"))
+        print(pd.DataFrame([bench_reproduce(args.model, dtype=args.dtype)[0]]).to_string(index=False, float_format="%.2f"))

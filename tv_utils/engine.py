@@ -23,8 +23,8 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
-from .interventions import _chunks, _hidden, pad_left
-from .models import Model
+from .batches import chunks, layer_hidden, pad_left
+from .models import Model, check_finite
 from .prompts import DEFAULT_FORMAT, PromptFormat
 
 HEAD_ROWS = 256  # rows per unembedding product: large enough to stream the head's weights efficiently
@@ -38,8 +38,8 @@ def _rows(model: Model, cpu_rows: int) -> int:
 
 def _steps(n: int, size: int, desc: str | None):
     """Chunks of range(n), with a progress bar when desc is given."""
-    chunks = list(_chunks(n, size))
-    return tqdm(chunks, desc=desc, leave=False) if desc else chunks
+    parts = list(chunks(n, size))
+    return tqdm(parts, desc=desc, leave=False) if desc else parts
 
 
 def _attention_backends(model: Model):
@@ -50,7 +50,7 @@ def _attention_backends(model: Model):
     return sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.MATH])
 
 
-def _forward(model: Model, batch: dict, cache=None, capture: bool = False, patch: dict | None = None):
+def forward(model: Model, batch: dict, cache=None, capture: bool = False, patch: dict | None = None):
     """One pass of the decoder stack (no head). patch maps layer -> (row index, values) for the last token.
 
     Returns the final-normed last-token state [B, H], the per-layer last-token states [B, L, H] when
@@ -60,31 +60,32 @@ def _forward(model: Model, batch: dict, cache=None, capture: bool = False, patch
 
     def hook(layer_idx):
         def run(_module, _args, output):
-            hidden = _hidden(output)
-            if patch and layer_idx in patch:
+            hidden = layer_hidden(output)
+            if patch and layer_idx in patch:  # .to(): a sharded model's layers live on several devices
                 rows, values = patch[layer_idx]
-                hidden[rows, -1] = values
+                hidden[rows.to(hidden.device), -1] = values.to(hidden.device, hidden.dtype)
             if capture:
-                captured[layer_idx] = hidden[:, -1].clone()
+                captured[layer_idx] = hidden[:, -1].to(model.device, copy=True)
 
         return run
 
     handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(model.layers)]
     try:
         with _attention_backends(model):
-            out = model.base(**batch, past_key_values=cache, use_cache=True)
+            out = model.base(**batch, **{model.cache_arg: cache}, use_cache=True)
     finally:
         for h in handles:
             h.remove()
     states = torch.stack(captured, dim=1) if capture else None
-    return out.last_hidden_state[:, -1], states, out.past_key_values
+    final = check_finite(model, out.last_hidden_state[:, -1], "hidden states")
+    return final, states, getattr(out, model.cache_arg)
 
 
 def predict(model: Model, final_states: torch.Tensor) -> torch.Tensor:
     """Greedy next token for final-normed states [N, H], through the unembedding in large chunks."""
     preds = []
-    for part in _chunks(len(final_states), _rows(model, HEAD_ROWS)):
-        preds.append(model.unembed(final_states[part]).argmax(-1))
+    for part in chunks(len(final_states), _rows(model, HEAD_ROWS)):
+        preds.append(model.unembed(final_states[part]).argmax(-1).to(model.device))
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
 
 
@@ -98,13 +99,13 @@ def _split_common_prefix(seqs: list[list[int]]) -> int:
     return n
 
 
-def _cached_prefix(model: Model, prefixes: list[list[int]]):
+def cached_prefix(model: Model, prefixes: list[list[int]]):
     batch = pad_left(model, prefixes)
-    _, _, cache = _forward(model, batch)
+    _, _, cache = forward(model, batch)
     return batch["attention_mask"], cache
 
 
-def _suffix_batch(model: Model, prefix_mask: torch.Tensor, suffixes: list[list[int]], repeat: int) -> dict:
+def suffix_batch(model: Model, prefix_mask: torch.Tensor, suffixes: list[list[int]], repeat: int) -> dict:
     """Suffix tokens after a cached prefix repeated `repeat` times per row: mask and positions continue it."""
     batch = pad_left(model, suffixes)
     prefix_mask = prefix_mask.repeat_interleave(repeat, dim=0)
@@ -128,11 +129,11 @@ def episode_states(model: Model, episodes, fmt: PromptFormat = DEFAULT_FORMAT, b
         flat = model.encode([t for group in texts for t in group])  # one tokenizer call per chunk
         per_episode = [flat[i:i + n_prompts] for i in range(0, len(flat), n_prompts)]
         cuts = [_split_common_prefix(seqs) for seqs in per_episode]
-        prefix_mask, cache = _cached_prefix(model, [seqs[0][:c] for seqs, c in zip(per_episode, cuts)])
+        prefix_mask, cache = cached_prefix(model, [seqs[0][:c] for seqs, c in zip(per_episode, cuts)])
         cache.batch_repeat_interleave(n_prompts)
         suffixes = [s[c:] for seqs, c in zip(per_episode, cuts) for s in seqs]
-        batch = _suffix_batch(model, prefix_mask, suffixes, n_prompts)
-        final, states, _ = _forward(model, batch, cache=cache, capture=True)
+        batch = suffix_batch(model, prefix_mask, suffixes, n_prompts)
+        final, states, _ = forward(model, batch, cache=cache, capture=True)
         states = states.view(len(eps), n_prompts, *states.shape[1:])
         thetas.append(states[:, 1 - skip:].mean(dim=1))
         if icl:
@@ -156,12 +157,12 @@ def layer_sweep(model: Model, seqs: list[list[int]], theta: torch.Tensor, layers
     for part in _steps(len(seqs), per_chunk, progress):
         chunk = seqs[part]
         n, k = len(chunk), len(layers)
-        prefix_mask, cache = _cached_prefix(model, [s[:-1] for s in chunk])
+        prefix_mask, cache = cached_prefix(model, [s[:-1] for s in chunk])
         cache.batch_repeat_interleave(k)
-        batch = _suffix_batch(model, prefix_mask, [[s[-1]] for s in chunk for _ in layers], k)
+        batch = suffix_batch(model, prefix_mask, [[s[-1]] for s in chunk for _ in layers], k)
         rows = torch.arange(n, device=model.device) * k
         patch = {layer: (rows + j, theta[part][:, layer]) for j, layer in enumerate(layers)}
-        final, _, _ = _forward(model, batch, cache=cache, patch=patch)
+        final, _, _ = forward(model, batch, cache=cache, patch=patch)
         out.append(predict(model, final).view(n, k))
     return torch.cat(out)
 
@@ -170,7 +171,7 @@ def layer_sweep(model: Model, seqs: list[list[int]], theta: torch.Tensor, layers
 def next_tokens(model: Model, seqs: list[list[int]], batch_size: int = 64) -> torch.Tensor:
     """Unpatched greedy next token per prompt (zero-shot baseline, or ICL without prefix sharing)."""
     preds = []
-    for part in _chunks(len(seqs), batch_size):
-        final, _, _ = _forward(model, pad_left(model, seqs[part]))
+    for part in chunks(len(seqs), batch_size):
+        final, _, _ = forward(model, pad_left(model, seqs[part]))
         preds.append(predict(model, final))
     return torch.cat(preds)

@@ -85,15 +85,78 @@ def check_icl_prompt(build_prompt):
     return True, f"your prompts match the paper's format on {len(_PROMPT_CASES)} episodes, e.g.\n{example}"
 
 
-# ---------------------------------------------------------------- 02: patching theta
+# ---------------------------------------------------------------- 02: reading, averaging and patching theta
 
 
-def _logits_like(out):
+def _tensor(out, what: str = "logits"):
     import torch
 
     if not isinstance(out, torch.Tensor):
-        raise _Raised(f"expected a torch.Tensor of logits, got {type(out).__name__}")
+        raise _Raised(f"expected a torch.Tensor of {what}, got {type(out).__name__}")
     return out.detach().float().cpu()
+
+
+def _tolerance(model) -> float:
+    return 1e-3 if model.dtype.itemsize == 4 else 5e-2
+
+
+def _close(got, ref, model) -> bool:
+    return (got - ref).abs().max().item() <= _tolerance(model) * max(1.0, ref.abs().max().item())
+
+
+_COLOURS = [("Apple", "Red"), ("Lime", "Green"), ("Coal", "Black")]
+
+
+@_checker
+def check_read_theta(read_theta, model):
+    """Compare read_theta(model, seqs, layer) (the state after decoder layer `layer` at each prompt's last
+    token) with `interventions.capture` on prompts of different lengths, at two layers."""
+    from . import interventions as iv
+    from .prompts import DEFAULT_FORMAT as F
+
+    seqs = model.encode([F.icl(_COLOURS, "Plum"), F.icl(_COLOURS[:1], "Corn"), F.query("Sky")])
+    states = iv.capture(model, seqs)  # [prompts, layers, hidden]
+    layers = sorted({model.n_layers // 2, model.n_layers // 4})
+    for layer in layers:
+        ref = states[:, layer].float().cpu()
+        got = _tensor(_call(read_theta, model, seqs, layer), "hidden states")
+        if got.shape != ref.shape:
+            extra = " (keep only the last position: hidden[:, -1])" if got.dim() == 3 else ""
+            return False, f"expected states of shape {tuple(ref.shape)} (prompts, hidden), got {tuple(got.shape)}{extra}"
+        if _close(got, ref, model):
+            continue
+        for other in range(model.n_layers):
+            if _close(got, states[:, other].float().cpu(), model):
+                return False, (f"asked for layer {layer}, you returned the output of layer {other} "
+                               f"(model.nn_layers()[layer].output is the state *after* layer `layer`)")
+        if _close(got[:1].expand_as(ref), ref, model) or _close(got, ref[:1].expand_as(got), model):
+            return False, "every row holds the first prompt's state: out[0] on a tensor takes batch row 0"
+        return False, (f"at layer {layer} your states differ from `capture` by up to {(got - ref).abs().max():.3g}: "
+                       f"left-pad the batch (`pad_left`) and take position -1 of the layer's output")
+    return True, f"your θ matches `interventions.capture` at layers {layers} on {len(seqs)} prompts"
+
+
+@_checker
+def check_mean_theta(mean_theta, model):
+    """Compare mean_theta(model, demos, dummies, layer) (θ averaged over one prompt per dummy query) with
+    `interventions.task_vectors`."""
+    from . import interventions as iv
+    from .prompts import DEFAULT_FORMAT as F
+
+    dummies = ["Plum", "Sky", "Snow"]
+    seqs = model.encode([F.icl(_COLOURS, d) for d in dummies])
+    layer = model.n_layers // 2
+    ref = iv.task_vectors(model, seqs, n_dummies=len(dummies))[0, layer].float().cpu()
+    got = _tensor(_call(mean_theta, model, _COLOURS, dummies, layer), "hidden states")
+    if got.shape != ref.shape:
+        return False, f"expected one vector of shape {tuple(ref.shape)}, got {tuple(got.shape)}"
+    if _close(got, ref, model):
+        return True, f"your θ is the mean over the {len(dummies)} dummy prompts, as `interventions.task_vectors`"
+    states = iv.capture(model, seqs)[:, layer].float().cpu()
+    if any(_close(got, state, model) for state in states):
+        return False, "that is θ of a single dummy prompt: average over one prompt per dummy query"
+    return False, (f"your θ differs from the mean over dummy prompts by up to {(got - ref).abs().max():.3g}: one "
+                   f"prompt per dummy, `DEFAULT_FORMAT.icl(demos, dummy)`, states at `layer`, mean over prompts")
 
 
 @_checker
@@ -108,32 +171,64 @@ def check_patch_theta(patch_theta, model, layers=None):
     states = iv.capture(model, donor)[0]  # [n_layers, hidden]
     layers = layers or sorted({model.n_layers // 2, model.n_layers // 4})
     clean = iv.patched_logits(model, seqs, None, None)
-    tol = 1e-3 if model.dtype.is_floating_point and model.dtype.itemsize == 4 else 5e-2
     for layer in layers:
         theta = states[layer]
         ref = iv.patched_logits(model, seqs, theta, layer)
-        got = _logits_like(_call(patch_theta, model, seqs, theta.clone(), layer))
+        got = _tensor(_call(patch_theta, model, seqs, theta.clone(), layer))
         if got.shape != ref.shape:
             extra = (" (keep only the last position: logits[:, -1])" if got.dim() == 3 else "")
             return False, f"expected logits of shape {tuple(ref.shape)}, got {tuple(got.shape)}{extra}"
-        diff = (got - ref).abs().max().item()
-        if diff <= tol * max(1.0, ref.abs().max().item()):
+        if _close(got, ref, model):
             continue
-        if (got - clean).abs().max().item() <= tol * max(1.0, clean.abs().max().item()):
+        if _close(got, clean, model):
             return False, (f"at layer {layer} these are the model's unpatched logits: θ was not written "
                            f"(assign it to the layer's output at the last position, inside the trace)")
         agree = (got.argmax(-1) == ref.argmax(-1)).sum().item()
-        return False, (f"at layer {layer} your logits differ from the reference by up to {diff:.3g}; the top "
+        return False, (f"at layer {layer} your logits differ from the reference by up to {(got - ref).abs().max():.3g}; the top "
                        f"token agrees on {agree}/{len(seqs)} prompts. Patch only the last position of layer "
                        f"`layer`'s output, and left-pad the batch (`pad_left`)")
     return True, f"your logits match `interventions.patched_logits` at layers {layers} on {len(seqs)} prompts"
 
 
-# ---------------------------------------------------------------- 03: the best layer
+# ---------------------------------------------------------------- 03: the layer sweep and the best layer
 
 
-def _best_layer_reference(per_layer: pd.DataFrame) -> int:
-    return int(per_layer.groupby("layer")["dev_acc"].mean().idxmax())
+@_checker
+def check_choose_layer(choose_layer, model, n: int = 8):
+    """Compare choose_layer(model, dev, test) -> (layer, test accuracy) with the reference: the first layer
+    with the best accuracy on the dev split, and the accuracy of θ patched at that layer on the test split.
+    On antonyms (next_letter where the tokenizer cannot score antonyms): there, on Gemma 3 270M, the best
+    test layer is not the best dev layer, so choosing on test is caught."""
+    from . import engine
+    from .analysis import quick_tasks
+    from .experiments import Protocol, accuracy, best_of, prepare_split
+
+    task = "antonyms" if "antonyms" in quick_tasks(model, 10, need=3 * n) else "next_letter"
+
+    protocol = Protocol(n_dev=n, n_test=n)
+    dev = prepare_split(model, task, "dev", n, protocol, icl=False)
+    test = prepare_split(model, task, "test", n, protocol, icl=False)
+    layers = list(range(model.n_layers))
+    dev_acc = accuracy(model, engine.layer_sweep(model, dev.queries, dev.theta), dev.target[:, None], dim=0)
+    test_acc = accuracy(model, engine.layer_sweep(model, test.queries, test.theta), test.target[:, None], dim=0)
+    best = best_of(layers, dev_acc)
+    got = _call(choose_layer, model, dev, test)
+    try:
+        layer, acc = int(got[0]), float(got[1])
+    except (TypeError, ValueError, IndexError):
+        return False, f"expected a pair (layer, test accuracy), got {got!r}"
+    if layer != best:
+        why = ""
+        if layer == best_of(layers, test_acc) and test_acc[layer] > test_acc[best]:
+            why = " (that is the best layer on *test*: choose on dev, then only report test)"
+        elif dev_acc[layer] == dev_acc[best]:
+            why = " (a tie: take the first layer with the best dev accuracy)"
+        return False, f"the best dev layer is {best} (dev accuracy {dev_acc[best]:.2f}), you chose {layer}{why}"
+    if abs(acc - test_acc[best]) > 1e-6:
+        why = " (that is the dev accuracy: report the test split)" if abs(acc - dev_acc[best]) < 1e-6 else ""
+        return False, f"at layer {best} the test accuracy is {test_acc[best]:.2f}, you reported {acc:.2f}{why}"
+    return True, (f"{task} on {n} + {n} episodes: layer {best} chosen on dev ({dev_acc[best]:.2f}), "
+                  f"test accuracy {test_acc[best]:.2f}")
 
 
 def example_per_layer() -> pd.DataFrame:
@@ -150,11 +245,13 @@ def example_per_layer() -> pd.DataFrame:
 def check_best_layer(best_layer, per_layer: pd.DataFrame | None = None):
     """Compare best_layer(per_layer) (layer with the highest accuracy averaged over tasks) with the reference,
     on a toy table and, if given, on a real per-layer table."""
+    from .experiments import best_mean_layer
+
     tables = [("the toy table", example_per_layer())]
     if per_layer is not None:
         tables.append(("your per-layer table", per_layer))
     for name, table in tables:
-        expected = _best_layer_reference(table)
+        expected = best_mean_layer(table)
         got = _call(best_layer, table.copy())
         try:
             got_int = int(got)
@@ -173,15 +270,6 @@ def check_best_layer(best_layer, per_layer: pd.DataFrame | None = None):
 
 
 # ---------------------------------------------------------------- 04: leave-one-out 1-NN
-
-
-def _loo_1nn_reference(X, labels) -> float:
-    X = np.asarray(X, dtype=np.float64)
-    labels = np.asarray(labels)
-    unit = X / np.linalg.norm(X, axis=1, keepdims=True)
-    dist = 1 - unit @ unit.T
-    np.fill_diagonal(dist, np.inf)
-    return float(np.mean(labels[dist.argmin(1)] == labels))
 
 
 def _loo_1nn_euclidean(X, labels) -> float:
@@ -210,11 +298,13 @@ def example_vectors(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def check_knn_accuracy(loo_1nn_accuracy, X=None, labels=None):
     """Compare loo_1nn_accuracy(X, labels) (leave-one-out 1-NN task identification with cosine distance) with
     the reference, on toy vectors and, if given, on real task vectors."""
+    from .analysis import knn_accuracy
+
     cases = [("toy vectors", *example_vectors())]
     if X is not None:
         cases.append(("your vectors", np.asarray(X), np.asarray(labels)))
     for name, x, y in cases:
-        expected = _loo_1nn_reference(x, y)
+        expected = knn_accuracy(x, y, k=1)
         got = _call(loo_1nn_accuracy, x.copy(), y.copy())
         try:
             got = float(got)
@@ -230,12 +320,65 @@ def check_knn_accuracy(loo_1nn_accuracy, X=None, labels=None):
     return True, f"leave-one-out 1-NN accuracy {expected:.3f} on {name} ({len(y)} vectors)"
 
 
+def _silhouette_reference(X, labels) -> float:
+    from sklearn.metrics import silhouette_score
+
+    return float(silhouette_score(np.asarray(X, dtype=np.float64), np.asarray(labels), metric="cosine"))
+
+
+@_checker
+def check_silhouette(silhouette, X=None, labels=None):
+    """Compare silhouette(X, labels) (mean silhouette with cosine distance) with scikit-learn's, on toy
+    vectors and, if given, real task vectors."""
+    cases = [("toy vectors", *example_vectors(seed=1))]
+    if X is not None:
+        cases.append(("your vectors", np.asarray(X), np.asarray(labels)))
+    for name, x, y in cases:
+        expected = _silhouette_reference(x, y)
+        got = _call(silhouette, x.copy(), y.copy())
+        try:
+            got = float(got)
+        except (TypeError, ValueError):
+            return False, f"expected a float silhouette in [-1, 1], got {got!r}"
+        if abs(got - expected) > 1e-4:
+            from sklearn.metrics import silhouette_score
+
+            why = ""
+            if abs(got - silhouette_score(x, y, metric="euclidean")) < 1e-4:
+                why = " (that is the Euclidean silhouette: use cosine distance, 1 - cosine similarity)"
+            return False, (f"on {name} the silhouette is {expected:.3f}, you returned {got:.3f}{why}; a(i) is the "
+                           f"mean distance to the *other* members of i's task, b(i) the smallest mean distance to "
+                           f"another task")
+    return True, f"silhouette {expected:.3f} on {name} ({len(y)} vectors)"
+
+
 # ---------------------------------------------------------------- 05: which task does the model follow?
 
 
-def _follows_reference(table: pd.DataFrame, task_a: str, task_b: str) -> str:
-    row = table[(table.task_a == task_a) & (table.task_b == task_b) & (table.method == "ICL + theta of B")].iloc[0]
-    return task_b if row.acc_b > row.acc_a else task_a
+@_checker
+def check_conflict_logits(conflict_logits, model):
+    """Compare conflict_logits(model, demos_a, query, theta_b, layer) (the ICL prompt of A's demonstrations
+    and the query, with θ(B) written over its last token at `layer`) with `interventions.patched_logits`."""
+    from . import interventions as iv
+    from .prompts import DEFAULT_FORMAT as F
+
+    demos_a, query = [("a", "b"), ("m", "n"), ("x", "y")], "c"
+    layer = model.n_layers // 2
+    theta_b = iv.capture(model, model.encode([F.icl([("a", "A"), ("m", "M"), ("x", "X")], "k")]))[0, layer]
+    ref = iv.patched_logits(model, model.encode([F.icl(demos_a, query)]), theta_b, layer)[0].float().cpu()
+    got = _tensor(_call(conflict_logits, model, demos_a, query, theta_b.clone(), layer))
+    got = got[0] if got.dim() == 2 and len(got) == 1 else got
+    if got.shape != ref.shape:
+        return False, f"expected one row of logits of shape {tuple(ref.shape)}, got {tuple(got.shape)}"
+    if _close(got, ref, model):
+        return True, "your logits match θ(B) patched over the demonstrations of A"
+    alone = iv.patched_logits(model, model.encode([F.query(query)]), theta_b, layer)[0].float().cpu()
+    if _close(got, alone, model):
+        return False, "you patched the query alone: the conflict needs A's demonstrations in the prompt"
+    plain = iv.patched_logits(model, model.encode([F.icl(demos_a, query)]), None, None)[0].float().cpu()
+    if _close(got, plain, model):
+        return False, "these are plain ICL logits: θ(B) was not written at `layer`"
+    return False, f"your logits differ from the reference by up to {(got - ref).abs().max():.3g}"
 
 
 def example_conflict_table() -> pd.DataFrame:
@@ -252,6 +395,8 @@ def example_conflict_table() -> pd.DataFrame:
 def check_follows(follows, table: pd.DataFrame | None = None):
     """Compare follows(table, task_a, task_b) (the task whose answers the model gives when theta(B) is patched
     over demonstrations of A) with the reference, on a toy table and, if given, a real one (ties skipped)."""
+    from .analysis import followed_task
+
     cases = [("the toy table", example_conflict_table())]
     if table is not None:
         cases.append(("your table", table))
@@ -261,7 +406,7 @@ def check_follows(follows, table: pd.DataFrame | None = None):
         for row in conflict.itertuples():
             if row.acc_a == row.acc_b:
                 continue
-            expected = _follows_reference(t, row.task_a, row.task_b)
+            expected = followed_task(t, row.task_a, row.task_b)
             got = _call(follows, t.copy(), row.task_a, row.task_b)
             if got != expected:
                 return False, (f"on {name}, demos of {row.task_a} with θ({row.task_b}): the model follows "
@@ -288,12 +433,10 @@ def check_project_to_vocab(project_to_vocab, model):
                                              F.icl([("dog", "chien")], "cat")]))
     vectors = states[:, [model.n_layers // 2, model.n_layers - 1]].reshape(-1, states.shape[-1]).float()
     ref = project(model, vectors)
-    got = _logits_like(_call(project_to_vocab, model, vectors.clone()))
+    got = _tensor(_call(project_to_vocab, model, vectors.clone()), "log-probabilities")
     if got.shape != ref.shape:
         return False, f"expected log-probabilities of shape {tuple(ref.shape)}, got {tuple(got.shape)}"
-    tol = 1e-3 if model.dtype.itemsize == 4 else 5e-2
-    diff = (got - ref).abs().max().item()
-    if diff <= tol * max(1.0, ref.abs().max().item()):
+    if _close(got, ref, model):
         return True, f"your log-probabilities match `analysis.project` on {len(vectors)} vectors"
     lse = torch.logsumexp(got, dim=-1).abs().max().item()
     if lse > 1e-2:
@@ -301,8 +444,53 @@ def check_project_to_vocab(project_to_vocab, model):
                        f"to {lse:.3g}): finish with log_softmax over the last dimension")
     with torch.no_grad():
         no_norm = torch.log_softmax(model.unembed(vectors.to(model.device, model.dtype)).float(), -1).cpu()
-    if (got - no_norm).abs().max().item() <= tol * max(1.0, no_norm.abs().max().item()):
+    if _close(got, no_norm, model):
         return False, "you skipped the final norm: apply model.final_norm before the unembedding"
     agree = (got.argmax(-1) == ref.argmax(-1)).sum().item()
-    return False, (f"your log-probabilities differ from the reference by up to {diff:.3g}; the top token agrees on "
+    return False, (f"your log-probabilities differ from the reference by up to {(got - ref).abs().max():.3g}; the top token agrees on "
                    f"{agree}/{len(vectors)} vectors (final norm, then unembedding, then log_softmax)")
+
+
+@_checker
+def check_answer_rank(answer_rank):
+    """Compare answer_rank(logp, answer_ids) (each row's answer token rank, 0 = top) with `analysis.answer_rank`
+    on toy log-probabilities with a tie."""
+    import torch
+
+    from .analysis import answer_rank as reference
+
+    logp = torch.log_softmax(torch.tensor([[2.0, 1.0, 0.5, 3.0], [0.1, 0.2, 0.3, 0.4], [1.0, 1.0, 0.0, 2.0]]), -1)
+    answers = torch.tensor([0, 3, 1])
+    ref = reference(logp, answers)
+    got = _tensor(_call(answer_rank, logp.clone(), answers.clone()), "ranks").long().flatten()
+    if got.shape != ref.shape:
+        return False, f"expected one rank per row, shape {tuple(ref.shape)}, got {tuple(got.shape)}"
+    if torch.equal(got, ref):
+        return True, f"ranks {ref.tolist()} (0 = the top token; a tie counts in the answer's favour)"
+    if torch.equal(got, ref + 1):
+        return False, "your ranks start at 1: count the tokens strictly more likely than the answer (0 = top)"
+    return False, f"expected ranks {ref.tolist()}, got {got.tolist()}"
+
+
+# ---------------------------------------------------------------- 07: your own task
+
+
+@_checker
+def check_own_task(answer_with_theta, model, layer=None):
+    """Compare answer_with_theta(model, pairs, queries, layer) (θ from the pairs: the last two inputs as dummy
+    queries, the rest as demonstrations; then each `query ->` patched with θ) with `analysis.own_task_answers`."""
+    from .analysis import own_task_answers
+
+    # next-letter demonstrations, then two upper-case pairs whose inputs are the dummies: using those pairs
+    # as demonstrations mixes in another task and changes the answers
+    pairs = [("a", "b"), ("c", "d"), ("m", "n"), ("p", "q"), ("dog", "DOG"), ("cat", "CAT")]
+    queries = ["h", "k", "s"]
+    layer = model.n_layers // 2 if layer is None else layer
+    table, info = own_task_answers(model, pairs, queries, layer)
+    ref = table[f"task vector (layer {layer})"].tolist()
+    got = _call(answer_with_theta, model, pairs, queries, layer)
+    got = [got] if isinstance(got, str) else list(got)
+    if [str(a).strip() for a in got] == [a.strip() for a in ref]:
+        return True, f"your answers {ref} match `analysis.own_task_answers` (dummies {', '.join(info['dummies'])})"
+    return False, (f"expected {ref}, got {got}: demonstrations = all pairs but the last two, dummy queries = "
+                   f"the last two inputs, θ = mean over the two dummy prompts at `layer`, then patch each query")

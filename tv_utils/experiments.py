@@ -36,7 +36,8 @@ def _targets(episodes, answer_ids: dict[str, int], device) -> torch.Tensor:
     return torch.tensor([answer_ids[ep.query[1]] for ep in episodes], device=device)
 
 
-def _queries(model: Model, episodes, fmt: PromptFormat) -> list[list[int]]:
+def encode_queries(model: Model, episodes, fmt: PromptFormat) -> list[list[int]]:
+    """Token ids of each episode's zero-shot query prompt `x ->`."""
     return model.encode([fmt.query(ep.query[0]) for ep in episodes])
 
 
@@ -52,7 +53,7 @@ class Split:
     queries: list[list[int]]
 
 
-def _sample(model: Model, task: Task | str, split: str, n: int, protocol: Protocol, fmt: PromptFormat):
+def sample_split(model: Model, task: Task | str, split: str, n: int, protocol: Protocol, fmt: PromptFormat):
     """A split's episodes over the pairs this tokenizer can score, and their target tokens."""
     task = get_task(task) if isinstance(task, str) else task
     usable, answer_ids = usable_task(task, model.tokenizer, fmt)
@@ -64,20 +65,27 @@ def prepare_split(model: Model, task: Task | str, split: str, n: int, protocol: 
                   fmt: PromptFormat = DEFAULT_FORMAT, icl: bool = True) -> Split:
     """Sample a split's episodes and run them once through the engine
     (icl=False skips the ICL prompts when only theta is needed)."""
-    usable, episodes, target = _sample(model, task, split, n, protocol, fmt)
+    usable, episodes, target = sample_split(model, task, split, n, protocol, fmt)
     theta, icl_pred = engine.episode_states(model, episodes, fmt, icl=icl)
-    return Split(usable, episodes, target, theta, icl_pred, _queries(model, episodes, fmt))
+    return Split(usable, episodes, target, theta, icl_pred, encode_queries(model, episodes, fmt))
 
 
 def accuracy(model: Model, predicted: torch.Tensor, target: torch.Tensor, dim=None):
     """Share of predictions matching their targets (see `prompts.hits`); per column when dim=0."""
-    correct = hits(model.tokenizer, predicted, target).float()
+    correct = hits(model.tokenizer, predicted, target).double()  # 7/50 is 0.14, not float32's 0.14000000059
     return correct.mean().item() if dim is None else correct.mean(dim).tolist()
 
 
 def best_of(layers, accuracy) -> int:
     """The first layer with the top accuracy."""
     return layers[max(range(len(layers)), key=lambda i: accuracy[i])]
+
+
+def best_mean_layer(per_layer: pd.DataFrame) -> int:
+    """The layer with the best dev accuracy averaged over the tasks of a per-layer table (the paper's single
+    L for a model; per-task layers are `best_of` each task's curve)."""
+    mean = per_layer.groupby("layer")["dev_acc"].mean()
+    return int(best_of(list(mean.index), mean.tolist()))
 
 
 def evaluate_task(model: Model, task: Task | str, protocol: Protocol = PAPER, fmt: PromptFormat = DEFAULT_FORMAT,
@@ -88,50 +96,89 @@ def evaluate_task(model: Model, task: Task | str, protocol: Protocol = PAPER, fm
 
 
 def run_tasks(model: Model, task_names=TASK_NAMES, protocol: Protocol = PAPER, fmt: PromptFormat = DEFAULT_FORMAT,
-              layers=None, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+              layers=None, progress: bool = True, remote: bool | str = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The protocol on many tasks (names or Task objects): (results table, per-layer dev table).
 
     All tasks' episodes go through the engine together, so batches stay large even for one task's
     50 queries (a GPU then runs a 7B model at a few forwards per stage instead of a few per task).
+    remote=True (NDIF) or "local" (nnsight's simulation of it) runs each task through nnsight traces only
+    (`interventions.reference_protocol`), with the same tables as the result.
     """
     layers = list(range(model.n_layers)) if layers is None else [model.check_layer(l) for l in layers]
+    if remote:
+        return traced_tasks(model, task_names, protocol, fmt, remote, progress)
     p = protocol
-    dev = [_sample(model, t, "dev", p.n_dev, p, fmt) for t in task_names]
-    test = [_sample(model, t, "test", p.n_test, p, fmt) for t in task_names]
-    flat = lambda splits: [ep for _, eps, _ in splits for ep in eps]  # noqa: E731
+    dev = [sample_split(model, t, "dev", p.n_dev, p, fmt) for t in task_names]
+    test = [sample_split(model, t, "test", p.n_test, p, fmt) for t in task_names]
     say = (lambda text: f"{text} ({len(dev)} tasks, {model.name})") if progress else (lambda text: None)  # noqa: E731
+    dev_acc = _dev_stage(model, dev, layers, fmt, say)
+    best = [best_of(layers, acc) for acc in dev_acc]
+    predictions = _test_stage(model, test, best, fmt, say)
+    scores = [{method: accuracy(model, pred, target) for method, pred in predicted.items()}
+              for predicted, (_, _, target) in zip(predictions, test)]
+    return _tables(model, [task for task, _, _ in dev], layers, dev_acc, best, scores)
 
-    theta, _ = engine.episode_states(model, flat(dev), fmt, icl=False, progress=say("dev task vectors"))
-    sweep = engine.layer_sweep(model, _queries(model, flat(dev), fmt), theta, layers,
+
+def _per_task(values: torch.Tensor, splits) -> list[torch.Tensor]:
+    """Rows of all tasks' episodes, cut back into one block per task."""
+    return list(values.split([len(episodes) for _, episodes, _ in splits]))
+
+
+def _flat(splits) -> list:
+    return [ep for _, episodes, _ in splits for ep in episodes]
+
+
+def _dev_stage(model: Model, dev, layers, fmt, say) -> list[list[float]]:
+    """theta of every dev episode, then every query patched at every layer: accuracy per task and layer."""
+    theta, _ = engine.episode_states(model, _flat(dev), fmt, icl=False, progress=say("dev task vectors"))
+    sweep = engine.layer_sweep(model, encode_queries(model, _flat(dev), fmt), theta, layers,
                                progress=say(f"dev sweep, {len(layers)} layers"))
-    theta, icl_pred = engine.episode_states(model, flat(test), fmt, progress=say("test ICL and task vectors"))
-    queries = _queries(model, flat(test), fmt)
-    base_pred = engine.next_tokens(model, queries)
+    return [accuracy(model, answers, target[:, None], dim=0) for answers, (_, _, target) in zip(_per_task(sweep, dev), dev)]
 
-    rows, curves, best, start = [], [], [], 0
-    for task, episodes, target in dev:
-        dev_acc = accuracy(model, sweep[start:start + len(episodes)], target[:, None], dim=0)
-        start += len(episodes)
-        best.append(best_of(layers, dev_acc))
-        curves.append(pd.DataFrame({
-            "model": model.name, "task": task.name, "category": task.category, "layer": layers,
-            "rel_depth": [l / model.n_layers for l in layers], "dev_acc": dev_acc}))
 
-    owner = torch.tensor([i for i, (_, eps, _) in enumerate(test) for _ in eps])
-    tv_pred = torch.empty(len(queries), dtype=torch.long, device=model.device)
-    for layer in sorted(set(best)):
-        rows_at = torch.cat([torch.nonzero(owner == i).flatten() for i, b in enumerate(best) if b == layer])
-        tv_pred[rows_at] = engine.layer_sweep(model, [queries[i] for i in rows_at], theta[rows_at], [layer])[:, 0]
+def _test_stage(model: Model, test, best: list[int], fmt, say) -> list[dict[str, torch.Tensor]]:
+    """Baseline, ICL and task-vector answers on the test episodes (theta at each task's best dev layer)."""
+    theta, icl = engine.episode_states(model, _flat(test), fmt, progress=say("test ICL and task vectors"))
+    queries = encode_queries(model, _flat(test), fmt)
+    baseline = engine.next_tokens(model, queries)
+    row_layer = torch.tensor(best).repeat_interleave(torch.tensor([len(eps) for _, eps, _ in test]))
+    tv = torch.empty(len(queries), dtype=torch.long, device=model.device)
+    for layer in sorted(set(best)):  # one sweep per distinct best layer, over the rows of the tasks using it
+        rows = torch.nonzero(row_layer == layer).flatten()
+        tv[rows.to(tv.device)] = engine.layer_sweep(model, [queries[i] for i in rows], theta[rows], [layer])[:, 0]
+    return [{"baseline": b, "icl": i, "tv": t}
+            for b, i, t in zip(_per_task(baseline, test), _per_task(icl, test), _per_task(tv, test))]
 
-    for i, (task, _, target) in enumerate(test):
-        mine = owner == i
-        rows.append({
-            "model": model.name, "task": task.name, "category": task.category, "n_pairs": len(task.pairs),
-            "baseline": accuracy(model, base_pred[mine], target), "icl": accuracy(model, icl_pred[mine], target),
-            "tv": accuracy(model, tv_pred[mine], target), "best_layer": best[i], "n_layers": model.n_layers})
+
+def _tables(model: Model, tasks, layers, dev_acc, best, scores) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The results table (one row per task) and the per-layer dev table."""
+    rows = [{"model": model.name, "task": task.name, "category": task.category, "n_pairs": len(task.pairs),
+             **score, "best_layer": layer, "n_layers": model.n_layers}
+            for task, score, layer in zip(tasks, scores, best)]
     results = pd.DataFrame(rows)
     results["tv_over_icl"] = results["tv"] / results["icl"].where(results["icl"] > 0)
+    curves = [pd.DataFrame({"model": model.name, "task": task.name, "category": task.category, "layer": layers,
+                            "rel_depth": [l / model.n_layers for l in layers], "dev_acc": acc})
+              for task, acc in zip(tasks, dev_acc)]
     return results, pd.concat(curves, ignore_index=True)
+
+
+def traced_tasks(model: Model, task_names=TASK_NAMES, protocol: Protocol = PAPER, fmt: PromptFormat = DEFAULT_FORMAT,
+                 remote: bool | str = True, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`run_tasks` through nnsight traces only, task by task (NDIF, or nnsight's local simulation of it).
+    Each batch is one request: on NDIF, send all prompts of a step at once (batch_size=None)."""
+    from tqdm.auto import tqdm
+
+    from .interventions import reference_protocol
+
+    tasks = [get_task(t) if isinstance(t, str) else t for t in task_names]
+    batch_size = None if remote is True else 32
+    runs = [reference_protocol(model, usable_task(task, model.tokenizer, fmt)[0], protocol, fmt, remote, batch_size)
+            for task in tqdm(tasks, desc=f"traced protocol ({model.name})", disable=not progress)]
+    scores = [{m: run[m] for m in ("baseline", "icl", "tv")} for run in runs]
+    layers = list(range(model.n_layers))
+    return _tables(model, [usable_task(t, model.tokenizer, fmt)[0] for t in tasks], layers,
+                   [run["dev_acc"] for run in runs], [run["best_layer"] for run in runs], scores)
 
 
 def summarize(results: pd.DataFrame) -> pd.DataFrame:
@@ -143,23 +190,25 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
     return by_cat.reset_index()
 
 
-def reproduce(model: Model, task_names=TASK_NAMES, out_dir: str | Path = "figures", protocol: Protocol = PAPER,
-              figures: bool = True, progress: bool = True) -> pd.DataFrame:
-    """The main job: all tasks, results as CSV + JSON and the paper's two figures under out_dir."""
+def reproduce(model: Model, task_names=TASK_NAMES, out_dir: str | Path | None = None, protocol: Protocol = PAPER,
+              figures: bool = True, progress: bool = True, remote: bool | str = False) -> pd.DataFrame:
+    """The main job: all tasks, results as CSV + JSON and the paper's two figures under out_dir
+    (remote: through nnsight traces only, on NDIF or in its local simulation; see `run_tasks`)."""
     from . import plots
 
     start = time.perf_counter()
-    results, per_layer = run_tasks(model, task_names, protocol, progress=progress)
+    results, per_layer = run_tasks(model, task_names, protocol, progress=progress, remote=remote)
     seconds = time.perf_counter() - start
-    out = Path(out_dir)
-    stem = out / f"reproduce_{model.name.replace('/', '_')}"
+    stem = store.results_stem("reproduce", model.name, out_dir)
     store.save_table(results, f"{stem}_results.csv")
     store.save_table(per_layer, f"{stem}_per_layer.csv")
-    records = results.to_dict("records")
+    records = results.round(4).to_dict("records")
     for rec in records:
         rec["dev_acc_by_layer"] = per_layer.loc[per_layer.task == rec["task"], "dev_acc"].round(4).tolist()
-    store.save_json({"model": model.name, "model_info": model.info, "protocol": asdict(protocol),
-                     "summary": summarize(results).to_dict("records"), "tasks": records}, f"{stem}_results.json")
+    store.save_json({"model": model.name, "dtype": model.info["dtype"], "device": model.info["device"],
+                     "versions": store.versions(), "protocol": asdict(protocol),
+                     "summary": summarize(results).round(4).to_dict("records"), "tasks": records},
+                    f"{stem}_results.json")
     if figures:
         store.save_figure(plots.accuracy_bars(results), f"{stem}_accuracy")
         store.save_figure(plots.layer_curves(per_layer), f"{stem}_layers")

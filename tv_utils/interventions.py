@@ -4,7 +4,7 @@
     answer  = next token of `x ->` with its layer-L last-token state replaced by theta  (f: apply)
 
 Layer outputs are `[batch, seq, hidden]` tensors in most transformers-5 models but tuples for some
-(GPT-J); `_hidden` (and the same two lines inside each trace) takes the tensor either way. Prompts are left-padded, so the last token is at -1.
+(GPT-J); `batches.layer_hidden` (and the same two lines inside each trace) takes the tensor either way. Prompts are left-padded, so the last token is at -1.
 Each trace lives in its own small function whose locals are only nnsight envoys, the batch and tensors
 (remote execution pickles them), and loops are plain `for` loops (nnsight cannot trace comprehensions).
 
@@ -17,30 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from .models import Model
-
-
-def _hidden(output):
-    """A decoder layer's hidden states, whether the layer returns a tensor or a tuple."""
-    return output[0] if isinstance(output, tuple) else output
-
-
-def pad_left(model: Model, seqs: list[list[int]]) -> dict[str, torch.Tensor]:
-    """Left-padded ids, attention mask and explicit position ids (so padding never shifts positions)."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), model.pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, seq in enumerate(seqs):
-        ids[row, width - len(seq):] = torch.tensor(seq)
-        mask[row, width - len(seq):] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    device = model.device if model.device.type != "meta" else "cpu"  # meta: a remote model's inputs stay here
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "position_ids": positions.to(device)}
-
-
-def _chunks(n: int, size: int):
-    for start in range(0, n, size):
-        yield slice(start, min(n, start + size))
+from .batches import chunks, pad_left
+from .models import Model, check_finite
 
 
 def _capture_trace(lm, layers, batch, remote, logits_to_keep):
@@ -65,18 +43,36 @@ def _patch_trace(lm, target, values, batch, remote, logits_to_keep):
     return logits
 
 
+def _answers_trace(lm, targets, values, batch, remote, logits_to_keep):
+    """One nnsight trace, one invoke per target: write that invoke's values over the last token's output of
+    its target (nothing if None); only the greedy token ids and the largest |logit| (NaN check) come back."""
+    with lm.trace(logits_to_keep=logits_to_keep, remote=remote) as tracer:
+        answers = list().save()
+        largest = list().save()
+        for target, value in zip(targets, values):
+            with tracer.invoke(batch):
+                if target is not None:
+                    output = target.output
+                    hidden = output[0] if isinstance(output, tuple) else output
+                    hidden[:, -1] = value
+                logits = lm.output.logits[:, -1]
+                answers.append(logits.argmax(-1))
+                largest.append(logits.abs().max())
+    return answers, largest
+
+
 @torch.no_grad()
-def capture(model: Model, seqs: list[list[int]], batch_size: int = 32, remote: bool | str = False,
+def capture(model: Model, seqs: list[list[int]], batch_size: int | None = 32, remote: bool | str = False,
             logits_to_keep: int = 1) -> torch.Tensor:
     """Last-token hidden state after every layer: [n_prompts, n_layers, hidden].
 
     logits_to_keep=1 computes the head for the last position only (0: every position, as a plain
     forward would; the benchmark's straightforward method does that)."""
     out = []
-    for part in _chunks(len(seqs), batch_size):
+    for part in chunks(len(seqs), batch_size or len(seqs)):  # None: one batch (one NDIF request)
         states = _capture_trace(model.nn, model.nn_layers(), pad_left(model, seqs[part]), remote, logits_to_keep)
         out.append(torch.stack(states, dim=1).to(theta_device(model)))
-    return torch.cat(out)
+    return check_finite(model, torch.cat(out), "hidden states")
 
 
 @torch.no_grad()
@@ -91,10 +87,29 @@ def patched_logits(model: Model, seqs: list[list[int]], theta: torch.Tensor, lay
     theta = theta.expand(len(seqs), -1) if theta is not None and theta.dim() == 1 else theta
     target = model.nn_layers()[layer] if layer is not None else None
     out = []
-    for part in _chunks(len(seqs), batch_size):
+    for part in chunks(len(seqs), batch_size):
         values = theta[part].to(model.dtype) if target is not None else None
         logits = _patch_trace(model.nn, target, values, pad_left(model, seqs[part]), remote, logits_to_keep)
         out.append(logits.float().to(theta_device(model)))
+    return check_finite(model, torch.cat(out), "logits")
+
+
+@torch.no_grad()
+def patched_answers(model: Model, seqs: list[list[int]], theta: torch.Tensor | None, layers,
+                    batch_size: int | None = 32, remote: bool | str = False) -> torch.Tensor:
+    """Greedy next token [n_prompts, len(layers)] with theta [n_prompts, n_layers, hidden] written at each
+    layer in turn (layers=[None]: unpatched). All layers of a batch go in one trace, one invoke each, and
+    only token ids come back: one NDIF request per batch, a few bytes per answer instead of a vocabulary
+    of logits. batch_size=None sends all prompts at once."""
+    layers = [None if layer is None else model.check_layer(layer) for layer in layers]
+    envoys = model.nn_layers()
+    targets = [None if layer is None else envoys[layer] for layer in layers]
+    out = []
+    for part in chunks(len(seqs), batch_size or len(seqs)):
+        values = [None if layer is None else theta[part, layer].to(model.dtype) for layer in layers]
+        answers, largest = _answers_trace(model.nn, targets, values, pad_left(model, seqs[part]), remote, 1)
+        check_finite(model, torch.stack(largest).float(), "logits")
+        out.append(torch.stack(answers, dim=1).to(theta_device(model)))
     return torch.cat(out)
 
 
@@ -110,3 +125,39 @@ def task_vectors(model: Model, seqs: list[list[int]], n_dummies: int, **kw) -> t
     """
     states = capture(model, seqs, **kw)
     return states.view(-1, n_dummies, *states.shape[1:]).mean(dim=1)
+
+
+@torch.no_grad()
+def reference_protocol(model: Model, task, protocol=None, fmt=None, remote: bool | str = False,
+                       batch_size: int | None = 32) -> dict:
+    """The paper's protocol for one task, spelled out with the traces above (`experiments.run_tasks` computes
+    the same numbers with the fast engine): dummies -> theta -> patched sweep on dev -> best layer -> test.
+    It only uses nnsight traces, so it also runs on NDIF (remote=True) or in nnsight's simulation ("local")."""
+    from .experiments import PAPER
+    from .prompts import DEFAULT_FORMAT, hits, usable_task
+    from .tasks import get_task, sample_episodes
+
+    p, fmt = protocol or PAPER, fmt or DEFAULT_FORMAT
+    usable, answer_ids = usable_task(get_task(task) if isinstance(task, str) else task, model.tokenizer, fmt)
+    run = dict(batch_size=batch_size, remote=remote)
+
+    def split(name: str, n: int):
+        episodes = sample_episodes(usable, n, p.k, p.n_dummies, name, p.seed)
+        dummies = model.encode([fmt.icl(ep.demos, d) for ep in episodes for d in ep.dummies])
+        theta = task_vectors(model, dummies, p.n_dummies, **run)  # A(S): [episodes, layers, hidden]
+        queries = model.encode([fmt.query(ep.query[0]) for ep in episodes])
+        target = torch.tensor([answer_ids[ep.query[1]] for ep in episodes])
+        return episodes, theta, queries, target
+
+    def accuracy(predicted, target) -> list[float]:  # per column: greedy answers scored as text
+        return hits(model.tokenizer, predicted.cpu(), target[:, None]).double().mean(0).tolist()
+
+    _, theta, queries, target = split("dev", p.n_dev)
+    dev_acc = accuracy(patched_answers(model, queries, theta, range(model.n_layers), **run), target)  # f(x; θ)
+    best = dev_acc.index(max(dev_acc))
+    episodes, theta, queries, target = split("test", p.n_test)
+    icl = model.encode([fmt.icl(ep.demos, ep.query[0]) for ep in episodes])
+    return {"baseline": accuracy(patched_answers(model, queries, None, [None], **run), target)[0],
+            "icl": accuracy(patched_answers(model, icl, None, [None], **run), target)[0],
+            "tv": accuracy(patched_answers(model, queries, theta, [best], **run), target)[0],
+            "best_layer": best, "dev_acc": dev_acc}

@@ -7,16 +7,17 @@ and GPT-NeoX (module paths differ by family; `LAYER_PATHS` lists them).
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import warnings
 from dataclasses import dataclass, field
-from functools import cached_property, lru_cache
+from functools import cached_property
 from importlib import import_module
 from importlib.util import find_spec
 from operator import attrgetter
@@ -139,7 +140,8 @@ def cached_build(name: str, build, root: Path | None = None) -> Path:
     """Return root/name, building it with build(tmp_dir) first if it is missing or corrupt.
 
     The build goes to a temporary sibling that is renamed into place only when complete, and a marker
-    records every file's size: a partial or truncated cache is detected and rebuilt.
+    records every file's fingerprint (size and a hash of its head and tail): a partial, truncated or
+    overwritten cache (a corrupted safetensors header keeps the size) is detected and rebuilt.
     """
     final = (root or cache_root()) / name
     if _cache_ok(final):
@@ -151,41 +153,69 @@ def cached_build(name: str, build, root: Path | None = None) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=final.parent))
     try:
         build(tmp)
-        sizes = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
-        (tmp / MARKER).write_text(json.dumps({"name": name, "files": sizes}, indent=1))
+        files = {p.name: _fingerprint(p) for p in tmp.iterdir() if p.is_file()}
+        (tmp / MARKER).write_text(json.dumps({"name": name, "files": files}, indent=1))
         os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 
+def _fingerprint(path: Path, span: int = 1 << 20) -> str:
+    """Size plus sha256 of the first and last MiB: cheap on a GB file, and it covers the safetensors header."""
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        digest.update(f.read(span))
+        f.seek(max(0, size - span))
+        digest.update(f.read(span))
+    return f"{size}:{digest.hexdigest()}"
+
+
 def _cache_ok(path: Path) -> bool:
     try:
-        sizes = json.loads((path / MARKER).read_text())["files"]
-        return all((path / f).stat().st_size == n for f, n in sizes.items())
-    except (OSError, ValueError, KeyError, TypeError):
+        files = json.loads((path / MARKER).read_text())["files"]
+        return all(_fingerprint(path / f) == mark for f, mark in files.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
 
 
-@lru_cache(maxsize=None)
-def pick_dtype(device: str) -> torch.dtype:
-    """bf16 where it is fast (CUDA with bf16; a CPU whose bf16 matmuls measure faster), else fp32.
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-    CPUs differ: with AVX512-BF16/AMX bf16 ran 2.5-3x faster than fp32, while an AVX2-only CPU ran
-    bf16 matmuls ~7x slower. So on CPU we time one small product in each dtype instead of guessing.
+
+def resolve_dtype(dtype: torch.dtype | str | None, device: str) -> torch.dtype:
+    """The dtype to load in: the one asked for (a torch dtype or a name in DTYPES), else `$TV_UTILS_DTYPE`,
+    else the default for the device.
+
+    The default never depends on timing or on the CPU model, so every machine gets the same numbers:
+    float32 on every CPU (bfloat16 is faster only on CPUs with native bf16, ~7x slower on AVX2-only ones,
+    and shifts per-task results slightly), bfloat16 on a GPU that supports it, else float32. float16 is
+    only used on request: Gemma 3 overflows it (NaN everywhere), which `check_finite` turns into an error.
     """
-    if device.startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    seconds = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        a = torch.randn(256, 1024, dtype=dtype)
-        b = torch.randn(1024, 1024, dtype=dtype)
-        a @ b
-        start = time.perf_counter()
-        for _ in range(3):
-            a @ b
-        seconds[dtype] = time.perf_counter() - start
-    return torch.bfloat16 if seconds[torch.bfloat16] * 1.3 < seconds[torch.float32] else torch.float32
+    dtype = dtype or os.environ.get("TV_UTILS_DTYPE") or None
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is not None:
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; valid dtypes: {', '.join(DTYPES)}")
+        return DTYPES[dtype]
+    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+class NonFiniteError(RuntimeError):
+    """The model produced NaN or inf (e.g. float16 overflow): raised instead of reporting zero accuracy."""
+
+
+def check_finite(model: "Model", values: torch.Tensor, what: str) -> torch.Tensor:
+    """`values`, after checking they hold no NaN/inf; else a NonFiniteError that names the dtype and the fix."""
+    if not torch.isfinite(values).all():
+        hint = ("float16 overflows on this model; use --dtype float32, or bfloat16 on hardware that supports it"
+                if model.dtype == torch.float16 else "try --dtype float32")
+        raise NonFiniteError(f"{model.name} in {str(model.dtype).replace('torch.', '')} produced NaN/inf {what}: "
+                             f"{hint}")
+    return values
 
 
 @dataclass
@@ -231,13 +261,24 @@ class Model:
         """The decoder stack without the LM head (its output is already final-normed)."""
         return self.hf.base_model
 
+    @cached_property
+    def cache_arg(self) -> str:
+        """The KV-cache argument's name: transformers 5.24 renamed `past_key_values` to `cache` (the old
+        name warns), and older versions and some families only know `past_key_values`."""
+        return "cache" if "cache" in inspect.signature(self.base.forward).parameters else "past_key_values"
+
     @property
     def n_layers(self) -> int:
         return len(self.layers)
 
     @property
     def device(self) -> torch.device:
-        return next(self.hf.parameters()).device
+        """Where inputs and results go: the embeddings' device (meta for an NDIF model). A model that
+        accelerate shards (`device_map`) runs its first module there, or on the CPU if it lies on disk."""
+        device = self.hf.get_input_embeddings().weight.device
+        if device.type == "meta" and getattr(self.hf, "hf_device_map", None):
+            return torch.device("cpu")
+        return device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -254,7 +295,8 @@ class Model:
         transformers pipeline, which would otherwise move a CPU model onto an available GPU."""
         from nnsight import TransformersModel
 
-        return TransformersModel(self.hf, tokenizer=self.tokenizer, device=self.device)
+        placed = {} if getattr(self.hf, "hf_device_map", None) else {"device": self.device}  # sharded: stays put
+        return TransformersModel(self.hf, tokenizer=self.tokenizer, **placed)
 
     def nn_layers(self):
         return attrgetter(self.layer_path)(self.nn)
@@ -281,15 +323,16 @@ def _bos_stand_in(tokenizer) -> tuple[int, ...]:
 
 
 def load_model(name_or_path: str | None = None, device: str | None = None, dtype: torch.dtype | str | None = None,
-               prepend_bos: bool = True) -> Model:
-    """Load an embedded model by key (default `gemma3-270m`), a local path, or a Hugging Face id."""
+               prepend_bos: bool = True, device_map: str | dict | None = None, offload_folder: str | None = None) -> Model:
+    """Load an embedded model by key (default `gemma3-270m`), a local path, or a Hugging Face id.
+
+    device_map ("auto", or accelerate's {module name: device} dict) shards a model too large for one device
+    across the GPUs, the CPU and (with offload_folder) the disk; the engine and the traces follow it."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     name = name_or_path or DEFAULT_MODEL
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
-    dtype = dtype or pick_dtype(device)
+    dtype = resolve_dtype(dtype, device)
     if name in EMBEDDED:
         spec = EMBEDDED[name]
         source = cached_build(name, lambda out: _convert_embedded(spec, out))
@@ -299,17 +342,20 @@ def load_model(name_or_path: str | None = None, device: str | None = None, dtype
         source = name
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        placement = {"device_map": device_map, "offload_folder": offload_folder} if device_map else {}
+        hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **placement)
     except OSError as e:
         raise ValueError(
             f"cannot load model {name!r}: not an embedded model ({', '.join(EMBEDDED)}), not a local path, "
             f"and not loadable as a Hugging Face id ({e.__class__.__name__}: {str(e).splitlines()[0]})"
         ) from None
-    hf.to(device).eval()
+    if not device_map:
+        hf.to(device)
+    hf.eval()
     tokenizer.padding_side = "left"
     prepend = _bos_stand_in(tokenizer) if prepend_bos else ()
     return Model(name=name, hf=hf, tokenizer=tokenizer, prepend_ids=prepend,
-                 info={"source": str(source), "device": device, "dtype": str(dtype).replace("torch.", "")})
+                 info={"source": str(source), "device": str(device_map or device), "dtype": str(dtype).replace("torch.", "")})
 
 
 def load_remote(repo_id: str) -> Model:
@@ -325,12 +371,12 @@ def load_remote(repo_id: str) -> Model:
     return model
 
 
-def from_config(config, tokenizer, name: str = "random", seed: int = 0) -> Model:
+def from_config(config, tokenizer, name: str = "random", seed: int = 0, dtype: torch.dtype = torch.float32) -> Model:
     """A randomly initialised model from a transformers config (tests, GPU throughput runs)."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    hf = AutoModelForCausalLM.from_config(config).eval()
+    hf = AutoModelForCausalLM.from_config(config).to(dtype).eval()
     return Model(name=name, hf=hf, tokenizer=tokenizer, prepend_ids=_bos_stand_in(tokenizer))
 
 

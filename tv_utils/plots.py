@@ -4,9 +4,43 @@ from __future__ import annotations
 
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from .tasks import CATEGORIES, tasks_in
 
 METHOD_COLOURS = {"baseline": "#9e9e9e", "icl": "#1f77b4", "tv": "#ff7f0e"}
 METHOD_LABELS = {"baseline": "Baseline (zero-shot)", "icl": "ICL", "tv": "Task vector"}
+
+# One hue family per category (blues, greens, reds/oranges, purples), shades far enough apart to tell the
+# tasks of a category apart; lines also cycle through dash styles within a category.
+CATEGORY_SHADES = {
+    "algorithmic": ["#08306b", "#2171b5", "#6baed6", "#00838f", "#4dd0e1", "#5c6bc0"],
+    "translation": ["#1b5e20", "#43a047", "#9ccc65", "#827717"],
+    "linguistic": ["#b71c1c", "#f4511e", "#ffa726", "#e57373"],
+    "knowledge": ["#4a148c", "#8e24aa", "#d81b60", "#ba68c8"],
+}
+CATEGORY_COLOURS = {c: shades[1] for c, shades in CATEGORY_SHADES.items()}
+TASK_COLOURS = {t: CATEGORY_SHADES[c][i] for c in CATEGORIES for i, t in enumerate(tasks_in(c))}
+TASK_DASHES = {t: ("solid", "dash", "dot")[i % 3] for c in CATEGORIES for i, t in enumerate(tasks_in(c))}
+TASK_CATEGORY = {t: c for c in CATEGORIES for t in tasks_in(c)}
+# Short names where the task's name is too long for a tick label.
+SHORT_TASK_NAMES = {"present_simple_past_simple": "past tense", "present_simple_gerund": "gerund",
+                    "plural_singular": "plural→singular", "country_capital": "capital",
+                    "location_continent": "continent", "location_religion": "religion",
+                    "person_language": "language"}
+OTHER_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+
+
+def short_name(task: str) -> str:
+    """A short label for a task (for tick labels), e.g. "past tense" for present_simple_past_simple."""
+    return SHORT_TASK_NAMES.get(task, task)
+
+
+def task_colour(task: str, index: int = 0) -> str:
+    """The task's colour in the 18-task palette; tasks outside it (custom) cycle through other colours."""
+    return TASK_COLOURS.get(task, OTHER_COLOURS[index % len(OTHER_COLOURS)])
+
+TOP_LEGEND = dict(orientation="h", yanchor="bottom", y=1.02, x=0)
 
 
 def accuracy_bars(results: pd.DataFrame, title: str | None = None) -> go.Figure:
@@ -20,40 +54,62 @@ def accuracy_bars(results: pd.DataFrame, title: str | None = None) -> go.Figure:
         )
     model = ", ".join(results["model"].unique())
     fig.update_layout(
-        barmode="group", title=title or f"Accuracy per task ({model})", yaxis=dict(title="accuracy", range=[0, 1]),
-        legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0), height=500, width=1200,
-        margin=dict(t=100, b=160),
+        barmode="group", title=title or f"Accuracy per task ({model})", xaxis_title="task (by category)",
+        yaxis=dict(title="accuracy", range=[0, 1]), legend=TOP_LEGEND, height=540, margin=dict(t=100, b=170),
     )
     return fig
 
 
 def layer_curves(per_layer: pd.DataFrame, highlight: int | None = None, relative: bool = False,
                  title: str | None = None) -> go.Figure:
-    """Dev accuracy of the task vector per layer: one thin line per task, mean per model in bold."""
+    """Dev accuracy of the task vector per layer.
+
+    One task: one bold line (per model). One model, several tasks: a line per task in its category's colours,
+    legend grouped by category, and the mean over tasks in bold. Several models: thin lines per task in the
+    model's colour (hover names the task) and the mean per model in bold.
+    """
     x = "rel_depth" if relative else "layer"
+    models, tasks = list(dict.fromkeys(per_layer["model"])), list(dict.fromkeys(per_layer["task"]))
     fig = go.Figure()
-    for (model, task), df in per_layer.groupby(["model", "task"], sort=False):
-        fig.add_scatter(x=df[x], y=df["dev_acc"], mode="lines", line=dict(width=1), opacity=0.35,
-                        name=task, legendgroup=model, showlegend=False,
-                        hovertemplate=f"{task}<br>{x}=%{{x}}<br>acc=%{{y:.2f}}<extra>{model}</extra>")
-    for model, df in per_layer.groupby("model", sort=False):
-        mean = df.groupby(x, as_index=False)["dev_acc"].mean()
-        fig.add_scatter(x=mean[x], y=mean["dev_acc"], mode="lines+markers", line=dict(width=4),
-                        name=f"{model} (mean over tasks)")
+
+    def hover(label):
+        return f"{label}<br>{x}=%{{x:.2f}}<br>accuracy=%{{y:.2f}}<extra></extra>"
+
+    if len(tasks) == 1:
+        for i, (model, df) in enumerate(per_layer.groupby("model", sort=False)):
+            name = tasks[0] if len(models) == 1 else f"{tasks[0]} ({model})"
+            colour = task_colour(tasks[0]) if len(models) == 1 else OTHER_COLOURS[i % len(OTHER_COLOURS)]
+            fig.add_scatter(x=df[x], y=df["dev_acc"], mode="lines+markers", line=dict(width=3, color=colour),
+                            marker_color=colour, name=name, hovertemplate=hover(name))
+    else:
+        for i, model in enumerate(models):
+            colour = OTHER_COLOURS[i % len(OTHER_COLOURS)]
+            for j, (task, df) in enumerate(per_layer[per_layer.model == model].groupby("task", sort=False)):
+                if len(models) == 1:
+                    category = TASK_CATEGORY.get(task, "other")
+                    fig.add_scatter(x=df[x], y=df["dev_acc"], mode="lines", name=task, opacity=0.8,
+                                    line=dict(width=1.5, color=task_colour(task, j), dash=TASK_DASHES.get(task)),
+                                    legendgroup=category, legendgrouptitle_text=category,
+                                    hovertemplate=hover(task))
+                else:
+                    fig.add_scatter(x=df[x], y=df["dev_acc"], mode="lines", name=f"{task} ({model})",
+                                    line=dict(width=1, color=colour), opacity=0.35, legendgroup=model,
+                                    showlegend=False, hovertemplate=hover(f"{task} ({model})"))
+            mean = per_layer[per_layer.model == model].groupby(x, as_index=False)["dev_acc"].mean()
+            name = f"mean over {len(tasks)} tasks" if len(models) == 1 else f"{model}: mean over tasks"
+            fig.add_scatter(x=mean[x], y=mean["dev_acc"], mode="lines+markers", name=name, legendgroup=model,
+                            legendrank=1,
+                            line=dict(width=4, color="black" if len(models) == 1 else colour),
+                            hovertemplate=hover(name))
     if highlight is not None:
         fig.add_vline(x=highlight, line_dash="dash", line_color="black", annotation_text=f"layer {highlight}")
+    many = len(models) == 1 and len(tasks) > 1
     fig.update_layout(
         title=title or "Task-vector accuracy by layer (dev)", xaxis_title="relative depth" if relative else "layer",
-        yaxis=dict(title="accuracy", range=[0, 1]), height=450, width=800,
+        yaxis=dict(title="accuracy", range=[0, 1]), height=660 if many else 450,
+        legend=dict(font=dict(size=10), tracegroupgap=4) if many else None,
     )
     return fig
-
-
-def _palette(values) -> dict:
-    import plotly.express as px
-
-    colours = px.colors.qualitative.Dark24 + px.colors.qualitative.Light24
-    return {v: colours[i % len(colours)] for i, v in enumerate(dict.fromkeys(values))}
 
 
 def geometry_scatter(emb: pd.DataFrame, layer: int, method: str = "tsne", colour: str = "task") -> go.Figure:
@@ -63,13 +119,29 @@ def geometry_scatter(emb: pd.DataFrame, layer: int, method: str = "tsne", colour
         raise ValueError(f"no {method} embedding at layer {layer}; available: "
                          f"{sorted(set(zip(emb.layer, emb.method)))}")
     fig = go.Figure()
-    colours = _palette(emb[colour])
-    for value, part in df.groupby(colour, sort=False):
-        fig.add_scatter(x=part.x, y=part.y, mode="markers", name=value, marker=dict(size=6, color=colours[value]),
+    for i, (value, part) in enumerate(df.groupby(colour, sort=False)):
+        marker_colour = task_colour(value, i) if colour == "task" else CATEGORY_COLOURS.get(value, OTHER_COLOURS[i])
+        fig.add_scatter(x=part.x, y=part.y, mode="markers", name=value, marker=dict(size=6, color=marker_colour),
+                        legendgroup=part.category.iloc[0] if colour == "task" else None,
+                        legendgrouptitle_text=part.category.iloc[0] if colour == "task" else None,
                         customdata=part[["task", "demos"]], hovertemplate="%{customdata[0]}<br>%{customdata[1]}"
                                                                           "<extra></extra>")
-    fig.update_layout(title=f"Task vectors at layer {layer} ({method.upper()}, coloured by {colour})",
-                      xaxis=dict(showticklabels=False), yaxis=dict(showticklabels=False), height=600, width=850)
+    name = method.upper().replace("TSNE", "t-SNE")
+    fig.update_layout(title=f"Task vectors at layer {layer} ({name}, coloured by {colour})",
+                      xaxis=dict(title=f"{name} 1", showticklabels=False),
+                      yaxis=dict(title=f"{name} 2", showticklabels=False),
+                      legend=dict(font=dict(size=10), tracegroupgap=4), height=680)
+    return fig
+
+
+def clustering_scores(scores: pd.DataFrame) -> go.Figure:
+    """How well task vectors cluster by task at each layer: 5-NN task identification and silhouette."""
+    fig = go.Figure()
+    fig.add_scatter(x=scores.layer, y=scores.knn_accuracy, mode="lines+markers",
+                    name="5-NN task identification (accuracy)")
+    fig.add_scatter(x=scores.layer, y=scores.silhouette, mode="lines+markers", name="silhouette (cosine)")
+    fig.update_layout(title="How well task vectors cluster by task, per layer", xaxis_title="layer",
+                      yaxis_title="score", legend=TOP_LEGEND, height=420, margin=dict(t=90))
     return fig
 
 
@@ -85,43 +157,61 @@ def distance_histogram(distances: pd.DataFrame, title: str = "Cosine distance be
         density, _ = np.histogram(part.distance, bins=edges, density=True)
         fig.add_bar(x=centres, y=density, name=pair, opacity=0.6, width=edges[1] - edges[0])
     fig.update_layout(barmode="overlay", title=title, xaxis_title="cosine distance", yaxis_title="density",
-                      height=400, width=700)
+                      legend=dict(title="pairs of task vectors"), height=400)
     return fig
 
 
 def conflict_bars(table: pd.DataFrame) -> go.Figure:
     """Paper Table 2 as bars: for each (A, B), accuracy on A's and B's answers, regular vs conflicting."""
     fig = go.Figure()
-    labels = [table.task_a + " / θ " + table.task_b, table.method]
-    fig.add_bar(x=labels, y=table.acc_a, name="accuracy on task A (the demonstrations)", marker_color="#1f77b4")
-    fig.add_bar(x=labels, y=table.acc_b, name="accuracy on task B (the patched θ)", marker_color="#ff7f0e")
+    pairs = [f"{short_name(a)} →<br>θ {short_name(b)}" for a, b in zip(table.task_a, table.task_b)]
+    methods = table.method.map({"ICL (demos of A)": "ICL", "ICL + theta of B": "ICL+θ(B)"}).fillna(table.method)
+    labels = [pairs, methods]
+    hover = "%{x}: %{y:.2f}<extra>%{fullData.name}</extra>"
+    fig.add_bar(x=labels, y=table.acc_a, name="accuracy on task A (the demonstrations)", marker_color="#1f77b4",
+                hovertemplate=hover)
+    fig.add_bar(x=labels, y=table.acc_b, name="accuracy on task B (the patched θ)", marker_color="#ff7f0e",
+                hovertemplate=hover)
     fig.update_layout(barmode="group", title="Conflicting tasks: demonstrations of A, task vector of B",
-                      yaxis=dict(title="accuracy", range=[0, 1]), height=500, width=1100, margin=dict(b=180),
-                      legend=dict(orientation="h", y=1.1))
+                      xaxis=dict(title="task A (demonstrations) → task B (θ), without and with θ(B)",
+                                 tickfont=dict(size=11)),
+                      yaxis=dict(title="accuracy", range=[0, 1]), height=520, margin=dict(t=110, b=120),
+                      legend=TOP_LEGEND)
     return fig
 
 
 def answer_rank_curves(ranks: pd.DataFrame, highlight: int | None = None) -> go.Figure:
-    """Probability of each episode's true answer when theta itself is read out (logit lens), per layer."""
-    fig = go.Figure()
-    for task, part in ranks.groupby("task", sort=False):
-        fig.add_scatter(x=part.layer, y=part.mean_prob, mode="lines+markers", name=task,
-                        customdata=part[["median_rank"]],
-                        hovertemplate=f"{task}<br>layer %{{x}}<br>p(answer)=%{{y:.3f}}<br>median rank "
-                                      "%{customdata[0]:.0f}<extra></extra>")
+    """Median rank of each episode's true answer when theta itself is read out (logit lens), per layer: one
+    panel per category, one line per task (hover adds the mean probability of the answer)."""
+    categories = [c for c in CATEGORIES if c in set(ranks.task.map(TASK_CATEGORY))]
+    fig = make_subplots(rows=2, cols=2, subplot_titles=categories, shared_xaxes=True, shared_yaxes=True,
+                        vertical_spacing=0.1, horizontal_spacing=0.05)
+    for i, (task, part) in enumerate(ranks.groupby("task", sort=False)):
+        category = TASK_CATEGORY[task]
+        panel = categories.index(category)
+        fig.add_scatter(x=part.layer, y=part.median_rank, mode="lines+markers", name=task,
+                        line=dict(color=task_colour(task, i), dash=TASK_DASHES.get(task)), marker=dict(size=4),
+                        legendgroup=category, legendgrouptitle_text=category,
+                        customdata=part[["mean_prob"]], row=panel // 2 + 1, col=panel % 2 + 1,
+                        hovertemplate=f"{task}<br>layer %{{x}}<br>median rank %{{y:,.0f}}<br>mean p(answer) "
+                                      "%{customdata[0]:.3f}<extra></extra>")
     if highlight is not None:
-        fig.add_vline(x=highlight, line_dash="dash", line_color="black")
-    fig.update_layout(title="Reading θ through the unembedding: probability of the true answer",
-                      xaxis_title="layer", yaxis_title="mean p(answer)", height=450, width=850)
+        fig.add_vline(x=highlight, line_dash="dash", line_color="black", row="all", col="all")
+    fig.update_yaxes(type="log", autorange="reversed")
+    fig.update_yaxes(title_text="median rank of the answer", col=1)
+    fig.update_xaxes(title_text="layer", row=2)
+    fig.update_layout(title="Reading θ through the unembedding: rank of the true answer (1 = top token, log scale)",
+                      legend=dict(font=dict(size=10), tracegroupgap=6), height=640)
     return fig
 
 
 def top_tokens_table(top: pd.DataFrame, layer: int, n: int = 8) -> go.Figure:
+    """The top n tokens of each task's mean theta at one layer, as a table figure."""
     df = top[(top.layer == layer) & (top["rank"] < n)]
     cells = df.groupby("task", sort=False)["token"].apply(lambda s: ", ".join(s)).reset_index()
     fig = go.Figure(go.Table(header=dict(values=["task", f"top tokens of mean θ at layer {layer}"], align="left"),
-                             cells=dict(values=[cells.task, cells.token], align="left")))
-    fig.update_layout(height=60 + 28 * len(cells), width=1000, margin=dict(t=10, b=10))
+                             cells=dict(values=[cells.task, cells.token], align="left"), columnwidth=[1, 3]))
+    fig.update_layout(height=60 + 28 * len(cells), margin=dict(t=10, b=10, l=10, r=10))
     return fig
 
 
@@ -130,10 +220,11 @@ def interpolation_curves(table: pd.DataFrame) -> go.Figure:
     df = table[table.kind == "alpha"]
     a, b = df.task_a.iloc[0], df.task_b.iloc[0]
     fig = go.Figure()
-    fig.add_scatter(x=df.value, y=df.acc_a, mode="lines+markers", name=f"accuracy on {a}")
-    fig.add_scatter(x=df.value, y=df.acc_b, mode="lines+markers", name=f"accuracy on {b}")
-    fig.update_layout(title=f"α·θ({a}) + (1−α)·θ({b}) at layer {df.layer.iloc[0]}", xaxis_title="α",
-                      yaxis=dict(title="accuracy", range=[0, 1]), height=420, width=750)
+    fig.add_scatter(x=df.value, y=df.acc_a, mode="lines+markers", name=f"accuracy on {a} (A)")
+    fig.add_scatter(x=df.value, y=df.acc_b, mode="lines+markers", name=f"accuracy on {b} (B)")
+    fig.update_layout(title=f"α·θ(A) + (1−α)·θ(B) at layer {df.layer.iloc[0]}", xaxis_title="α",
+                      yaxis=dict(title="accuracy", range=[0, 1]), legend=TOP_LEGEND, height=440,
+                      margin=dict(t=100))
     return fig
 
 
@@ -142,6 +233,20 @@ def method_bars(table: pd.DataFrame, x: str, y: str, colour: str, title: str, y_
     fig = go.Figure()
     for value, part in table.groupby(colour, sort=False):
         fig.add_bar(x=part[x], y=part[y], name=str(value))
-    fig.update_layout(barmode="group", title=title, yaxis=dict(title=y, range=list(y_range) if y_range else None),
-                      height=450, width=900)
+    fig.update_layout(barmode="group", title=title, xaxis_title=x,
+                      yaxis=dict(title=y, range=list(y_range) if y_range else None),
+                      legend=dict(title=colour), height=450)
+    return fig
+
+
+def head_heatmap(effects: pd.DataFrame, top: list[tuple[int, int]] | None = None) -> go.Figure:
+    """Mean causal indirect effect of every attention head over tasks (layer x head), top heads outlined."""
+    mean = effects.groupby(["layer", "head"])["effect"].mean().unstack("head")
+    fig = go.Figure(go.Heatmap(z=mean.to_numpy(), x=[f"head {h}" for h in mean.columns], y=mean.index,
+                               colorscale="RdBu", zmid=0, colorbar=dict(title="Δ p(answer)")))
+    for layer, head in top or []:
+        fig.add_shape(type="rect", x0=head - 0.5, x1=head + 0.5, y0=layer - 0.5, y1=layer + 0.5,
+                      line=dict(color="black", width=2))
+    fig.update_layout(title="Indirect effect of each head (mean over tasks); top heads outlined",
+                      xaxis_title="head", yaxis_title="layer", height=560)
     return fig

@@ -8,16 +8,50 @@ import tempfile
 from pathlib import Path
 
 
-FIGURES = Path(__file__).resolve().parent.parent / "figures"
+FIGURES = Path(__file__).resolve().parent.parent / "figures"  # the committed results, in a source checkout
 
 
-def precomputed(name: str, folder: str | Path = FIGURES):
-    """A committed result table, e.g. precomputed("reproduce_gemma3-270m_per_layer"), or None if absent.
-    Only empty cells are missing values: tokens such as "None" or "NA" stay text."""
+def results_folder(folder: str | Path | None = None) -> Path:
+    """Where results are read and written: `folder` if given, else $TV_UTILS_RESULTS, else the repository's
+    figures/ (the committed results)."""
+    return Path(folder or os.environ.get("TV_UTILS_RESULTS") or FIGURES)
+
+
+def results_stem(kind: str, model_name: str, folder: str | Path | None = None) -> Path:
+    """The one naming rule for result files: <folder>/<kind>_<model name with / as _>, e.g.
+    figures/reproduce_gemma3-270m (add the part and suffix: `_results.csv`, `_theta.safetensors`)."""
+    return results_folder(folder) / f"{kind}_{model_name.replace('/', '_')}"
+
+
+def suffixed(stem: str | Path, suffix: str) -> Path:
+    """`stem` + `suffix`, keeping dots in model names ("Qwen2.5-0.5B" + ".csv"; `Path.with_suffix` would cut
+    at ".5-0"); a path that already ends in `suffix` is returned as it is."""
+    stem = Path(stem)
+    return stem if stem.name.endswith(suffix) else stem.with_name(stem.name + suffix)
+
+
+def stem_of(path: str | Path, suffix: str) -> Path:
+    """`path` without `suffix` if it ends in it (the inverse of `suffixed`)."""
+    path = Path(path)
+    return path.with_name(path.name[:-len(suffix)]) if path.name.endswith(suffix) else path
+
+
+def stored_file(name: str, folder: str | Path | None = None) -> Path | None:
+    """The file `name` from the results folder, else from the committed results; None if neither has it."""
+    for path in (results_folder(folder) / name, FIGURES / name):
+        if path.exists():
+            return path
+    return None
+
+
+def precomputed(name: str, folder: str | Path | None = None):
+    """A result table, e.g. precomputed("reproduce_gemma3-270m_per_layer"), from the results folder or else
+    the committed results; None if neither has it. Only empty cells are missing values: tokens such as
+    "None" or "NA" stay text."""
     import pandas as pd
 
-    path = Path(folder) / f"{name}.csv"
-    return pd.read_csv(path, keep_default_na=False, na_values=[""]) if path.exists() else None
+    path = stored_file(f"{name}.csv", folder)
+    return None if path is None else pd.read_csv(path, keep_default_na=False, na_values=[""])
 
 
 def write_atomic(path: str | Path, data: str | bytes) -> Path:
@@ -47,14 +81,25 @@ def save_table(df, path: str | Path) -> Path:
     return write_atomic(path, df.to_csv(index=False, float_format="%.4f"))
 
 
+def versions(packages=("torch", "transformers", "nnsight")) -> dict[str, str]:
+    """Versions of the packages that decide the numbers, recorded with results (no machine paths: the same
+    run gives the same bytes on every machine)."""
+    from importlib.metadata import version
+
+    return {name: version(name).split("+")[0] for name in packages}  # torch 2.13.0+cpu: the release
+
+
 def save_json(obj, path: str | Path) -> Path:
     return write_atomic(path, json.dumps(obj, indent=1, default=float) + "\n")
 
 
-def save_figure(fig, stem: str | Path, png: bool = True) -> list[Path]:
-    """A plotly figure as interactive HTML (plotly.js from CDN) and, when a browser is available, PNG."""
+def save_figure(fig, stem: str | Path, png: bool = True, width: int = 1000) -> list[Path]:
+    """A plotly figure as interactive HTML (plotly.js from CDN, fills the page) and, when a browser is
+    available, PNG `width` px wide at the figure's own height (the figures set no width of their own)."""
     stem = Path(stem)
-    written = [write_atomic(stem.with_suffix(".html"), fig.to_html(include_plotlyjs="cdn", full_html=True))]
+    html = fig.to_html(include_plotlyjs="cdn", full_html=True, div_id=stem.name)  # no random id: same bytes
+    written = [write_atomic(suffixed(stem, ".html"), html)]
     if png:
-        written.append(write_atomic(stem.with_suffix(".png"), fig.to_image(format="png", scale=2)))
+        image = fig.to_image(format="png", width=width, height=fig.layout.height, scale=2)
+        written.append(write_atomic(suffixed(stem, ".png"), image))
     return written

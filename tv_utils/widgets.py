@@ -1,5 +1,5 @@
-"""ipywidgets for the notebooks. Explorers over precomputed tables respond instantly; the few that need
-the model (ICL playground, your own task, conflicting pair) run it on demand for a handful of episodes.
+"""ipywidgets for the notebooks: they only display. Explorers show precomputed tables; the few that need
+the model (ICL playground, your own task, conflicting pair) call an `analysis` function on demand.
 
 Each builder returns the widget box; the figure and table live in Output areas that are redrawn on change.
 """
@@ -12,7 +12,16 @@ import ipywidgets as w
 import pandas as pd
 from IPython.display import HTML, display
 
-from . import plots
+from . import analysis, plots
+from .experiments import best_mean_layer
+
+
+class Explorer(w.VBox):
+    """A VBox whose plain-text form (shown where widgets are not rendered, e.g. a notebook not run yet) says
+    how to use it, instead of the repr of its children."""
+
+    def __repr__(self) -> str:
+        return "Interactive explorer: run this cell (Shift+Enter) to use it."
 
 
 def _table_html(df: pd.DataFrame, css_class: str, float_format="{:.2f}") -> HTML:
@@ -39,12 +48,11 @@ def _show(out: w.Output, *objects) -> None:
     out.outputs = tuple(outputs)
 
 
-def layer_explorer(per_layer: pd.DataFrame, start: int | None = None) -> w.VBox:
+def layer_explorer(per_layer: pd.DataFrame, start: int | None = None) -> Explorer:
     """Slider over layers and a task dropdown: the accuracy curves with the chosen layer marked, and the
     per-task accuracy at that layer (from a precomputed per-layer table)."""
     layers = sorted(per_layer["layer"].unique())
-    mean = per_layer.groupby("layer")["dev_acc"].mean()
-    best = int(mean.idxmax())
+    best = best_mean_layer(per_layer)
     slider = w.IntSlider(value=best if start is None else start, min=layers[0], max=layers[-1],
                          description="layer", continuous_update=False)
     tasks = ["all tasks"] + list(dict.fromkeys(per_layer["task"]))
@@ -65,12 +73,14 @@ def layer_explorer(per_layer: pd.DataFrame, start: int | None = None) -> w.VBox:
     slider.observe(redraw, "value")
     task.observe(redraw, "value")
     redraw()
-    return w.VBox([w.HBox([slider, task]), note, figure_out, table_out])
+    return Explorer([w.HBox([slider, task]), note, figure_out, table_out])
 
 
-def geometry_explorer(emb: pd.DataFrame, scores: pd.DataFrame | None = None) -> w.VBox:
-    """Dropdowns for layer, method and colouring over precomputed 2-D embeddings of task vectors."""
-    layer = w.Dropdown(options=sorted(emb.layer.unique()), description="layer")
+def geometry_explorer(emb: pd.DataFrame, scores: pd.DataFrame | None = None, start: int | None = None) -> Explorer:
+    """Dropdowns for layer (opening at `start`, else the first), method and colouring over precomputed 2-D
+    embeddings of task vectors."""
+    layers = sorted(int(v) for v in emb.layer.unique())
+    layer = w.Dropdown(options=layers, value=layers[0] if start is None else start, description="layer")
     method = w.Dropdown(options=sorted(emb.method.unique()), description="method")
     colour = w.Dropdown(options=["task", "category"], description="colour by")
     note, out = w.HTML(), w.Output()
@@ -85,14 +95,16 @@ def geometry_explorer(emb: pd.DataFrame, scores: pd.DataFrame | None = None) -> 
     for control in (layer, method, colour):
         control.observe(redraw, "value")
     redraw()
-    return w.VBox([w.HBox([layer, method, colour]), note, out])
+    return Explorer([w.HBox([layer, method, colour]), note, out])
 
 
-def vocab_explorer(top: pd.DataFrame, n: int = 8) -> w.VBox:
-    """Slider over layers: the top word-like tokens of each task's mean theta at that layer, either raw
-    or task-specific (tokens that rank high for many tasks removed; see `analysis.vocabulary_projection`)."""
-    layers = sorted(top.layer.unique())
-    slider = w.SelectionSlider(options=layers, value=layers[len(layers) // 2], description="layer",
+def vocab_explorer(top: pd.DataFrame, n: int = 8, start: int | None = None) -> Explorer:
+    """Slider over layers (opening at `start`, else the middle one): the top word-like tokens of each task's
+    mean theta at that layer, either raw or task-specific (tokens that rank high for many tasks removed; see
+    `analysis.vocabulary_projection`)."""
+    layers = sorted(int(v) for v in top.layer.unique())
+    slider = w.SelectionSlider(options=layers, value=layers[len(layers) // 2] if start is None else start,
+                               description="layer",
                                continuous_update=False)
     kind = w.ToggleButtons(options=["task-specific", "raw"], description="tokens")
     out = w.Output()
@@ -107,10 +119,10 @@ def vocab_explorer(top: pd.DataFrame, n: int = 8) -> w.VBox:
     slider.observe(redraw, "value")
     kind.observe(redraw, "value")
     redraw()
-    return w.VBox([w.HBox([slider, kind]), out])
+    return Explorer([w.HBox([slider, kind]), out])
 
 
-def alpha_explorer(table: pd.DataFrame) -> w.VBox:
+def alpha_explorer(table: pd.DataFrame) -> Explorer:
     """Slider over alpha on a precomputed interpolation table: accuracy on A and B at that mix."""
     df = table[table.kind == "alpha"].reset_index(drop=True)
     slider = w.SelectionSlider(options=[round(v, 2) for v in df.value], value=round(df.value.iloc[-1], 2),
@@ -127,25 +139,10 @@ def alpha_explorer(table: pd.DataFrame) -> w.VBox:
 
     slider.observe(redraw, "value")
     redraw()
-    return w.VBox([slider, note, out])
+    return Explorer([slider, note, out])
 
 
-def icl_example(model, task, k: int = 5, n: int = 10) -> dict:
-    """One ICL prompt of `task` with k demonstrations, the model's answer to it, and ICL vs zero-shot accuracy
-    over n test episodes (what the ICL playground shows)."""
-    from . import engine
-    from .experiments import Protocol, accuracy, prepare_split
-    from .prompts import DEFAULT_FORMAT
-
-    s = prepare_split(model, task, "test", n, Protocol(k=k))
-    ep = s.episodes[0]
-    base = engine.next_tokens(model, s.queries)
-    return {"prompt": DEFAULT_FORMAT.icl(ep.demos, ep.query[0]), "answer": model.decode_token(s.icl_pred[0]),
-            "expected": ep.query[1], "icl_accuracy": accuracy(model, s.icl_pred, s.target),
-            "zero_shot_accuracy": accuracy(model, base, s.target), "n": n}
-
-
-def icl_playground(model, task_names, n: int = 10) -> w.VBox:
+def icl_playground(model, task_names, n: int = 10) -> Explorer:
     """Pick a task and a number of demonstrations: see one prompt, the model's answer and the accuracy
     over n episodes, with and without the demonstrations."""
     task = w.Dropdown(options=list(task_names), description="task")
@@ -156,7 +153,7 @@ def icl_playground(model, task_names, n: int = 10) -> w.VBox:
     def go(_=None):
         with out:
             out.clear_output(wait=True)
-            r = icl_example(model, task.value, k.value, n)
+            r = analysis.icl_example(model, task.value, k.value, n)
             display(HTML(f"<pre class='tv-prompt'>{html.escape(r['prompt'])}</pre>"
                          f"<p>model's answer: <b class='tv-answer'>{html.escape(r['answer'])}"
                          f"</b> (expected {html.escape(r['expected'])})</p>"
@@ -164,7 +161,7 @@ def icl_playground(model, task_names, n: int = 10) -> w.VBox:
                          f"zero-shot <b>{r['zero_shot_accuracy']:.2f}</b></p>"))
 
     run.on_click(go)
-    return w.VBox([w.HBox([task, k, run]), out])
+    return Explorer([w.HBox([task, k, run]), out])
 
 
 EXAMPLE_TASK = """Apple -> Red
@@ -177,39 +174,7 @@ Snow -> White
 Coal -> Black"""
 
 
-def custom_task_table(model, pairs, queries, layer: int) -> tuple[pd.DataFrame, dict]:
-    """Your own task: theta from `input -> output` pairs (text or a list of tuples), then each query answered
-    zero-shot, with ICL, and with `x ->` + theta at `layer`. The last 2 pairs' inputs serve as the dummy
-    queries x' (as in the paper, x' is not among the demonstrations); the other pairs are the demonstrations.
-
-    Returns (table with one row per query, {"demos": ..., "dummies": ...}).
-    """
-    from . import engine
-    from .analysis import patch_shared
-    from .prompts import DEFAULT_FORMAT
-    from .tasks import Episode, make_task, parse_pairs
-
-    task = make_task("custom", parse_pairs(pairs) if isinstance(pairs, str) else pairs)
-    if len(task.pairs) < 3:
-        raise ValueError(f"give at least 3 pairs (demonstrations plus 2 dummy queries), got {len(task.pairs)}")
-    queries = [q.strip() for q in (queries.split(",") if isinstance(queries, str) else queries) if q.strip()]
-    if not queries:
-        raise ValueError("type at least one query, separated by commas")
-    model.check_layer(layer)
-    demos, dummies = task.pairs[:-2], tuple(x for x, _ in task.pairs[-2:])
-    theta, _ = engine.episode_states(model, [Episode(demos, dummies, (dummies[0], ""))], icl=False)
-    query_ids = model.encode([DEFAULT_FORMAT.query(q) for q in queries])
-    tv = patch_shared(model, query_ids, theta[0, layer], layer)
-    icl = engine.next_tokens(model, model.encode([DEFAULT_FORMAT.icl(demos, q) for q in queries]))
-    zero = engine.next_tokens(model, query_ids)
-    table = pd.DataFrame({"query": queries,
-                          "zero-shot": [model.decode_token(i) for i in zero.tolist()],
-                          "ICL": [model.decode_token(i) for i in icl.tolist()],
-                          f"task vector (layer {layer})": [model.decode_token(i) for i in tv.tolist()]})
-    return table, {"demos": demos, "dummies": dummies}
-
-
-def custom_task_widget(model, layer: int) -> w.VBox:
+def custom_task_widget(model, layer: int) -> Explorer:
     """Type `input -> output` lines, build theta from them, and answer new queries with `x ->` + theta."""
     pairs_box = w.Textarea(value=EXAMPLE_TASK, description="pairs", layout=w.Layout(width="420px", height="170px"))
     queries_box = w.Text(value="Corn, Cherry, Ocean", description="queries")
@@ -220,7 +185,7 @@ def custom_task_widget(model, layer: int) -> w.VBox:
         with out:
             out.clear_output(wait=True)
             try:
-                table, info = custom_task_table(model, pairs_box.value, queries_box.value, layer)
+                table, info = analysis.own_task_answers(model, pairs_box.value, queries_box.value, layer)
             except ValueError as e:
                 display(HTML(f"<p class='tv-error' style='color:#b00'>{html.escape(str(e))}</p>"))
                 return
@@ -229,42 +194,33 @@ def custom_task_widget(model, layer: int) -> w.VBox:
             display(_table_html(table, "tv-custom-table"))
 
     run.on_click(go)
-    return w.VBox([pairs_box, queries_box, run, out])
+    return Explorer([pairs_box, queries_box, run, out])
 
 
-def conflict_partners(task_a: str, min_shared: int = 8) -> list[str]:
-    """Tasks that share at least `min_shared` inputs with task_a (so demos of A can be scored on B's answers)."""
-    from .tasks import TASK_NAMES, get_task
-
-    inputs = {x for x, _ in get_task(task_a).pairs}
-    return [b for b in TASK_NAMES if b != task_a and len(inputs & {x for x, _ in get_task(b).pairs}) >= min_shared]
-
-
-def conflict_widget(model, n: int = 10, layer: int | None = None, start=("en_es", "en_fr")) -> w.VBox:
+def conflict_widget(model, n: int = 10, layer: int | None = None, start=("en_es", "en_fr")) -> Explorer:
     """Pick task A (the demonstrations) and task B (the patched theta), press Run: accuracy on A's and B's
     answers with plain ICL and with theta(B) patched in (`analysis.conflicting_tasks` on n episodes)."""
-    from .analysis import conflicting_tasks
     from .tasks import TASK_NAMES
 
-    sources = [t for t in TASK_NAMES if conflict_partners(t)]
-    a = w.Dropdown(options=sources, value=start[0], description="task A (demos)")
-    b = w.Dropdown(options=conflict_partners(start[0]), value=start[1], description="task B (θ)")
+    sources = [t for t in TASK_NAMES if analysis.conflict_partners(t)]
+    full_labels = {"description_width": "initial"}  # the default width cuts "task A (demos)" short
+    a = w.Dropdown(options=sources, value=start[0], description="task A (demos)", style=full_labels)
+    b = w.Dropdown(options=analysis.conflict_partners(start[0]), value=start[1], description="task B (θ)", style=full_labels)
     run = w.Button(description="Run", button_style="primary")
     out = w.Output()
 
     def partners(_=None):
-        b.options = conflict_partners(a.value)
+        b.options = analysis.conflict_partners(a.value)
 
     def go(_=None):
         with out:
             out.clear_output(wait=True)
             try:
-                table = conflicting_tasks(model, [(a.value, b.value)], n=n, layer=layer)
+                table = analysis.conflicting_tasks(model, [(a.value, b.value)], n=n, layer=layer)
             except (KeyError, ValueError) as e:
                 display(HTML(f"<p class='tv-error' style='color:#b00'>{html.escape(str(e))}</p>"))
                 return
-            conflict = table[table.method == "ICL + theta of B"].iloc[0]
-            followed = b.value if conflict.acc_b > conflict.acc_a else a.value
+            followed = analysis.followed_task(table, a.value, b.value)
             display(_table_html(table[["method", "layer", "acc_a", "acc_b"]], "tv-conflict-table"))
             display(HTML(f"<p>with θ({html.escape(b.value)}) patched over demonstrations of {html.escape(a.value)}, "
                          f"the model follows <b class='tv-followed'>{html.escape(followed)}</b></p>"))
@@ -272,10 +228,10 @@ def conflict_widget(model, n: int = 10, layer: int | None = None, start=("en_es"
 
     a.observe(partners, "value")
     run.on_click(go)
-    return w.VBox([w.HBox([a, b, run]), out])
+    return Explorer([w.HBox([a, b, run]), out])
 
 
-def results_explorer(results: pd.DataFrame, per_layer: pd.DataFrame) -> w.VBox:
+def results_explorer(results: pd.DataFrame, per_layer: pd.DataFrame) -> Explorer:
     """Pick a task: its Baseline / ICL / task-vector accuracy and its accuracy per layer (precomputed)."""
     task = w.Dropdown(options=list(results["task"]), description="task")
     note, out = w.HTML(), w.Output()
@@ -289,4 +245,4 @@ def results_explorer(results: pd.DataFrame, per_layer: pd.DataFrame) -> w.VBox:
 
     task.observe(redraw, "value")
     redraw()
-    return w.VBox([task, note, out])
+    return Explorer([task, note, out])

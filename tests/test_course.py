@@ -1,0 +1,57 @@
+"""The notebooks' one-line set-up and every live fallback for a model with no stored results (tiny Llama)."""
+
+import pandas as pd
+import pytest
+
+from tv_utils import course, store
+from tv_utils.experiments import best_mean_layer
+
+
+@pytest.fixture
+def no_stored_results(monkeypatch, tmp_path):
+    """Neither a results folder nor the committed results hold anything."""
+    monkeypatch.setenv("TV_UTILS_RESULTS", str(tmp_path))
+    monkeypatch.setattr(store, "FIGURES", tmp_path)
+
+
+def test_setup_reads_L_from_the_stored_run(gemma, capsys):
+    per_layer = store.precomputed("reproduce_gemma3-270m_per_layer")
+    model, L = course.setup("gemma3-270m")
+    assert L == int(per_layer.groupby("layer")["dev_acc"].mean().idxmax())
+    assert "best mean dev layer in the stored reproduce run" in capsys.readouterr().out
+
+
+def test_every_fallback_runs_on_a_model_without_results(tiny_llama, no_stored_results):
+    tasks = course.analysis.quick_tasks(tiny_llama)
+    assert len(tasks) == 4 and "en_fr" not in tasks  # one token per character: no French word is one token
+    results, per_layer = course.reproduce_tables(tiny_llama)
+    assert len(results) == 3 and set(per_layer.layer) == set(range(tiny_llama.n_layers))
+    L = course.analysis.default_layer(tiny_llama)
+    depth, best = course.depth_tables(tiny_llama, per_layer)
+    assert best.best_layer.tolist() == [best_mean_layer(per_layer)] and depth is per_layer
+    tv, emb, scores, nearest = course.geometry(tiny_llama, L)
+    assert tv.saved_layers[1] == L or L in tv.saved_layers
+    assert set(emb.layer) == {L} and len(nearest)
+    table = course.conflict(tiny_llama)
+    assert {"task_a", "task_b", "method", "acc_a", "acc_b"} <= set(table.columns)
+    top, ranks = course.vocab(tiny_llama)
+    assert set(ranks.task) == set(course.analysis.quick_tasks(tiny_llama)) and "token" in top  # no word tokens here
+    mix = course.interpolation(tiny_llama, L, "list_last", "list_first")
+    assert len(mix)
+    library = course.library(tiny_llama, L)
+    assert library.layer == L and len(library.vectors) == 3
+    assert set(course.reuse_cost(tiny_llama, library).method) == {"ICL", "stored theta"}
+    assert isinstance(course.robustness(tiny_llama, L), pd.DataFrame)
+
+
+def test_quick_tasks_say_when_the_tokenizer_scores_none(tiny_llama, monkeypatch):
+    monkeypatch.setattr(course.analysis, "usable_task", lambda task, tok: (task.__class__(task.name, task.category, ()), {}))
+    with pytest.raises(ValueError, match="scores none of the tasks"):
+        course.analysis.quick_tasks(tiny_llama)
+
+
+def test_results_stem_keeps_dots_in_model_names(tmp_path):
+    stem = store.results_stem("reproduce", "Qwen/Qwen2.5-0.5B", tmp_path)
+    assert stem == tmp_path / "reproduce_Qwen_Qwen2.5-0.5B"
+    assert store.suffixed(stem, ".csv").name == "reproduce_Qwen_Qwen2.5-0.5B.csv"
+    assert store.stem_of(store.suffixed(stem, ".safetensors"), ".safetensors") == stem

@@ -1,0 +1,114 @@
+"""The notebooks' set-up in one line, and the results they read.
+
+Each loader returns the stored result of `python -m tv_utils <analysis>` for this model; for a model with no
+stored results it runs a small live version of the same analysis (a few tasks, 10 episodes), so every
+notebook works with any model. The tests run every live fallback once on a tiny model.
+"""
+
+from __future__ import annotations
+
+from . import analysis, store
+from .experiments import Protocol, run_tasks
+from .models import Model, load_model
+
+QUICK = analysis.QUICK_EPISODES  # episodes per task in the live fallbacks
+
+
+def setup(model_name: str = "gemma3-270m", **load_kwargs) -> tuple[Model, int]:
+    """Load the model and pick L, the layer with the best mean dev accuracy over the tasks (notebook 3);
+    prints one line saying what was loaded and where L came from."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no progress widget while loading
+    model = load_model(model_name, **load_kwargs)
+    stored = _stored(model, "reproduce", "per_layer") is not None
+    L = analysis.default_layer(model)
+    source = "the stored reproduce run" if stored else f"a quick sweep of {', '.join(analysis.quick_tasks(model))}"
+    print(f"{model.name}: {model.n_layers} layers, hidden size {model.hf.config.hidden_size}, {model.info['dtype']} on "
+          f"{model.info['device']}; L = {L} (best mean dev layer in {source})")
+    return model, L
+
+
+def _stored(model: Model, kind: str, part: str | None = None):
+    name = store.results_stem(kind, model.name).name + (f"_{part}" if part else "")
+    return store.precomputed(name)
+
+
+def reproduce_tables(model: Model):
+    """(results, per_layer) of the reproduce run: per-task accuracies, and dev accuracy per task and layer."""
+    results, per_layer = _stored(model, "reproduce", "results"), _stored(model, "reproduce", "per_layer")
+    if results is None or per_layer is None:
+        results, per_layer = run_tasks(model, analysis.quick_tasks(model, 3), Protocol(n_dev=QUICK, n_test=QUICK),
+                                       progress=False)
+    return results, per_layer
+
+
+def depth_tables(model: Model, per_layer):
+    """(per-layer curves, best layer per model) over the models of the depth run, else this model alone."""
+    depth, best = store.precomputed("depth_per_layer"), store.precomputed("depth_best")
+    if depth is None or best is None:
+        depth, best = per_layer, analysis.best_depth(per_layer)
+    return depth, best
+
+
+def geometry(model: Model, L: int):
+    """(task vectors, 2-D embeddings, clustering scores, nearest tasks) of the geometry run; the stored
+    vectors keep layers L-4, L, L+4."""
+    emb, scores, nearest = (_stored(model, "geometry", part) for part in ("embeddings", "scores", "nearest"))
+    theta = store.stored_file(store.results_stem("geometry", model.name).name + "_theta.safetensors")
+    if emb is not None and theta is not None:
+        return analysis.TaskVectors.load(theta), emb, scores, nearest
+    tv = analysis.collect_task_vectors(model, analysis.quick_tasks(model, 6), n=QUICK, progress=False)
+    tv.saved_layers = sorted({max(0, L - 4), L, min(model.n_layers - 1, L + 4)})
+    return tv, analysis.embeddings(tv, [L], methods=("tsne",)), analysis.geometry_scores(tv), \
+        analysis.nearest_tasks(tv, L)
+
+
+def conflict(model: Model):
+    """The conflicting-tasks table (paper Table 2): demonstrations of A, θ of B."""
+    table = _stored(model, "conflict")
+    if table is None:
+        pairs = [p for p in analysis.PAPER_CONFLICTS if set(p) <= set(analysis.quick_tasks(model, 10, need=QUICK))]
+        table = analysis.conflicting_tasks(model, pairs[:2] or analysis.PAPER_CONFLICTS[:1], n=QUICK)
+    return table
+
+
+def vocab(model: Model):
+    """(top tokens of mean θ per task and layer, rank of the true answers per task and layer)."""
+    top, ranks = _stored(model, "vocab", "top_tokens"), _stored(model, "vocab", "answer_rank")
+    if top is None or ranks is None:
+        top, ranks = analysis.vocabulary_projection(model, analysis.quick_tasks(model), n=5)
+    return top, ranks
+
+
+def interpolation(model: Model, L: int, task_a: str = "present_simple_past_simple",
+                  task_b: str = "present_simple_gerund"):
+    """Accuracy of α·θ(A) + (1-α)·θ(B) and of scaled θ, against A's and B's answers."""
+    mix = _stored(model, "beyond", "interpolation")
+    if mix is None:
+        mix = analysis.interpolate(model, task_a, task_b, alphas=[0, 0.5, 1], scales=[0, 1, 2], layer=L, n=QUICK)
+    return mix
+
+
+def library(model: Model, L: int):
+    """The stored task-vector library (mean θ per task at one layer), else one built from three tasks."""
+    path = store.stored_file(store.results_stem("library", model.name).name + ".safetensors")
+    if path is not None:
+        return analysis.Library.load(path)
+    return analysis.build_library(model, analysis.quick_tasks(model, 3), L, n=5)
+
+
+def reuse_cost(model: Model, library: analysis.Library):
+    """ICL against a stored θ on the same queries: prompt tokens, ms per query, accuracy."""
+    cost = _stored(model, "beyond", "reuse_cost")
+    if cost is None:
+        cost = analysis.reuse_cost(model, library, list(library.vectors)[:2], n=QUICK)
+    return cost
+
+
+def robustness(model: Model, L: int):
+    """Accuracy of θ averaged over more episodes, and of θ from shuffled demonstrations."""
+    robust = _stored(model, "beyond", "robustness")
+    if robust is None:
+        robust = analysis.robustness(model, analysis.quick_tasks(model, 1)[0], L, n=QUICK, sizes=(1, 4))
+    return robust
