@@ -8,9 +8,9 @@ import torch
 
 import pytest
 
-from tv_utils import models
-from tv_utils.experiments import Protocol, run_tasks
-from tv_utils.prompts import PromptFormat, answer_token_ids, usable_task
+from tv_utils import models, store
+from tv_utils.experiments import Protocol, accuracy, prepare_split, run_tasks
+from tv_utils.prompts import DEFAULT_FORMAT, PromptFormat, answer_token_ids, hits, usable_task
 from tv_utils.tasks import (CATEGORIES, TASK_NAMES, get_task, load_task_file, make_task, parse_pairs,
                             sample_episodes, split_queries, tasks_in)
 
@@ -205,10 +205,37 @@ def test_same_seed_same_results(tiny_llama):
 
 
 def test_scoring_ignores_leading_space_but_not_case(tokenizer):
-    from tv_utils.prompts import hits
 
     ids = tokenizer.convert_tokens_to_ids
     predicted = torch.tensor([ids("P"), ids(" P"), ids(" p"), ids("\n"), ids(" ")])
     target = torch.tensor([ids(" P"), ids(" P"), ids(" P"), ids(" "), ids(" ")])
     assert hits(tokenizer, predicted, target).tolist() == [True, True, False, False, True]
     assert hits(tokenizer, predicted[:, None], target[None, :2]).shape == (5, 2)
+
+
+def test_paper_tasks_keep_their_spaced_answers_and_committed_pairs_on_gemma(gemma):
+    """The spacing rule leaves the 18 tasks as they were: same pairs, same `-> answer` prompts, same results."""
+    committed = store.precomputed("reproduce_gemma3-270m_results").set_index("task")["n_pairs"]
+    for name in TASK_NAMES:
+        usable, _ = usable_task(get_task(name), gemma.tokenizer)
+        assert usable.spaced and len(usable) == committed[name], name
+
+
+def test_numbers_drop_the_leading_space_and_score_on_their_digit(gemma):
+    """Gemma reads ` 8` as a bare `▁` then `8`; a numeric task is written `3->4` and scored on the digit."""
+    tok = gemma.tokenizer
+    space, eight = answer_token_ids(tok, "8")
+    assert (tok.decode([space]), tok.decode([eight])) == (" ", "8")
+    assert not hits(tok, torch.tensor([space]), torch.tensor([eight])).item()  # a space alone is no answer
+    plus_one = make_task("plus_one", [(str(i), str(i + 1)) for i in range(9)])
+    usable, targets = usable_task(plus_one, tok)
+    assert not usable.spaced and usable.pairs == plus_one.pairs
+    assert {y: tok.decode([t]) for y, t in targets.items()} == {y: y for _, y in plus_one.pairs}
+    episode = sample_episodes(usable, 1)[0]
+    (x, y), *_ = episode.demos
+    assert DEFAULT_FORMAT.episode_icl(episode).startswith(f"example:{x}->{y}\n")
+    assert len(usable_task(dataclasses.replace(plus_one, category="algorithmic"), tok)[0]) == 9  # not 0
+    split = prepare_split(gemma, plus_one, "test", 10)
+    answers = [gemma.decode_token(t) for t in split.icl_pred.tolist()]
+    assert all(a.isdigit() for a in answers), answers  # after `-> 4` demonstrations it answered a bare space
+    assert accuracy(gemma, split.icl_pred, split.target) >= 0.8

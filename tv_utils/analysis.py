@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,7 @@ def icl_example(model, task, k: int = 5, n: int = 10) -> dict:
     s = prepare_split(model, task, "test", n, Protocol(k=k))
     ep = s.episodes[0]
     base = engine.next_tokens(model, s.queries)
-    return {"prompt": DEFAULT_FORMAT.icl(ep.demos, ep.query[0]), "answer": model.decode_token(s.icl_pred[0]),
+    return {"prompt": DEFAULT_FORMAT.episode_icl(ep), "answer": model.decode_token(s.icl_pred[0]),
             "expected": ep.query[1], "icl_accuracy": accuracy(model, s.icl_pred, s.target),
             "zero_shot_accuracy": accuracy(model, base, s.target), "n": n}
 
@@ -56,10 +56,11 @@ def own_task_answers(model, pairs, queries, layer: int) -> tuple[pd.DataFrame, d
         raise ValueError("type at least one query, separated by commas")
     model.check_layer(layer)
     demos, dummies = task.pairs[:-2], tuple(x for x, _ in task.pairs[-2:])
-    theta, _ = engine.episode_states(model, [Episode(demos, dummies, (dummies[0], ""))], icl=False)
+    spaced = usable_task(task, model.tokenizer)[0].spaced  # numbers on Gemma go without the space
+    theta, _ = engine.episode_states(model, [Episode(demos, dummies, (dummies[0], ""), spaced=spaced)], icl=False)
     query_ids = model.encode([DEFAULT_FORMAT.query(q) for q in queries])
     tv = patch_shared(model, query_ids, theta[0, layer], layer)
-    icl = engine.next_tokens(model, model.encode([DEFAULT_FORMAT.icl(demos, q) for q in queries]))
+    icl = engine.next_tokens(model, model.encode([DEFAULT_FORMAT.icl(demos, q, spaced) for q in queries]))
     zero = engine.next_tokens(model, query_ids)
     table = pd.DataFrame({"query": queries,
                           "zero-shot": [model.decode_token(i) for i in zero.tolist()],
@@ -314,7 +315,7 @@ def conflicting_tasks(model: Model, pairs=PAPER_CONFLICTS, n: int = 50, layer: i
             use_layer = best_of(list(range(model.n_layers)), acc)
         else:
             use_layer = model.check_layer(layer)
-        icl = model.encode([fmt.icl(ep.demos, ep.query[0]) for ep in episodes])
+        icl = model.encode([fmt.episode_icl(ep) for ep in episodes])
         regular = engine.next_tokens(model, icl).cpu()
         conflict = engine.layer_sweep(model, icl, b_split.theta, [use_layer])[:, 0].cpu()
         for method, pred in (("ICL (demos of A)", regular), ("ICL + theta of B", conflict)):
@@ -511,7 +512,7 @@ def reuse_cost(model: Model, library: Library, tasks, n: int = 50, protocol: Pro
     for task in tasks:
         s = prepare_split(model, task, "test", n, protocol, fmt, icl=False)
         name = s.task.name
-        icl = model.encode([fmt.icl(ep.demos, ep.query[0]) for ep in s.episodes])
+        icl = model.encode([fmt.episode_icl(ep) for ep in s.episodes])
         start = time.perf_counter()
         icl_pred = engine.next_tokens(model, icl)
         icl_seconds = time.perf_counter() - start
@@ -564,4 +565,4 @@ def _shuffled(ep: Episode, rng) -> Episode:
     outputs = [y for _, y in ep.demos]
     order = np.roll(np.arange(len(outputs)), 1 + rng.integers(len(outputs) - 1))
     demos = tuple((x, outputs[j]) for (x, _), j in zip(ep.demos, order))
-    return Episode(demos, ep.dummies, ep.query, ep.task)
+    return replace(ep, demos=demos)

@@ -2,7 +2,7 @@
 
 A task is a list of (input, output) pairs. Knowledge tasks score a prediction on the answer's first
 token (their answers may span several tokens); every other task keeps only pairs whose answer is a
-single token for the model at hand (see `prompts.answer_token_ids`). Data lives in `tv_utils/data/`.
+single token for the model at hand (see `prompts.usable_task`). Data lives in `tv_utils/data/`.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ class Task:
     category: str
     pairs: tuple[tuple[str, str], ...]
     description: str = ""
+    spaced: bool = True  # answers follow the arrow after a space (`-> chien`); see `prompts.usable_task`
 
     @property
     def multi_token_answers(self) -> bool:
@@ -47,6 +48,7 @@ class Episode:
     dummies: tuple[str, ...]
     query: tuple[str, str]
     task: str = field(default="", compare=False)
+    spaced: bool = True  # the task's answer spacing (`Task.spaced`), which the prompts follow
 
 
 def _read_csv(filename: str) -> list[dict[str, str]]:
@@ -237,6 +239,7 @@ def sample_episodes(
                 dummies=tuple(x for x, _ in chosen[k:]),
                 query=query,
                 task=task.name,
+                spaced=task.spaced,
             )
         )
     return episodes
