@@ -31,7 +31,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--disable-quic"]
 WIDGET_ERRORS = ("Error displaying widget", "Model not found")
-CELL_TIMEOUT_MS = 240_000
+CELL_TIMEOUT_MS = 600_000  # a whole notebook; generous, as a loaded 2-core machine can be 3x slower
 
 
 def _free_port() -> int:

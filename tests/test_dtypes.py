@@ -75,5 +75,8 @@ def test_cli_reports_float16_overflow_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         main(["reproduce", "--device", "cpu", "--dtype", "float16", "--tasks", "country_capital", "--k", "3",
               "--n-dev", "2", "--n-test", "2", "--no-figures", "--out", str(tmp_path)])
-    assert str(stop.value.code).startswith("error: gemma3-270m in float16 produced NaN/inf hidden states")
-    assert "--dtype float32" in str(stop.value.code)
+    err = capsys.readouterr().err
+    last_line = err.strip().splitlines()[-1].split("\r")[-1].strip()
+    assert stop.value.code == 1 and "Traceback" not in err
+    assert last_line.startswith("error: gemma3-270m in float16 produced NaN/inf hidden states"), last_line
+    assert "--dtype float32" in last_line

@@ -78,7 +78,7 @@ def test_engine_episode_states_match_nnsight(tiny):
     theta, icl = engine.episode_states(tiny, eps, batch_size=4)
     dummies = [s for ep in eps for s in tiny.encode(DEFAULT_FORMAT.episode_prompts(ep)[1:])]
     assert_numerically_close(theta, iv.task_vectors(tiny, dummies, n_dummies=2), tiny)
-    icl_seqs = tiny.encode([DEFAULT_FORMAT.icl(ep.demos, ep.query[0]) for ep in eps])
+    icl_seqs = tiny.encode([DEFAULT_FORMAT.episode_icl(ep) for ep in eps])
     assert torch.equal(icl, iv.patched_logits(tiny, icl_seqs, None, None).argmax(-1))
 
 

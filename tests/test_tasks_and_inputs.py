@@ -2,16 +2,17 @@
 
 import dataclasses
 import json
+import re
 
 import torch
 
 import pytest
 
-from tv_utils import models
-from tv_utils.experiments import Protocol, run_tasks
-from tv_utils.prompts import PromptFormat, answer_token_ids, usable_task
-from tv_utils.tasks import (CATEGORIES, TASK_NAMES, get_task, make_task, parse_pairs, sample_episodes,
-                            split_queries, tasks_in)
+from tv_utils import models, store
+from tv_utils.experiments import Protocol, accuracy, prepare_split, run_tasks
+from tv_utils.prompts import DEFAULT_FORMAT, PromptFormat, answer_token_ids, hits, usable_task
+from tv_utils.tasks import (CATEGORIES, TASK_NAMES, get_task, load_task_file, make_task, parse_pairs,
+                            sample_episodes, split_queries, tasks_in)
 
 
 def test_eighteen_tasks_in_four_categories_with_enough_data():
@@ -69,10 +70,56 @@ def test_user_task_from_text():
     ([("a", "b")], "at least 2"),
     ([("a", "b"), ("", "c")], "empty"),
     ([("a", "b"), ("a", "c")], "repeated inputs"),
+    ([("a", "b"), ("c", None)], r"must be strings, got None \(NoneType\) in \('c', None\)"),
+    ([("a", "b"), ("c", 1.5)], r"must be strings, got 1.5 \(float\)"),
+    ([("a", "b"), ("c", float("nan"))], r"must be strings, got nan \(float\)"),
+    (["ab", "cd"], r"each pair must be an \(input, output\) pair of strings, got 'ab'"),  # not split into letters
+    ([("a", "b", "c"), ("d", "e")], "each pair must be an"),
+    ("a -> b", "pairs must be a list of"),
+    ([("a", "b"), ("two\nlines", "c")], "spans several lines"),
+    ([("a", "b"), ("c", "d\r")], "spans several lines"),
+    ([("a", "b"), ("c->d", "e")], "contains '->', which separates input from output"),
 ])
 def test_bad_pairs(bad, message):
     with pytest.raises(ValueError, match=message):
         make_task("bad", bad)
+
+
+def test_pairs_from_a_dict_and_a_known_category_only():
+    assert make_task("d", {" a ": "b", "c": "d"}).pairs == (("a", "b"), ("c", "d"))  # stripped
+    with pytest.raises(ValueError, match="unknown category 'custum'; valid categories: algorithmic, translation, "
+                                         "linguistic, knowledge, custom"):
+        make_task("c", [("a", "b"), ("c", "d")], category="custum")
+
+
+@pytest.mark.parametrize("name, content", [
+    ("colours.csv", "input,output\nsky,blue\n\n\"snow, fresh\",white\n"),  # blank lines skipped, quoted comma
+    ("colours.csv", "\ufeffInput , Output\nsky,blue\n\"snow, fresh\",white\n"),  # a spreadsheet's BOM and header
+    ("colours.json", '[["sky", "blue"], ["snow, fresh", "white"]]'),
+    ("colours.json", '{"sky": "blue", "snow, fresh": "white"}'),
+])
+def test_task_file_formats(tmp_path, name, content):
+    (tmp_path / name).write_text(content, encoding="utf-8")
+    task = load_task_file(tmp_path / name)
+    assert (task.name, task.category) == ("colours", "custom")
+    assert task.pairs == (("sky", "blue"), ("snow, fresh", "white"))
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("t.csv", "x,y\na,b\n", "must start with the header line `input,output`, got 'x,y'"),
+    ("t.csv", "", "must start with the header line"),
+    ("t.csv", "input,output\na,b\nc\n", "line 3 has 1 fields, expected 2"),
+    ("t.json", "{", "is not valid JSON"),
+    ("t.json", "3", "got a JSON int"),
+    ("t.json", '[["a", "b"], ["c", 4]]', "must be strings, got 4"),
+    ("t.yaml", "a: b", "unknown format '.yaml'"),
+])
+def test_bad_task_files(tmp_path, name, content, message):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_task_file(tmp_path / name)
+    with pytest.raises(ValueError, match="cannot read task file"):
+        load_task_file(tmp_path / "absent.csv")
 
 
 def test_bad_text_line():
@@ -158,7 +205,6 @@ def test_same_seed_same_results(tiny_llama):
 
 
 def test_scoring_ignores_leading_space_but_not_case(tokenizer):
-    from tv_utils.prompts import hits
 
     ids = tokenizer.convert_tokens_to_ids
     predicted = torch.tensor([ids("P"), ids(" P"), ids(" p"), ids("\n"), ids(" ")])
@@ -167,14 +213,29 @@ def test_scoring_ignores_leading_space_but_not_case(tokenizer):
     assert hits(tokenizer, predicted[:, None], target[None, :2]).shape == (5, 2)
 
 
-def test_cli_reports_bad_input_in_one_line():
-    import subprocess
-    import sys
+def test_paper_tasks_keep_their_spaced_answers_and_committed_pairs_on_gemma(gemma):
+    """The spacing rule leaves the 18 tasks as they were: same pairs, same `-> answer` prompts, same results."""
+    committed = store.precomputed("reproduce_gemma3-270m_results").set_index("task")["n_pairs"]
+    for name in TASK_NAMES:
+        usable, _ = usable_task(get_task(name), gemma.tokenizer)
+        assert usable.spaced and len(usable) == committed[name], name
 
-    proc = subprocess.run([sys.executable, "-m", "tv_utils", "reproduce", "--tasks", "en_fr", "en_xx"],
-                          capture_output=True, text=True)
-    assert proc.returncode != 0 and "unknown task(s) en_xx; valid tasks: next_letter" in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "tv_utils", "install-model", "llama-9000"],
-                          capture_output=True, text=True)
-    assert proc.returncode == 1 and proc.stderr.startswith("error: unknown embedded model 'llama-9000'")
-    assert "Traceback" not in proc.stderr
+
+def test_numbers_drop_the_leading_space_and_score_on_their_digit(gemma):
+    """Gemma reads ` 8` as a bare `▁` then `8`; a numeric task is written `3->4` and scored on the digit."""
+    tok = gemma.tokenizer
+    space, eight = answer_token_ids(tok, "8")
+    assert (tok.decode([space]), tok.decode([eight])) == (" ", "8")
+    assert not hits(tok, torch.tensor([space]), torch.tensor([eight])).item()  # a space alone is no answer
+    plus_one = make_task("plus_one", [(str(i), str(i + 1)) for i in range(9)])
+    usable, targets = usable_task(plus_one, tok)
+    assert not usable.spaced and usable.pairs == plus_one.pairs
+    assert {y: tok.decode([t]) for y, t in targets.items()} == {y: y for _, y in plus_one.pairs}
+    episode = sample_episodes(usable, 1)[0]
+    (x, y), *_ = episode.demos
+    assert DEFAULT_FORMAT.episode_icl(episode).startswith(f"example:{x}->{y}\n")
+    assert len(usable_task(dataclasses.replace(plus_one, category="algorithmic"), tok)[0]) == 9  # not 0
+    split = prepare_split(gemma, plus_one, "test", 10)
+    answers = [gemma.decode_token(t) for t in split.icl_pred.tolist()]
+    assert all(a.isdigit() for a in answers), answers  # after `-> 4` demonstrations it answered a bare space
+    assert accuracy(gemma, split.icl_pred, split.target) >= 0.8

@@ -1,13 +1,71 @@
-"""Command line: `python -m tv_utils {reproduce,depth,geometry,conflict,vocab,beyond,prepare,install-model}`."""
+"""Command line: `python -m tv_utils {reproduce,depth,geometry,conflict,vocab,beyond,function-vectors,bench,prepare,
+install-model}`.
+
+Arguments are checked before any weights load (tasks and task files, counts, layers against the model's config,
+device, dtype): bad input exits with status 2 and one line on stderr, in seconds, writing nothing. Errors the kit
+reports while running exit with status 1 and one line; Ctrl-C exits with 130.
+"""
 
 from __future__ import annotations
 
 import argparse
+import re
 import resource
 import sys
 import time
+from pathlib import Path
 
 from .tasks import TASK_NAMES
+
+DTYPES = ("float32", "bfloat16", "float16")
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's named placements
+
+
+class UsageError(Exception):
+    """Bad command-line input found after parsing; reported like argparse's own errors (status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (`prog: error: ...`), without the usage text before them."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _count(text: str) -> int:
+    """argparse type: a whole number, at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _device(text: str) -> str:
+    """argparse type: cpu, cuda, cuda:N or mps (whether it exists here is checked later)."""
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; valid devices: cpu, cuda, cuda:N, mps")
+    return text
+
+
+def _task_file(path: str):
+    """argparse type: a custom task read with `tasks.load_task_file`."""
+    from .tasks import load_task_file
+
+    try:
+        return load_task_file(path)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _task_pair(text: str) -> tuple[str, str]:
+    """argparse type: `A:B`, two task names (checked later)."""
+    a, _, b = text.partition(":")
+    if not a or not b or ":" in b:
+        raise argparse.ArgumentTypeError(f"expected A:B with two task names, e.g. en_es:en_fr, got {text!r}")
+    return a, b
 
 
 def _peak_rss_gb() -> float:
@@ -26,39 +84,130 @@ def _peak_memory(model) -> str:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="embedded key, local path or Hugging Face id (default gemma3-270m)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+    _add_device_args(p, sharding=True)
+
+
+def _add_device_args(p: argparse.ArgumentParser, sharding: bool = False) -> None:
+    """--dtype and --device, or (with `sharding`) --device or --device-map."""
+    placement = p.add_mutually_exclusive_group() if sharding else p
+    placement.add_argument("--device", type=_device, default=None,
+                           help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    if sharding:
+        placement.add_argument("--device-map", default=None, choices=DEVICE_MAPS,
+                               help="shard a model too large for one device across the GPUs and the CPU "
+                                    "(accelerate's placement strategies)")
+    p.add_argument("--dtype", choices=DTYPES, default=None,
                    help="default: float32 on CPU, bfloat16 on a GPU that supports it (else float32)")
-    p.add_argument("--device-map", default=None, metavar="auto",
-                   help="shard a model too large for one device across the GPUs and the CPU (accelerate's 'auto')")
+
+
+def _add_out_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default=None, help="results folder (default: $TV_UTILS_RESULTS, else figures/)")
+    p.add_argument("--no-figures", action="store_true", help="write the tables only")
+
+
+def _add_task_args(p: argparse.ArgumentParser, default) -> None:
+    """--tasks (default: `default`, or only the file's task when --task-file is given) and --task-file."""
+    p.add_argument("--tasks", nargs="+", default=None, metavar="TASK", help=f"default: {' '.join(default)}")
+    p.add_argument("--task-file", type=_task_file, default=None, metavar="PATH",
+                   help="a custom task: CSV with an input,output header, or JSON [[input, output], ...] or "
+                        "{input: output}; named for the file")
+    p.set_defaults(default_tasks=list(default))
+
+
+def _task_list(args) -> list:
+    """The tasks to run: those named with --tasks, plus the file's task; the command's default without either."""
+    names = args.tasks if args.tasks is not None else [] if args.task_file else args.default_tasks
+    unknown = sorted(set(names) - set(TASK_NAMES))
+    if unknown:
+        raise UsageError(f"unknown task(s) {', '.join(unknown)}; valid tasks: {', '.join(TASK_NAMES)}")
+    if args.task_file is None:
+        return list(names)
+    if args.task_file.name in TASK_NAMES:
+        raise UsageError(f"the task file is named like the paper's task {args.task_file.name!r}; rename the file")
+    return [*names, args.task_file]
+
+
+def _check(args) -> None:
+    """Everything that can be checked without model weights, so that bad input fails fast and writes nothing."""
+    from .experiments import PAPER
+    from .models import DEFAULT_MODEL, available_devices, count_layers
+    from .tasks import check_episode_size, get_task
+
+    if hasattr(args, "task_file"):
+        args.tasks = _task_list(args)
+        k = getattr(args, "k", PAPER.k)
+        for task in args.tasks:
+            try:
+                check_episode_size(get_task(task) if isinstance(task, str) else task, k, PAPER.n_dummies)
+            except ValueError as e:
+                raise UsageError(f"{e}; add pairs or lower --k") from None
+        if args.command == "geometry" and len(args.tasks) < 2:
+            raise UsageError("geometry compares tasks: give at least 2 (with --tasks and --task-file)")
+    pairs = getattr(args, "pairs", None) or []
+    if args.command == "beyond":
+        pairs = [(args.task_a, args.task_b)]
+    for a, b in pairs:
+        from .analysis import shared_queries
+
+        unknown = [t for t in (a, b) if t not in TASK_NAMES]
+        if unknown:
+            raise UsageError(f"unknown task(s) {', '.join(unknown)} in pair {a}:{b}; "
+                             f"valid tasks: {', '.join(TASK_NAMES)}")
+        try:
+            shared_queries(a, b, PAPER, 1)
+        except ValueError as e:
+            raise UsageError(e) from None
+    if getattr(args, "remote", False) is True:
+        if not args.model:
+            raise UsageError("--remote needs --model with a model id that NDIF hosts, e.g. meta-llama/Llama-3.1-70B")
+        if args.device or args.dtype or args.device_map:
+            raise UsageError("--remote runs on NDIF's machines: --device, --dtype and --device-map do not apply")
+        return  # NDIF checks the model id; its config may be gated here
+    if getattr(args, "device", None) and args.device not in available_devices():
+        raise UsageError(f"device {args.device!r} is not available here; available: "
+                         f"{', '.join(available_devices())}")
+    for name in getattr(args, "models", None) or ([args.model] if hasattr(args, "model") else []):
+        try:
+            n_layers = count_layers(name)
+        except ValueError as e:
+            raise UsageError(e) from None
+        if getattr(args, "layer", None) is not None and not 0 <= args.layer < n_layers:
+            raise UsageError(f"--layer {args.layer} is out of range for {name or DEFAULT_MODEL}: "
+                             f"valid layers are 0..{n_layers - 1}")
+
+
+def _raised_by_kit(e: BaseException) -> bool:
+    """Whether e was raised by tv_utils' own code (input it rejects), not inside a library (a bug: keep the trace)."""
+    tb = e.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return Path(tb.tb_frame.f_code.co_filename).parent == Path(__file__).parent
+
+
+def _figure(args, fig, stem: str) -> None:
+    """Save a figure (HTML and PNG) unless --no-figures."""
+    from . import store
+
+    if not args.no_figures:
+        store.save_figure(fig, stem)
 
 
 def _load(args):
     from .models import load_model
 
     start = time.perf_counter()
-    model = load_model(args.model, device=args.device, dtype=args.dtype, device_map=getattr(args, "device_map", None))
+    model = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
     print(f"loaded {model.name} ({model.info['dtype']} on {model.info['device']}) "
           f"in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return model
 
 
-def _load_remote(args):
-    from .models import load_remote
-
-    if not args.model:
-        sys.exit("error: --remote needs --model with a model id that NDIF hosts, e.g. meta-llama/Llama-3.1-70B")
-    return load_remote(args.model)
-
-
 def cmd_reproduce(args) -> None:
-    from . import store
     from .experiments import Protocol, reproduce, summarize
+    from .models import load_remote
+    from .store import results_folder
 
-    unknown = sorted(set(args.tasks) - set(TASK_NAMES))
-    if unknown:
-        sys.exit(f"unknown task(s) {', '.join(unknown)}; valid tasks: {', '.join(TASK_NAMES)}")
-    model = _load_remote(args) if args.remote is True else _load(args)
+    model = load_remote(args.model) if args.remote is True else _load(args)
     protocol = Protocol(k=args.k, n_dev=args.n_dev, n_test=args.n_test, seed=args.seed)
     results = reproduce(model, args.tasks, args.out, protocol, figures=not args.no_figures, remote=args.remote)
     cols = ["task", "category", "baseline", "icl", "tv", "best_layer", "tv_over_icl"]
@@ -66,7 +215,7 @@ def cmd_reproduce(args) -> None:
     print()
     print(summarize(results).to_string(index=False, float_format="%.3f"))
     print(f"\n{len(results)} tasks in {results.attrs['seconds']:.1f} s (model load excluded); "
-          f"{_peak_memory(model)}; results and figures in {store.results_folder(args.out)}/")
+          f"{_peak_memory(model)}; results and figures in {results_folder(args.out)}/")
 
 
 def _stem(args, analysis: str, model_name: str):
@@ -93,8 +242,8 @@ def cmd_depth(args) -> None:
     stem = store.results_folder(args.out) / "depth"
     store.save_table(per_layer, f"{stem}_per_layer.csv")
     store.save_table(best, f"{stem}_best.csv")
-    store.save_figure(plots.layer_curves(per_layer, relative=True, title="Task-vector accuracy by relative depth"),
-                      f"{stem}_curves")
+    _figure(args, plots.layer_curves(per_layer, relative=True, title="Task-vector accuracy by relative depth"),
+            f"{stem}_curves")
     print(best.to_string(index=False, float_format="%.3f"))
 
 
@@ -116,8 +265,8 @@ def cmd_geometry(args) -> None:
     distances = analysis.distance_table(tv, layer)
     store.save_table(distances.groupby("pair")["distance"].describe().reset_index(), f"{stem}_distances.csv")
     for method in ("tsne", "umap"):
-        store.save_figure(plots.geometry_scatter(emb, layer, method), f"{stem}_{method}")
-    store.save_figure(plots.distance_histogram(distances), f"{stem}_distances")
+        _figure(args, plots.geometry_scatter(emb, layer, method), f"{stem}_{method}")
+    _figure(args, plots.distance_histogram(distances), f"{stem}_distances")
     print(scores.to_string(index=False, float_format="%.3f"))
     print(nearest.to_string(index=False, float_format="%.3f"))
 
@@ -126,11 +275,10 @@ def cmd_conflict(args) -> None:
     from . import analysis, plots, store
 
     model = _load(args)
-    pairs = [tuple(p.split(":")) for p in args.pairs] if args.pairs else analysis.PAPER_CONFLICTS
-    table = analysis.conflicting_tasks(model, pairs, n=args.n, layer=args.layer)
+    table = analysis.conflicting_tasks(model, args.pairs or analysis.PAPER_CONFLICTS, n=args.n, layer=args.layer)
     stem = _stem(args, "conflict", model.name)
     store.save_table(table, f"{stem}.csv")
-    store.save_figure(plots.conflict_bars(table), stem)
+    _figure(args, plots.conflict_bars(table), stem)
     print(table.to_string(index=False, float_format="%.2f"))
 
 
@@ -143,8 +291,8 @@ def cmd_vocab(args) -> None:
     stem = _stem(args, "vocab", model.name)
     store.save_table(top, f"{stem}_top_tokens.csv")
     store.save_table(ranks, f"{stem}_answer_rank.csv")
-    store.save_figure(plots.top_tokens_table(top[top.specific], layer), f"{stem}_top_tokens")
-    store.save_figure(plots.answer_rank_curves(ranks, highlight=layer), f"{stem}_answer_rank")
+    _figure(args, plots.top_tokens_table(top[top.specific], layer), f"{stem}_top_tokens")
+    _figure(args, plots.answer_rank_curves(ranks, highlight=layer), f"{stem}_answer_rank")
     for specific, title in ((False, "raw"), (True, "task-specific (tokens shared by many tasks removed)")):
         at = top[(top.layer == layer) & (top.specific == specific)]
         print(f"top tokens of mean theta at layer {layer}, {title}:")
@@ -161,17 +309,17 @@ def cmd_beyond(args) -> None:
     stem = _stem(args, "beyond", model.name)
     mix = analysis.interpolate(model, args.task_a, args.task_b, layer=layer, n=args.n)
     store.save_table(mix, f"{stem}_interpolation.csv")
-    store.save_figure(plots.interpolation_curves(mix), f"{stem}_interpolation")
+    _figure(args, plots.interpolation_curves(mix), f"{stem}_interpolation")
     library = analysis.build_library(model, args.tasks, layer, n=args.n)
     library.save(_stem(args, "library", model.name))
     cost = analysis.reuse_cost(model, library, args.tasks, n=args.n)
     store.save_table(cost, f"{stem}_reuse_cost.csv")
-    store.save_figure(plots.method_bars(cost, "task", "accuracy", "method", "ICL vs stored θ: accuracy"),
-                      f"{stem}_reuse_accuracy")
+    _figure(args, plots.method_bars(cost, "task", "accuracy", "method", "ICL vs stored θ: accuracy"),
+            f"{stem}_reuse_accuracy")
     robust = pd.concat([analysis.robustness(model, t, layer, n=args.n) for t in args.tasks], ignore_index=True)
     store.save_table(robust, f"{stem}_robustness.csv")
-    store.save_figure(plots.method_bars(robust, "task", "accuracy", "condition", "Where θ comes from"),
-                      f"{stem}_robustness")
+    _figure(args, plots.method_bars(robust, "task", "accuracy", "condition", "Where θ comes from"),
+            f"{stem}_robustness")
     means = cost.groupby("method")[["prompt_tokens", "ms_per_query", "accuracy"]].mean()
     print(mix.to_string(index=False, float_format="%.2f"))
     print(means.to_string(float_format="%.2f"))
@@ -188,22 +336,23 @@ def cmd_function_vectors(args) -> None:
 
     model = _load(args)
     protocol = Protocol(n_dev=args.n_dev, n_test=args.n_test)
-    table, effects = function_vectors.compare_methods(model, args.tasks, k=args.k, n_effect=args.n_effect,
+    table, effects = function_vectors.compare_methods(model, args.tasks, k=args.n_heads, n_effect=args.n_effect,
                                                       protocol=protocol)
     stem = _stem(args, "function_vectors", model.name)
     store.save_table(table, f"{stem}.csv")
     store.save_table(effects, f"{stem}_head_effects.csv")
     heads = table.attrs["heads"]
-    store.save_json({"model": model.name, "k": args.k, "top_heads": [list(h) for h in heads]}, f"{stem}_heads.json")
-    store.save_figure(plots.head_heatmap(effects, heads), f"{stem}_heads")
+    store.save_json({"model": model.name, "k": args.n_heads, "top_heads": [list(h) for h in heads]},
+                    f"{stem}_heads.json")
+    _figure(args, plots.head_heatmap(effects, heads), f"{stem}_heads")
     methods = ["baseline", "icl", "tv", "tv_add", "fv"]
     long = table.melt(id_vars=["task"], value_vars=methods, var_name="method", value_name="accuracy")
-    store.save_figure(plots.method_bars(long, "task", "accuracy", "method", "Task vectors and function vectors"),
-                      f"{stem}_accuracy")
+    _figure(args, plots.method_bars(long, "task", "accuracy", "method", "Task vectors and function vectors"),
+            f"{stem}_accuracy")
     print(table.to_string(index=False, float_format="%.2f"))
     print(pd.DataFrame(table[methods + ["icl_shuffled", "icl_shuffled_tv", "icl_shuffled_fv"]].mean()).T
           .to_string(index=False, float_format="%.3f"))
-    print(f"top {args.k} heads (layer, head): {heads}")
+    print(f"top {args.n_heads} heads (layer, head): {heads}")
 
 
 def cmd_prepare(args) -> None:
@@ -217,47 +366,46 @@ def cmd_install_model(args) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tv_utils", description=__doc__)
+    parser = _Parser(prog="python -m tv_utils", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("reproduce", help="the paper's main experiment: baseline / ICL / task vector on all tasks")
     _add_model_args(p)
-    p.add_argument("--tasks", nargs="+", default=list(TASK_NAMES), metavar="TASK")
-    p.add_argument("--out", default=None, help="results folder (default: $TV_UTILS_RESULTS, else figures/)")
+    _add_task_args(p, TASK_NAMES)
+    _add_out_args(p)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--k", type=int, default=5, help="demonstrations per episode")
-    p.add_argument("--n-dev", type=int, default=50)
-    p.add_argument("--n-test", type=int, default=50)
-    p.add_argument("--no-figures", action="store_true")
+    p.add_argument("--k", type=_count, default=5, help="demonstrations per episode")
+    p.add_argument("--n-dev", type=_count, default=50)
+    p.add_argument("--n-test", type=_count, default=50)
     p.add_argument("--remote", nargs="?", const=True, default=False, choices=["local"],
-                   help="run through nnsight traces on NDIF (needs NDIF_API_KEY); '--remote local' runs nnsight's "
-                        "offline simulation of remote execution on a local model")
+                   help="run through nnsight traces on NDIF (needs NDIF_API_KEY and --model with a model id that "
+                        "NDIF hosts); '--remote local' runs nnsight's offline simulation of remote execution on a "
+                        "local model")
     p.set_defaults(func=cmd_reproduce)
 
-    def analysis_parser(name: str, help: str, tasks=TASK_NAMES, layer=True):
+    def analysis_parser(name: str, help: str, tasks=TASK_NAMES):
         p = sub.add_parser(name, help=help)
         _add_model_args(p)
-        p.add_argument("--tasks", nargs="+", default=list(tasks), metavar="TASK", choices=TASK_NAMES)
-        p.add_argument("--out", default=None, help="results folder (default: $TV_UTILS_RESULTS, else figures/)")
-        p.add_argument("--n", type=int, default=50, help="episodes per task")
-        if layer:
-            p.add_argument("--layer", type=int, default=None, help="default: the best mean dev layer")
+        if tasks:
+            _add_task_args(p, tasks)
+        _add_out_args(p)
+        p.add_argument("--n", type=_count, default=50, help="episodes per task")
+        p.add_argument("--layer", type=int, default=None, help="default: the best mean dev layer")
         return p
 
     p = sub.add_parser("depth", help="layer sweeps of several models on relative depth")
     p.add_argument("--models", nargs="+", default=["gemma3-270m", "smollm2-135m", "qwen2.5-coder-0.5b",
                                                    "qwen2.5-coder-1.5b"])
-    p.add_argument("--tasks", nargs="+", default=["en_fr", "antonyms", "country_capital", "list_first",
-                                                  "present_simple_gerund", "location_continent"], choices=TASK_NAMES)
-    p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default=None)
-    p.add_argument("--n", type=int, default=30)
-    p.add_argument("--out", default=None, help="results folder (default: $TV_UTILS_RESULTS, else figures/)")
+    _add_task_args(p, ["en_fr", "antonyms", "country_capital", "list_first", "present_simple_gerund",
+                       "location_continent"])
+    _add_device_args(p)
+    p.add_argument("--n", type=_count, default=30)
+    _add_out_args(p)
     p.set_defaults(func=cmd_depth)
     analysis_parser("geometry", "t-SNE / UMAP of task vectors, silhouette, kNN, distances").set_defaults(
         func=cmd_geometry)
     p = analysis_parser("conflict", "demonstrations of task A with the task vector of task B (paper Table 2)", ())
-    p.add_argument("--pairs", nargs="*", metavar="A:B", help="default: the paper's five pairs")
+    p.add_argument("--pairs", nargs="+", type=_task_pair, metavar="A:B", help="default: the paper's five pairs")
     p.set_defaults(func=cmd_conflict)
     p = analysis_parser("vocab", "project task vectors through the unembedding (paper Table 3)")
     p.set_defaults(func=cmd_vocab, n=20)
@@ -267,19 +415,24 @@ def main(argv=None) -> None:
     p.add_argument("--task-b", default="present_simple_gerund")
     p.set_defaults(func=cmd_beyond)
 
-    p = analysis_parser("function-vectors", "function vectors (Todd et al.) beside task vectors, same episodes", layer=False)
-    p.add_argument("--k", type=int, default=10, help="number of top heads summed into the function vector")
-    p.add_argument("--n-effect", type=int, default=10, help="ICL prompts per task for the heads' indirect effects")
-    p.add_argument("--n-dev", type=int, default=50)
-    p.add_argument("--n-test", type=int, default=50)
+    p = sub.add_parser("function-vectors", help="function vectors (Todd et al.) beside task vectors, same episodes")
+    _add_model_args(p)
+    _add_task_args(p, TASK_NAMES)
+    _add_out_args(p)
+    p.add_argument("--k", dest="n_heads", type=_count, default=10,
+                   help="number of top heads summed into the function vector")
+    p.add_argument("--n-effect", type=_count, default=10, help="ICL prompts per task for the heads' indirect effects")
+    p.add_argument("--n-dev", type=_count, default=50)
+    p.add_argument("--n-test", type=_count, default=50)
     p.set_defaults(func=cmd_function_vectors)
 
     p = sub.add_parser("bench", help="timings side by side: sweep methods, nnsight vs hooks, reproduce")
-    _add_model_args(p)
+    p.add_argument("--model", default=None, help="embedded key, local path or Hugging Face id (default gemma3-270m)")
+    _add_device_args(p)
     p.add_argument("--tasks", nargs="+", default=["en_fr", "antonyms", "country_capital"], choices=TASK_NAMES)
     p.add_argument("--skip-reproduce", action="store_true")
     p.add_argument("--random-7b", action="store_true", help="paper protocol on a random Llama-7B (GPU)")
-    p.add_argument("--compare-dtypes", nargs="+", metavar="DTYPE", choices=["float32", "bfloat16", "float16"],
+    p.add_argument("--compare-dtypes", nargs="+", metavar="DTYPE", choices=DTYPES,
                    help="only the full reproduce, once per dtype, timed and compared side by side")
     p.set_defaults(func=lambda a: __import__("tv_utils.bench", fromlist=["main"]).main(a))
 
@@ -295,9 +448,16 @@ def main(argv=None) -> None:
     from .models import NonFiniteError
 
     try:
+        _check(args)
         args.func(args)
-    except (ValueError, KeyError, ImportError, NonFiniteError) as e:  # bad input or dtype: one clear line
-        sys.exit(f"error: {e.args[0] if e.args else e}")
+    except UsageError as e:
+        parser.exit(2, f"{parser.prog} {args.command}: error: {e}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, "interrupted\n")
+    except (ValueError, KeyError, ImportError, NonFiniteError) as e:  # NaN/inf (float16) is one line too
+        if not _raised_by_kit(e):
+            raise
+        parser.exit(1, f"error: {e.args[0] if e.args else e}\n")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ from .experiments import (PAPER, Protocol, accuracy, best_mean_layer, best_of, e
                           sample_split)
 from .models import Model
 from .prompts import DEFAULT_FORMAT, PromptFormat, answer_token_ids, usable_task
-from .tasks import TASK_NAMES, Episode, get_task, make_task
+from .tasks import TASK_NAMES, Episode, Task, get_task, make_task
 
 # ---------------------------------------------------------------- ICL and your own task
 
@@ -33,10 +33,10 @@ def icl_example(model, task, k: int = 5, n: int = 10) -> dict:
     """One ICL prompt of `task` with k demonstrations, the model's answer to it, and ICL vs zero-shot accuracy
     over n test episodes (what the ICL playground shows)."""
     _, episodes, target = sample_split(model, task, "test", n, Protocol(k=k), DEFAULT_FORMAT)
-    icl = engine.next_tokens(model, model.encode([DEFAULT_FORMAT.icl(ep.demos, ep.query[0]) for ep in episodes]))
+    icl = engine.next_tokens(model, model.encode([DEFAULT_FORMAT.episode_icl(ep) for ep in episodes]))
     base = engine.next_tokens(model, encode_queries(model, episodes, DEFAULT_FORMAT))  # no θ needed here
     ep = episodes[0]
-    return {"prompt": DEFAULT_FORMAT.icl(ep.demos, ep.query[0]), "answer": model.decode_token(icl[0]),
+    return {"prompt": DEFAULT_FORMAT.episode_icl(ep), "answer": model.decode_token(icl[0]),
             "expected": ep.query[1], "icl_accuracy": accuracy(model, icl, target),
             "zero_shot_accuracy": accuracy(model, base, target), "n": n}
 
@@ -58,10 +58,11 @@ def own_task_answers(model, pairs, queries, layer: int) -> tuple[pd.DataFrame, d
         raise ValueError("type at least one query, separated by commas")
     model.check_layer(layer)
     demos, dummies = task.pairs[:-2], tuple(x for x, _ in task.pairs[-2:])
-    theta, _ = engine.episode_states(model, [Episode(demos, dummies, (dummies[0], ""))], icl=False)
+    spaced = usable_task(task, model.tokenizer)[0].spaced  # numbers on Gemma go without the space
+    theta, _ = engine.episode_states(model, [Episode(demos, dummies, (dummies[0], ""), spaced=spaced)], icl=False)
     query_ids = model.encode([DEFAULT_FORMAT.query(q) for q in queries])
     tv = patch_shared(model, query_ids, theta[0, layer], layer)
-    icl = engine.next_tokens(model, model.encode([DEFAULT_FORMAT.icl(demos, q) for q in queries]))
+    icl = engine.next_tokens(model, model.encode([DEFAULT_FORMAT.icl(demos, q, spaced) for q in queries]))
     zero = engine.next_tokens(model, query_ids)
     table = pd.DataFrame({"query": queries,
                           "zero-shot": [model.decode_token(i) for i in zero.tolist()],
@@ -265,7 +266,7 @@ PAPER_CONFLICTS = (
 )
 
 
-def _shared_queries(a: str, b: str, protocol: Protocol, n: int) -> list[Episode]:
+def shared_queries(a: str, b: str, protocol: Protocol, n: int) -> list[Episode]:
     """Episodes of task A whose query input also has an answer under task B (so both can be scored)."""
     task_a, task_b = get_task(a), get_task(b)
     b_answers = dict(task_b.pairs)
@@ -305,7 +306,7 @@ def conflicting_tasks(model: Model, pairs=PAPER_CONFLICTS, n: int = 50, layer: i
         for name in (a, b):
             if name not in TASK_NAMES:
                 raise KeyError(f"unknown task {name!r} in pair ({a}, {b}); valid tasks: {', '.join(TASK_NAMES)}")
-        episodes = _shared_queries(a, b, protocol, n)
+        episodes = shared_queries(a, b, protocol, n)
         answers_b = dict(get_task(b).pairs)
         tok = model.tokenizer
         target_a = torch.tensor([answer_token_ids(tok, ep.query[1], fmt)[0] for ep in episodes])
@@ -316,7 +317,7 @@ def conflicting_tasks(model: Model, pairs=PAPER_CONFLICTS, n: int = 50, layer: i
             use_layer = best_of(list(range(model.n_layers)), acc)
         else:
             use_layer = model.check_layer(layer)
-        icl = model.encode([fmt.icl(ep.demos, ep.query[0]) for ep in episodes])
+        icl = model.encode([fmt.episode_icl(ep) for ep in episodes])
         regular = engine.next_tokens(model, icl).cpu()
         conflict = engine.layer_sweep(model, icl, b_split.theta, [use_layer])[:, 0].cpu()
         for method, pred in (("ICL (demos of A)", regular), ("ICL + theta of B", conflict)):
@@ -375,8 +376,9 @@ def vocabulary_projection(model: Model, tasks=TASK_NAMES, layers=None, n: int = 
     """
     layers = list(range(model.n_layers)) if layers is None else list(layers)
     candidates, rank_rows = [], []
-    for name in tasks:
-        s = prepare_split(model, name, "test", n, protocol, icl=False)
+    for task in tasks:
+        s = prepare_split(model, task, "test", n, protocol, icl=False)
+        name = s.task.name
         mean = s.theta.float().mean(0)  # [n_layers, H]
         for layer, tokens in zip(layers, top_tokens(model, mean[layers], pool)):
             for token, prob in tokens:
@@ -416,7 +418,7 @@ def interpolate(model: Model, task_a: str, task_b: str, alphas=np.linspace(0, 1,
     if bad:
         raise ValueError(f"alpha must be in [0, 1], got {bad}")
     model.check_layer(layer)
-    episodes = _shared_queries(task_a, task_b, protocol, n)
+    episodes = shared_queries(task_a, task_b, protocol, n)
     answers_b = dict(get_task(task_b).pairs)
     tok = model.tokenizer
     target_a = torch.tensor([answer_token_ids(tok, ep.query[1], fmt)[0] for ep in episodes])
@@ -488,8 +490,9 @@ def build_library(model: Model, tasks, layer: int, n: int = 20, protocol: Protoc
     """Mean theta over n dev episodes per task, at one layer."""
     model.check_layer(layer)
     vectors, meta = {}, {}
-    for name in tasks:
-        s = prepare_split(model, name, "dev", n, protocol, icl=False)
+    for task in tasks:
+        s = prepare_split(model, task, "dev", n, protocol, icl=False)
+        name = s.task.name
         vectors[name] = s.theta[:, layer].float().mean(0).cpu()
         meta[name] = {"layer": layer, "seed": protocol.seed, "n_episodes": n, "k": protocol.k}
     return Library(model.name, layer, vectors, meta)
@@ -508,9 +511,10 @@ def reuse_cost(model: Model, library: Library, tasks, n: int = 50, protocol: Pro
                fmt: PromptFormat = DEFAULT_FORMAT) -> pd.DataFrame:
     """ICL vs stored-theta inference on the same test queries: prompt tokens, seconds per query, accuracy."""
     rows = []
-    for name in tasks:
-        s = prepare_split(model, name, "test", n, protocol, fmt, icl=False)
-        icl = model.encode([fmt.icl(ep.demos, ep.query[0]) for ep in s.episodes])
+    for task in tasks:
+        s = prepare_split(model, task, "test", n, protocol, fmt, icl=False)
+        name = s.task.name
+        icl = model.encode([fmt.episode_icl(ep) for ep in s.episodes])
         start = time.perf_counter()
         icl_pred = engine.next_tokens(model, icl)
         icl_seconds = time.perf_counter() - start
@@ -529,13 +533,14 @@ def reuse_cost(model: Model, library: Library, tasks, n: int = 50, protocol: Pro
 # ---------------------------------------------------------------- beyond the paper: robustness
 
 
-def robustness(model: Model, task: str, layer: int, n: int = 50, sizes=(1, 2, 4, 8), protocol: Protocol = PAPER,
+def robustness(model: Model, task: Task | str, layer: int, n: int = 50, sizes=(1, 2, 4, 8), protocol: Protocol = PAPER,
                fmt: PromptFormat = DEFAULT_FORMAT, seed: int = 0) -> pd.DataFrame:
     """Accuracy of theta averaged over 1, 2, 4, 8 episodes, and of theta from shuffled demonstrations."""
     model.check_layer(layer)
     rng = np.random.default_rng(seed)
     pool = prepare_split(model, task, "dev", n, protocol, fmt, icl=False)
     test = prepare_split(model, task, "test", n, protocol, fmt, icl=False)
+    name = pool.task.name
     rows = []
     for size in sizes:
         picks = torch.as_tensor(rng.integers(0, len(pool.episodes), size=(len(test.episodes), size)))
@@ -544,15 +549,15 @@ def robustness(model: Model, task: str, layer: int, n: int = 50, sizes=(1, 2, 4,
         full[:, layer] = theta
         pred = engine.layer_sweep(model, test.queries, full.to(model.device), [layer])[:, 0]
         condition = "θ from 1 other episode" if size == 1 else f"mean θ of {size} other episodes"
-        rows.append({"model": model.name, "task": task, "layer": layer, "condition": condition,
+        rows.append({"model": model.name, "task": name, "layer": layer, "condition": condition,
                      "accuracy": accuracy(model, pred, test.target)})
     shuffled = [_shuffled(ep, rng) for ep in test.episodes]
     theta, _ = engine.episode_states(model, shuffled, fmt)
     pred = engine.layer_sweep(model, test.queries, theta, [layer])[:, 0]
-    rows.append({"model": model.name, "task": task, "layer": layer, "condition": "demos with shuffled answers",
+    rows.append({"model": model.name, "task": name, "layer": layer, "condition": "demos with shuffled answers",
                  "accuracy": accuracy(model, pred, test.target)})
     pred = engine.layer_sweep(model, test.queries, test.theta, [layer])[:, 0]
-    rows.append({"model": model.name, "task": task, "layer": layer, "condition": "own episode (paper)",
+    rows.append({"model": model.name, "task": name, "layer": layer, "condition": "own episode (paper)",
                  "accuracy": accuracy(model, pred, test.target)})
     return pd.DataFrame(rows)
 
@@ -562,4 +567,4 @@ def _shuffled(ep: Episode, rng) -> Episode:
     outputs = [y for _, y in ep.demos]
     order = np.roll(np.arange(len(outputs)), 1 + rng.integers(len(outputs) - 1))
     demos = tuple((x, outputs[j]) for (x, _), j in zip(ep.demos, order))
-    return Episode(demos, ep.dummies, ep.query, ep.task)
+    return replace(ep, demos=demos)

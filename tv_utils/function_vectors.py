@@ -11,6 +11,7 @@ stream at one layer; a task vector *replaces* the residual state there.
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from operator import attrgetter
 
 import pandas as pd
@@ -100,7 +101,7 @@ def shuffled_labels(episode: Episode, seed: int = 0) -> Episode:
     answers = [y for _, y in episode.demos]
     random.Random(f"{seed}/{episode.query[0]}").shuffle(answers)
     demos = tuple((x, y) for (x, _), y in zip(episode.demos, answers))
-    return Episode(demos, episode.dummies, episode.query, episode.task)
+    return replace(episode, demos=demos)
 
 
 @torch.no_grad()
@@ -113,9 +114,9 @@ def indirect_effects(model: Model, task, n: int = 10, protocol: Protocol = PAPER
     Only the last token is re-run per head (the prompt before it is cached once).
     """
     usable, episodes, target = sample_split(model, task, "dev", n, protocol, fmt)
-    clean = model.encode([fmt.icl(ep.demos, ep.query[0]) for ep in episodes])
+    clean = model.encode([fmt.episode_icl(ep) for ep in episodes])
     mean = head_states(model, clean).mean(0)  # [L, H, d]
-    shuffled = model.encode([fmt.icl(shuffled_labels(ep, protocol.seed).demos, ep.query[0]) for ep in episodes])
+    shuffled = model.encode([fmt.episode_icl(shuffled_labels(ep, protocol.seed)) for ep in episodes])
     n_layers, heads, dim = mean.shape
     cells = [(layer, head) for layer in range(n_layers) for head in range(heads)]
     per_row = len(cells) + 1  # row 0 of each prompt runs unpatched
@@ -214,7 +215,7 @@ def compare_methods(model: Model, tasks=TASK_NAMES, k: int = 10, n_effect: int =
         fv_run = evaluate_vector(model, task, vector, protocol, fmt)
         tv_add = evaluate_vector(model, task, task_theta[task] - centre, protocol, fmt)
         _, test, target = sample_split(model, task, "test", protocol.n_test, protocol, fmt)
-        shuffled = model.encode([fmt.icl(shuffled_labels(ep, protocol.seed).demos, ep.query[0]) for ep in test])
+        shuffled = model.encode([fmt.episode_icl(shuffled_labels(ep, protocol.seed)) for ep in test])
         theta, _ = engine.episode_states(model, test, fmt, icl=False)
         tv_layer = int(row["best_layer"])
         rows.append({

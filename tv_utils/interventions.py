@@ -143,7 +143,7 @@ def reference_protocol(model: Model, task, protocol=None, fmt=None, remote: bool
 
     def split(name: str, n: int):
         episodes = sample_episodes(usable, n, p.k, p.n_dummies, name, p.seed)
-        dummies = model.encode([fmt.icl(ep.demos, d) for ep in episodes for d in ep.dummies])
+        dummies = model.encode([prompt for ep in episodes for prompt in fmt.episode_prompts(ep)[1:]])
         theta = task_vectors(model, dummies, p.n_dummies, **run)  # A(S): [episodes, layers, hidden]
         queries = model.encode([fmt.query(ep.query[0]) for ep in episodes])
         target = torch.tensor([answer_ids[ep.query[1]] for ep in episodes])
@@ -156,7 +156,7 @@ def reference_protocol(model: Model, task, protocol=None, fmt=None, remote: bool
     dev_acc = accuracy(patched_answers(model, queries, theta, range(model.n_layers), **run), target)  # f(x; θ)
     best = dev_acc.index(max(dev_acc))
     episodes, theta, queries, target = split("test", p.n_test)
-    icl = model.encode([fmt.icl(ep.demos, ep.query[0]) for ep in episodes])
+    icl = model.encode([fmt.episode_icl(ep) for ep in episodes])
     return {"baseline": accuracy(patched_answers(model, queries, None, [None], **run), target)[0],
             "icl": accuracy(patched_answers(model, icl, None, [None], **run), target)[0],
             "tv": accuracy(patched_answers(model, queries, theta, [best], **run), target)[0],

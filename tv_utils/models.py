@@ -378,3 +378,72 @@ def from_config(config, tokenizer, name: str = "random", seed: int = 0, dtype: t
     torch.manual_seed(seed)
     hf = AutoModelForCausalLM.from_config(config).to(dtype).eval()
     return Model(name=name, hf=hf, tokenizer=tokenizer, prepend_ids=_bos_stand_in(tokenizer))
+
+
+# Layer counts of the embedded models, for checking a layer before their cache is built.
+EMBEDDED_LAYERS = {"gemma3-270m": 18, "smollm2-135m": 30, "qwen2.5-coder-0.5b": 24, "qwen2.5-coder-1.5b": 28}
+
+
+def model_config(name_or_path: str | None = None):
+    """A model's transformers config, read without its weights (None for an embedded model not converted yet).
+
+    A name that is not embedded, not a local model folder, and neither cached nor reachable on the hub fails in
+    seconds (ValueError listing the embedded models) instead of after the hub client's retries.
+    """
+    from transformers import AutoConfig
+
+    name = name_or_path or DEFAULT_MODEL
+    if name in EMBEDDED:
+        cached = cache_root() / name
+        return AutoConfig.from_pretrained(cached) if _cache_ok(cached) else None
+    try:
+        return AutoConfig.from_pretrained(name, local_files_only=True)  # a local folder, or a hub id in the cache
+    except (OSError, ValueError) as e:
+        problem = f"{e.__class__.__name__}: {str(e).splitlines()[0]}"
+    if not Path(name).exists() and hub_reachable():
+        try:
+            return AutoConfig.from_pretrained(name)
+        except (OSError, ValueError) as e:
+            problem = f"{e.__class__.__name__}: {str(e).splitlines()[0]}"
+    raise ValueError(f"cannot load model {name!r}: not an embedded model ({', '.join(EMBEDDED)}), not a local "
+                     f"model folder, and not loadable as a Hugging Face id ({problem})")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """False when HF_HUB_OFFLINE is set or the hub's host does not answer within `timeout` seconds."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def count_layers(name_or_path: str | None = None) -> int:
+    """A model's number of decoder layers, from its config (see `model_config`), without loading weights."""
+    name = name_or_path or DEFAULT_MODEL
+    config = model_config(name)
+    if config is None:
+        return EMBEDDED_LAYERS[name]
+    text = config.get_text_config()  # multimodal configs keep the decoder's under text_config
+    for attr in ("num_hidden_layers", "n_layer"):
+        if isinstance(getattr(text, attr, None), int):
+            return getattr(text, attr)
+    raise ValueError(f"the config of model {name!r} gives no layer count (num_hidden_layers or n_layer)")
+
+
+def available_devices() -> list[str]:
+    """Devices a model can run on here: cpu, each CUDA GPU (cuda, cuda:0, ...) and mps."""
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += ["cuda", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
+    if torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices

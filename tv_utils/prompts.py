@@ -2,7 +2,9 @@
 
 Answer conventions, all here:
 - an answer is written after the arrow with a leading space (`example:dog-> chien`), so the model's
-  next token after `->` is the answer's first token (`▁chien`);
+  next token after `->` is the answer's first token (`▁chien`). As in the paper's code, a task whose
+  spaced answers the tokenizer splits badly is written without the space instead (`example:3->4`):
+  Gemma reads ` 4` as a bare `▁` then `4`, and the space alone is no answer (`usable_task`);
 - the answer's tokens are taken as they appear in that context (the tokens of `query + " " + y` after
   the query's), so tokenizers that merge or prefix spaces differently stay consistent;
 - a prediction is the greedy next token; it is correct when its text, stripped of white space, equals
@@ -14,7 +16,7 @@ Answer conventions, all here:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -32,19 +34,23 @@ class PromptFormat:
         if not self.template.endswith("{y}") or "{x}" not in self.template:
             raise ValueError(f"template must contain {{x}} and end with {{y}}, got {self.template!r}")
 
-    def demo(self, x: str, y: str) -> str:
-        return self.template.format(x=x, y=" " + y)
+    def demo(self, x: str, y: str, spaced: bool = True) -> str:
+        return self.template.format(x=x, y=" " + y if spaced else y)
 
     def query(self, x: str) -> str:
         return self.template[: -len("{y}")].format(x=x)
 
-    def icl(self, demos, x: str) -> str:
+    def icl(self, demos, x: str, spaced: bool = True) -> str:
         """Demonstrations followed by the query, ending on the arrow."""
-        return self.separator.join([self.demo(dx, dy) for dx, dy in demos] + [self.query(x)])
+        return self.separator.join([self.demo(dx, dy, spaced) for dx, dy in demos] + [self.query(x)])
+
+    def episode_icl(self, ep: Episode) -> str:
+        """The episode's ICL prompt: its demonstrations, then its query."""
+        return self.icl(ep.demos, ep.query[0], ep.spaced)
 
     def episode_prompts(self, ep: Episode) -> list[str]:
         """[ICL prompt with the real query, then one prompt per dummy query x']; they share the demos."""
-        return [self.icl(ep.demos, ep.query[0])] + [self.icl(ep.demos, d) for d in ep.dummies]
+        return [self.episode_icl(ep)] + [self.icl(ep.demos, d, ep.spaced) for d in ep.dummies]
 
 
 DEFAULT_FORMAT = PromptFormat()
@@ -56,30 +62,49 @@ def encode(tokenizer, texts, prepend_ids=()) -> list[list[int]]:
     return [list(prepend_ids) + list(seq) for seq in ids]
 
 
-def answer_token_ids(tokenizer, answer: str, fmt: PromptFormat = DEFAULT_FORMAT) -> list[int]:
-    """The answer's tokens as they follow `->` in a prompt."""
-    return answers_token_ids(tokenizer, [answer], fmt)[0]
+def answer_token_ids(tokenizer, answer: str, fmt: PromptFormat = DEFAULT_FORMAT, spaced: bool = True) -> list[int]:
+    """The answer's tokens as they follow `->` in a prompt (after a space unless spaced=False)."""
+    return answers_token_ids(tokenizer, [answer], fmt, spaced)[0]
 
 
-def answers_token_ids(tokenizer, answers: list[str], fmt: PromptFormat = DEFAULT_FORMAT) -> list[list[int]]:
+def answers_token_ids(tokenizer, answers: list[str], fmt: PromptFormat = DEFAULT_FORMAT,
+                      spaced: bool = True) -> list[list[int]]:
     """answer_token_ids for many answers in two tokenizer calls."""
     context = fmt.query("x")
+    space = " " if spaced else ""
     ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
-    full = tokenizer([context + " " + a for a in answers], add_special_tokens=False)["input_ids"]
-    bare = tokenizer([" " + a for a in answers], add_special_tokens=False)["input_ids"]
+    full = tokenizer([context + space + a for a in answers], add_special_tokens=False)["input_ids"]
+    bare = tokenizer([space + a for a in answers], add_special_tokens=False)["input_ids"]
     return [list(f[len(ctx):]) if f[: len(ctx)] == ctx and len(f) > len(ctx) else list(b)
             for f, b in zip(full, bare)]
 
 
+# The paper's code keeps the spaced answers unless they leave under 70% as many scorable pairs as unspaced ones.
+SPACED_SHARE = 0.7
+
+
 def usable_task(task: Task, tokenizer, fmt: PromptFormat = DEFAULT_FORMAT) -> tuple[Task, dict[str, int]]:
-    """The task restricted to pairs this tokenizer can score, and each kept answer's target token."""
-    kept, targets = [], {}
+    """The task restricted to pairs this tokenizer can score, and each kept answer's target token.
+
+    A pair is scorable when its answer's first token is more than white space, and (unless the task allows
+    multi-token answers) its only token. Answers are written after a space when that keeps at least
+    SPACED_SHARE as many pairs as writing them without (`Task.spaced`), as the paper's code decides: the
+    paper's 18 tasks keep their space; numbers on Gemma (` 8` is `▁` + `8`) drop it and score on the digit.
+    """
     answers = [y for _, y in task.pairs]
-    for (x, y), ids in zip(task.pairs, answers_token_ids(tokenizer, answers, fmt)):
-        if ids and (task.multi_token_answers or len(ids) == 1):
-            kept.append((x, y))
-            targets[y] = ids[0]
-    return Task(task.name, task.category, tuple(kept), task.description), targets
+    forms = {spaced: _scorable(task, tokenizer, answers_token_ids(tokenizer, answers, fmt, spaced))
+             for spaced in (True, False)}
+    spaced = len(forms[True]) >= SPACED_SHARE * len(forms[False])
+    targets = forms[spaced]
+    kept = tuple(pair for pair in task.pairs if pair[1] in targets)
+    return replace(task, pairs=kept, spaced=spaced), targets
+
+
+def _scorable(task: Task, tokenizer, token_ids: list[list[int]]) -> dict[str, int]:
+    """{answer: target token} for the answers whose tokens (one list per pair of `task`) can be scored."""
+    first = tokenizer.batch_decode([ids[:1] for ids in token_ids])
+    return {y: ids[0] for (_, y), ids, text in zip(task.pairs, token_ids, first)
+            if text.strip() and (task.multi_token_answers or len(ids) == 1)}
 
 
 def hits(tokenizer, predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -8,13 +8,17 @@ import tempfile
 from pathlib import Path
 
 
-FIGURES = Path(__file__).resolve().parent.parent / "figures"  # the committed results, in a source checkout
+_PACKAGE = Path(__file__).resolve().parent
+SHIPPED = _PACKAGE / "results"  # figures/' tables as a built wheel holds them (pyproject.toml: tv_utils.results)
+INSTALLED = SHIPPED.is_dir()  # a non-editable install; a source checkout (editable or not) has no results/
+FIGURES = SHIPPED if INSTALLED else _PACKAGE.parent / "figures"  # the committed results (read-only when installed)
 
 
 def results_folder(folder: str | Path | None = None) -> Path:
-    """Where results are read and written: `folder` if given, else $TV_UTILS_RESULTS, else the repository's
-    figures/ (the committed results)."""
-    return Path(folder or os.environ.get("TV_UTILS_RESULTS") or FIGURES)
+    """Where results are written, and looked for before the committed ones: `folder` if given, else
+    $TV_UTILS_RESULTS, else figures/: the repository's in a source checkout (the committed results), the
+    current directory's in an installed package, which never writes inside itself."""
+    return Path(folder or os.environ.get("TV_UTILS_RESULTS") or (Path("figures") if INSTALLED else FIGURES))
 
 
 def results_stem(kind: str, model_name: str, folder: str | Path | None = None) -> Path:
@@ -37,7 +41,8 @@ def stem_of(path: str | Path, suffix: str) -> Path:
 
 
 def stored_file(name: str, folder: str | Path | None = None) -> Path | None:
-    """The file `name` from the results folder, else from the committed results; None if neither has it."""
+    """The file `name` from the results folder, else from the committed results (FIGURES); None if neither
+    has it."""
     for path in (results_folder(folder) / name, FIGURES / name):
         if path.exists():
             return path

@@ -1,0 +1,170 @@
+"""The command line as a user meets it: `python -m tv_utils ...` in a subprocess, offline, writing into a
+temporary results folder. Bad input ends in one line on stderr and a non-zero exit, before any weights load
+and with nothing written; Ctrl-C ends in one line and 130; good runs write their tables whole."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from tv_utils.tasks import TASK_NAMES
+
+ROOT = Path(__file__).resolve().parent.parent
+VALID_TASKS = f"valid tasks: {', '.join(TASK_NAMES)}"
+COLOURS = [("banana", "yellow"), ("sky", "blue"), ("grass", "green"), ("snow", "white"), ("coal", "black"),
+           ("blood", "red"), ("carrot", "orange"), ("lemon", "yellow"), ("sea", "blue"), ("leaf", "green"),
+           ("milk", "white"), ("night", "black"), ("cherry", "red"), ("pumpkin", "orange"), ("violet", "purple")]
+
+
+def cli_env(results: Path) -> dict:
+    """Offline, this checkout's tv_utils, results into `results`."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TV_UTILS_RESULTS": str(results), "PYTHONPATH": str(ROOT)}
+
+
+def run_cli(workdir: Path, *args, timeout: float = 120) -> tuple[subprocess.CompletedProcess, float]:
+    """`python -m tv_utils *args` run in `workdir` with results into workdir/results: (process, seconds)."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "tv_utils", *args], cwd=workdir, env=cli_env(workdir / "results"),
+                          capture_output=True, text=True, timeout=timeout)
+    return proc, time.perf_counter() - start
+
+
+def files_in(folder: Path) -> list[str]:
+    """Every file under `folder`, hidden ones (an atomic write's temporary files) included."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def assert_refused(proc, seconds: float, status: int, message: str, workdir: Path, inputs=()) -> None:
+    """One line on stderr holding `message`, exit `status`, no traceback, fast, and nothing written."""
+    assert proc.returncode == status, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr  # no "loaded <model>" line: no weights read
+    assert message in proc.stderr, proc.stderr
+    assert seconds < 15, seconds
+    assert files_in(workdir) == sorted(inputs)
+
+
+@pytest.mark.parametrize("args, status, message", [
+    (["geometry", "--layer", "999"], 2, "--layer 999 is out of range for gemma3-270m: valid layers are 0..17"),
+    (["vocab", "--layer", "999"], 2, "--layer 999 is out of range for gemma3-270m: valid layers are 0..17"),
+    (["reproduce", "--dtype", "float33"], 2, "invalid choice: 'float33' (choose from 'float32', 'bfloat16', 'float16')"),
+    (["bench", "--compare-dtypes", "float33"], 2, "(choose from 'float32', 'bfloat16', 'float16')"),
+    (["conflict", "--pairs", "en_fr"], 2, "argument --pairs: expected A:B with two task names, e.g. en_es:en_fr"),
+    (["conflict", "--pairs", "en_fr:en_xx"], 2, f"unknown task(s) en_xx in pair en_fr:en_xx; {VALID_TASKS}"),
+    (["reproduce", "--n-dev", "0"], 2, "argument --n-dev: must be at least 1, got 0"),
+    (["vocab", "--n", "-3"], 2, "argument --n: must be at least 1, got -3"),
+    (["function-vectors", "--n-effect", "0"], 2, "argument --n-effect: must be at least 1, got 0"),
+    (["reproduce", "--k", "30"], 2, "has 25 usable pairs; an episode needs 33 (30 demonstrations + 2 dummy "
+                                    "queries + 1 query); add pairs or lower --k"),
+    (["reproduce", "--tasks", "en_fr", "en_xx"], 2, f"unknown task(s) en_xx; {VALID_TASKS}"),
+    (["function-vectors", "--tasks", "en_xx"], 2, f"unknown task(s) en_xx; {VALID_TASKS}"),
+    (["geometry", "--tasks", "en_fr"], 2, "geometry compares tasks: give at least 2"),
+    (["reproduce", "--model", "no/such-model"], 2, "cannot load model 'no/such-model': not an embedded model "
+                                                   "(gemma3-270m, smollm2-135m, qwen2.5-coder-0.5b, qwen2.5-coder-1.5b)"),
+    (["depth", "--models", "gemma3-270m", "no/such-model"], 2, "cannot load model 'no/such-model'"),
+    (["reproduce", "--remote"], 2, "--remote needs --model with a model id that NDIF hosts"),
+    (["reproduce", "--device", "cpu", "--device-map", "auto"], 2, "argument --device-map: not allowed with argument "
+                                                                  "--device"),
+    (["reproduce", "--device", "gpu"], 2, "unknown device 'gpu'; valid devices: cpu, cuda, cuda:N, mps"),
+    pytest.param(["reproduce", "--device", "cuda"], 2, "device 'cuda' is not available here; available: cpu",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
+    (["install-model", "llama-9000"], 1, "error: unknown embedded model 'llama-9000'; embedded models: gemma3-270m"),
+])
+def test_bad_input_is_refused_in_one_line_before_loading(tmp_path, args, status, message):
+    proc, seconds = run_cli(tmp_path, *args)
+    assert_refused(proc, seconds, status, message, tmp_path)
+    if status == 2:
+        assert proc.stderr.startswith(f"python -m tv_utils {args[0]}: error: ")
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("colours.csv", "banana,yellow\nsky,blue\n", "must start with the header line `input,output`, got 'banana,yellow'"),
+    ("colours.csv", "input,output\nbanana,yellow,fruit\n", "line 2 has 3 fields, expected 2 (input,output)"),
+    ("colours.csv", "input,output\nbanana,yellow\nbanana,green\n", "repeated inputs"),
+    ("colours.csv", 'input,output\n"two\nlines",x\nsky,blue\n', "spans several lines"),
+    ("colours.csv", "input,output\nx->y,z\nsky,blue\n", "contains '->', which separates input from output"),
+    ("colours.csv", "input,output\nbanana,yellow\nsky,\n", "empty"),
+    ("colours.json", '[["banana", "yellow"], ["sky", null]]', "inputs and outputs must be strings, got None"),
+    ("colours.json", '[["banana", "yellow"], ["sky", NaN]]', "inputs and outputs must be strings, got nan"),
+    ("colours.json", '["banana", "yellow"]', "each pair must be an (input, output) pair of strings, got 'banana'"),
+    ("colours.json", '"banana"', "must hold a JSON list of [input, output] pairs or an object"),
+    ("colours.json", '[["banana", "yellow"', "is not valid JSON"),
+    ("colours.txt", "banana -> yellow\n", "unknown format '.txt'; valid formats: .csv"),
+    ("colours.json", json.dumps(COLOURS[:4]), "has 4 usable pairs; an episode needs 8"),
+    ("en_fr.json", json.dumps(COLOURS), "the task file is named like the paper's task 'en_fr'; rename the file"),
+])
+def test_bad_task_file_is_refused_in_one_line(tmp_path, name, content, message):
+    (tmp_path / name).write_text(content)
+    proc, seconds = run_cli(tmp_path, "reproduce", "--task-file", name)
+    assert_refused(proc, seconds, 2, message, tmp_path, inputs=[name])
+
+
+def test_missing_task_file_is_refused(tmp_path):
+    proc, seconds = run_cli(tmp_path, "vocab", "--task-file", "absent.csv")
+    assert_refused(proc, seconds, 2, "cannot read task file 'absent.csv': No such file or directory", tmp_path)
+
+
+def test_ctrl_c_exits_130_in_one_line_and_writes_nothing(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "tv_utils", "reproduce", "--tasks", "en_fr", "antonyms"],
+                            cwd=tmp_path, env=cli_env(tmp_path / "results"), stderr=subprocess.PIPE, text=True)
+    try:
+        seen = [proc.stderr.readline()]
+        while not seen[-1].startswith("loaded ") and seen[-1]:  # the model is in memory: the run is under way
+            seen.append(proc.stderr.readline())
+        time.sleep(1)
+        proc.send_signal(signal.SIGINT)
+        _, rest = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    stderr = "".join(seen) + rest
+    assert proc.returncode == 130, stderr
+    assert stderr.endswith("\ninterrupted\n") and "Traceback" not in stderr, stderr
+    assert files_in(tmp_path) == []
+
+
+@pytest.fixture(scope="module")
+def tiny_model_folder(tmp_path_factory, tiny_llama):
+    """The tiny random Llama with the character tokenizer, saved as a local model folder (`--model PATH`)."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tiny_llama.hf.save_pretrained(folder)
+    tiny_llama.tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_custom_task_file_runs_end_to_end(tmp_path, tiny_model_folder):
+    pd.DataFrame(COLOURS, columns=["input", "output"]).to_csv(tmp_path / "colours.csv", index=False)
+    proc, _ = run_cli(tmp_path, "reproduce", "--task-file", "colours.csv", "--model", str(tiny_model_folder),
+                      "--n-dev", "3", "--n-test", "4", "--no-figures")
+    assert proc.returncode == 0, proc.stderr
+    stem = "reproduce_" + str(tiny_model_folder).replace("/", "_")
+    assert files_in(tmp_path / "results") == [f"{stem}_per_layer.csv", f"{stem}_results.csv",
+                                              f"{stem}_results.json"]  # whole files, no temporary ones left
+    results = pd.read_csv(tmp_path / "results" / f"{stem}_results.csv")
+    assert results[["task", "category", "n_pairs"]].values.tolist() == [["colours", "custom", len(COLOURS)]]
+    per_layer = pd.read_csv(tmp_path / "results" / f"{stem}_per_layer.csv")
+    assert per_layer.layer.tolist() == [0, 1, 2, 3] and set(per_layer.task) == {"colours"}
+    assert "colours" in proc.stdout
+
+
+@pytest.mark.parametrize("args, outputs", [
+    (["reproduce", "--tasks", "next_letter", "--n-dev", "3", "--n-test", "3", "--remote", "local"],
+     ["_per_layer.csv", "_results.csv", "_results.json"]),
+    (["function-vectors", "--tasks", "next_letter", "to_upper", "--n-dev", "3", "--n-test", "3", "--n-effect", "1",
+      "--k", "2"], [".csv", "_head_effects.csv", "_heads.json"]),
+    (["vocab", "--tasks", "next_letter", "--n", "3", "--layer", "2"], ["_answer_rank.csv", "_top_tokens.csv"]),
+])
+def test_subcommands_added_on_main_run_on_a_local_model(tmp_path, tiny_model_folder, args, outputs):
+    proc, _ = run_cli(tmp_path, *args, "--model", str(tiny_model_folder), "--no-figures")
+    assert proc.returncode == 0, proc.stderr
+    stem = args[0].replace("-", "_") + "_" + str(tiny_model_folder).replace("/", "_")
+    assert files_in(tmp_path / "results") == [stem + suffix for suffix in outputs]
+    if args[0] == "function-vectors":
+        heads = json.loads((tmp_path / "results" / f"{stem}_heads.json").read_text())
+        assert heads["k"] == 2 and len(heads["top_heads"]) == 2
