@@ -83,6 +83,15 @@ def tiny_llama(tokenizer):
     return from_config(tiny_config("llama", len(tokenizer)), tokenizer, name="tiny-llama")
 
 
+@pytest.fixture(scope="session")
+def tiny_llama_folder(tmp_path_factory, tiny_llama):
+    """The tiny random Llama with the character tokenizer, saved as a local model folder (`--model PATH`)."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tiny_llama.hf.save_pretrained(folder)
+    tiny_llama.tokenizer.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture
 def new_tiny_llama(tokenizer):
     """A tiny Llama of this test's own, to break or change without touching the shared one."""

@@ -129,21 +129,12 @@ def test_ctrl_c_exits_130_in_one_line_and_writes_nothing(tmp_path):
     assert files_in(tmp_path) == []
 
 
-@pytest.fixture(scope="module")
-def tiny_model_folder(tmp_path_factory, tiny_llama):
-    """The tiny random Llama with the character tokenizer, saved as a local model folder (`--model PATH`)."""
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tiny_llama.hf.save_pretrained(folder)
-    tiny_llama.tokenizer.save_pretrained(folder)
-    return folder
-
-
-def test_custom_task_file_runs_end_to_end(tmp_path, tiny_model_folder):
+def test_custom_task_file_runs_end_to_end(tmp_path, tiny_llama_folder):
     pd.DataFrame(COLOURS, columns=["input", "output"]).to_csv(tmp_path / "colours.csv", index=False)
-    proc, _ = run_cli(tmp_path, "reproduce", "--task-file", "colours.csv", "--model", str(tiny_model_folder),
+    proc, _ = run_cli(tmp_path, "reproduce", "--task-file", "colours.csv", "--model", str(tiny_llama_folder),
                       "--n-dev", "3", "--n-test", "4", "--no-figures")
     assert proc.returncode == 0, proc.stderr
-    stem = "reproduce_" + str(tiny_model_folder).replace("/", "_")
+    stem = "reproduce_" + str(tiny_llama_folder).replace("/", "_")
     assert files_in(tmp_path / "results") == [f"{stem}_per_layer.csv", f"{stem}_results.csv",
                                               f"{stem}_results.json"]  # whole files, no temporary ones left
     results = pd.read_csv(tmp_path / "results" / f"{stem}_results.csv")
@@ -160,10 +151,10 @@ def test_custom_task_file_runs_end_to_end(tmp_path, tiny_model_folder):
       "--k", "2"], [".csv", "_head_effects.csv", "_heads.json"]),
     (["vocab", "--tasks", "next_letter", "--n", "3", "--layer", "2"], ["_answer_rank.csv", "_top_tokens.csv"]),
 ])
-def test_subcommands_added_on_main_run_on_a_local_model(tmp_path, tiny_model_folder, args, outputs):
-    proc, _ = run_cli(tmp_path, *args, "--model", str(tiny_model_folder), "--no-figures")
+def test_subcommands_added_on_main_run_on_a_local_model(tmp_path, tiny_llama_folder, args, outputs):
+    proc, _ = run_cli(tmp_path, *args, "--model", str(tiny_llama_folder), "--no-figures")
     assert proc.returncode == 0, proc.stderr
-    stem = args[0].replace("-", "_") + "_" + str(tiny_model_folder).replace("/", "_")
+    stem = args[0].replace("-", "_") + "_" + str(tiny_llama_folder).replace("/", "_")
     assert files_in(tmp_path / "results") == [stem + suffix for suffix in outputs]
     if args[0] == "function-vectors":
         heads = json.loads((tmp_path / "results" / f"{stem}_heads.json").read_text())

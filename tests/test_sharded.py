@@ -1,7 +1,6 @@
 """A model split by accelerate (some decoder layers offloaded to disk, run through accelerate's hooks) gives
 the same θ, logits and protocol tables as the same model in one piece."""
 
-import pytest
 import torch
 
 from tv_utils import interventions as iv
@@ -12,20 +11,12 @@ from tv_utils.tasks import make_task
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
-@pytest.fixture(scope="module")
-def saved_tiny(tiny_llama, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tiny_llama.hf.save_pretrained(folder)
-    tiny_llama.tokenizer.save_pretrained(folder)
-    return folder
-
-
-def test_layers_offloaded_to_disk_give_the_same_answers(saved_tiny, tmp_path):
-    whole = load_model(str(saved_tiny), device="cpu")
+def test_layers_offloaded_to_disk_give_the_same_answers(tiny_llama_folder, tmp_path):
+    whole = load_model(str(tiny_llama_folder), device="cpu")
     split = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu",
              "model.layers.1": "disk", "model.layers.2": "cpu", "model.layers.3": "disk",
              "model.norm": "cpu", "lm_head": "cpu"}
-    sharded = load_model(str(saved_tiny), device_map=split, offload_folder=str(tmp_path))
+    sharded = load_model(str(tiny_llama_folder), device_map=split, offload_folder=str(tmp_path))
     assert sharded.hf.model.layers[1].mlp.down_proj.weight.device.type == "meta"  # really on disk
     seqs = whole.encode(["example:ab-> c\nexample:q->", "example:hello->", "x->"])
     states = iv.capture(whole, seqs)

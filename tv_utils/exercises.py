@@ -294,62 +294,55 @@ def example_vectors(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return np.array(X), np.array(labels)
 
 
+def _score_cases(student, reference, toy, X, labels, what: str, tol: float, mistake):
+    """Run a student's score(X, labels) against the reference on toy vectors and, if given, real ones:
+    (ok, message); `mistake(x, y, got)` names a typical error or returns ""."""
+    cases = [("toy vectors", *toy)]
+    if X is not None:
+        cases.append(("your vectors", np.asarray(X), np.asarray(labels)))
+    for name, x, y in cases:
+        expected = reference(x, y)
+        got = _call(student, x.copy(), y.copy())
+        try:
+            got = float(got)
+        except (TypeError, ValueError):
+            return False, f"expected a float {what}, got {got!r}"
+        if abs(got - expected) > tol:
+            return False, f"on {name} the {what} is {expected:.3f}, you returned {got:.3f}{mistake(x, y, got)}"
+    return True, f"{what} {expected:.3f} on {name} ({len(y)} vectors)"
+
+
 @_checker
 def check_knn_accuracy(loo_1nn_accuracy, X=None, labels=None):
     """Compare loo_1nn_accuracy(X, labels) (leave-one-out 1-NN task identification with cosine distance) with
     the reference, on toy vectors and, if given, on real task vectors."""
     from .analysis import knn_accuracy
 
-    cases = [("toy vectors", *example_vectors())]
-    if X is not None:
-        cases.append(("your vectors", np.asarray(X), np.asarray(labels)))
-    for name, x, y in cases:
-        expected = knn_accuracy(x, y, k=1)
-        got = _call(loo_1nn_accuracy, x.copy(), y.copy())
-        try:
-            got = float(got)
-        except (TypeError, ValueError):
-            return False, f"expected a float accuracy in [0, 1], got {got!r}"
-        if abs(got - expected) > 1e-6:
-            why = ""
-            if got == 1.0:
-                why = " (1.0: each vector found itself; exclude it, e.g. set the diagonal to +inf)"
-            elif abs(got - _loo_1nn_euclidean(x, y)) < 1e-6:
-                why = " (that is the Euclidean answer: use cosine distance, 1 - cosine similarity)"
-            return False, f"on {name} the accuracy is {expected:.3f}, you returned {got:.3f}{why}"
-    return True, f"leave-one-out 1-NN accuracy {expected:.3f} on {name} ({len(y)} vectors)"
+    def mistake(x, y, got):
+        if got == 1.0:
+            return " (1.0: each vector found itself; exclude it, e.g. set the diagonal to +inf)"
+        if abs(got - _loo_1nn_euclidean(x, y)) < 1e-6:
+            return " (that is the Euclidean answer: use cosine distance, 1 - cosine similarity)"
+        return ""
 
-
-def _silhouette_reference(X, labels) -> float:
-    from sklearn.metrics import silhouette_score
-
-    return float(silhouette_score(np.asarray(X, dtype=np.float64), np.asarray(labels), metric="cosine"))
+    return _score_cases(loo_1nn_accuracy, lambda x, y: knn_accuracy(x, y, k=1), example_vectors(), X, labels,
+                        "leave-one-out 1-NN accuracy", 1e-6, mistake)
 
 
 @_checker
 def check_silhouette(silhouette, X=None, labels=None):
     """Compare silhouette(X, labels) (mean silhouette with cosine distance) with scikit-learn's, on toy
     vectors and, if given, real task vectors."""
-    cases = [("toy vectors", *example_vectors(seed=1))]
-    if X is not None:
-        cases.append(("your vectors", np.asarray(X), np.asarray(labels)))
-    for name, x, y in cases:
-        expected = _silhouette_reference(x, y)
-        got = _call(silhouette, x.copy(), y.copy())
-        try:
-            got = float(got)
-        except (TypeError, ValueError):
-            return False, f"expected a float silhouette in [-1, 1], got {got!r}"
-        if abs(got - expected) > 1e-4:
-            from sklearn.metrics import silhouette_score
+    from sklearn.metrics import silhouette_score
 
-            why = ""
-            if abs(got - silhouette_score(x, y, metric="euclidean")) < 1e-4:
-                why = " (that is the Euclidean silhouette: use cosine distance, 1 - cosine similarity)"
-            return False, (f"on {name} the silhouette is {expected:.3f}, you returned {got:.3f}{why}; a(i) is the "
-                           f"mean distance to the *other* members of i's task, b(i) the smallest mean distance to "
-                           f"another task")
-    return True, f"silhouette {expected:.3f} on {name} ({len(y)} vectors)"
+    def mistake(x, y, got):
+        if abs(got - silhouette_score(x, y, metric="euclidean")) < 1e-4:
+            return " (that is the Euclidean silhouette: use cosine distance, 1 - cosine similarity)"
+        return ("; a(i) is the mean distance to the *other* members of i's task, b(i) the smallest mean distance "
+                "to another task")
+
+    return _score_cases(silhouette, lambda x, y: float(silhouette_score(x.astype(np.float64), y, metric="cosine")),
+                        example_vectors(seed=1), X, labels, "silhouette", 1e-4, mistake)
 
 
 # ---------------------------------------------------------------- 05: which task does the model follow?
