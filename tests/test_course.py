@@ -42,6 +42,15 @@ def test_every_fallback_runs_on_a_model_without_results(tiny_llama, no_stored_re
     assert library.layer == L and len(library.vectors) == 3
     assert set(course.reuse_cost(tiny_llama, library).method) == {"ICL", "stored theta"}
     assert isinstance(course.robustness(tiny_llama, L), pd.DataFrame)
+    run, several = course.function_vectors(tiny_llama)
+    assert len(run.table) == 2 and run.k in (2, 5) and set(several.task) == {run.table.task[0]}
+
+
+def test_function_vectors_read_the_stored_run(gemma):
+    run, several = course.function_vectors(gemma)
+    stored = store.precomputed("function_vectors_gemma3-270m")
+    assert run.table.equals(stored) and len(run.heads) == run.k and set(several.task) == {"en_es", "next_letter",
+                                                                                         "prev_letter"}
 
 
 def test_quick_tasks_say_when_the_tokenizer_scores_none(tiny_llama, monkeypatch):

@@ -64,9 +64,56 @@ def test_adding_zero_changes_nothing(tiny_llama):
 def test_comparison_table_has_every_method(tiny_llama):
     tasks = [make_task("shift", list(zip("abcdefghijklmnop", "bcdefghijklmnopq"))),
              make_task("same", [(c, "x") for c in "abcdefghijklmnop"])]
-    table, effects = fv.compare_methods(tiny_llama, tasks, k=2, n_effect=3, protocol=Protocol(k=3, n_dev=4, n_test=4))
-    assert list(table["task"]) == ["shift", "same"] and len(table.attrs["heads"]) == 2
+    run = fv.compare_methods(tiny_llama, tasks, ks=(1, 3), n_effect=3, protocol=Protocol(k=3, n_dev=4, n_test=4))
+    table = run.table
+    assert list(table["task"]) == ["shift", "same"] and run.k in (1, 3) and len(run.heads) == run.k
     assert table.loc[1, "mapping_rank"] == 1 / 16 and table.loc[0, "mapping_rank"] == 1.0
     methods = ["baseline", "icl", "tv", "tv_add", "fv", "icl_shuffled", "icl_shuffled_tv", "icl_shuffled_fv"]
     assert table[methods].apply(lambda c: c.between(0, 1).all()).all()
-    assert len(effects) == 2 * tiny_llama.n_layers * fv.n_heads(tiny_llama)
+    assert len(run.effects) == 2 * tiny_llama.n_layers * fv.n_heads(tiny_llama)
+    assert sorted(run.by_k.k.unique()) == [1, 3] and len(run.by_k) == 4
+    chosen = run.by_k[run.by_k.k == run.k].set_index("task")
+    assert (chosen.accuracy == table.set_index("task").fv).all() and (chosen.layer == table.set_index("task").fv_layer).all()
+    assert set(run.per_layer.method) == {"tv", "tv_add", "fv"} and len(run.per_layer) == 2 * 3 * tiny_llama.n_layers
+    fixed = fv.compare_methods(tiny_llama, tasks[:1], k=2, ks=(1,), n_effect=3, protocol=Protocol(k=3, n_dev=4, n_test=4))
+    assert fixed.k == 2 and sorted(fixed.by_k.k.unique()) == [1, 2]
+
+
+def test_window_of_one_layer_is_the_task_vector_patch(tiny_llama):
+    """θ written at one layer through `patched_window` gives the engine's sweep answers; at two layers the
+    second write wins over what the first one led to (a donor's states at the last two layers = its answer)."""
+    from tv_utils import engine
+
+    seqs = tiny_llama.encode(PROMPTS)
+    donor = tiny_llama.encode(PROMPTS[::-1])
+    theta = engine.forward(tiny_llama, pad_left(tiny_llama, donor), capture=True)[1]
+    last = tiny_llama.n_layers - 1
+    sweep = engine.layer_sweep(tiny_llama, seqs, theta)
+    for layer in range(tiny_llama.n_layers):
+        assert torch.equal(fv.patched_window(tiny_llama, seqs, theta, layer, 1), sweep[:, layer])
+    assert torch.equal(fv.patched_window(tiny_llama, seqs, theta, last - 1, 2), engine.next_tokens(tiny_llama, donor))
+
+
+def test_several_vectors_table(tiny_llama):
+    task = make_task("shift", list(zip("abcdefghijklmnop", "bcdefghijklmnopq")))
+    table = fv.several_vectors(tiny_llama, [task], widths=(2,), protocol=Protocol(k=3, n_dev=4, n_test=4))
+    assert list(table.method) == ["task vector", "mean θ of 4 dev episodes", "θ at 2 adjacent layers"]
+    assert table.accuracy.between(0, 1).all() and (table.layer + table.width <= tiny_llama.n_layers).all()
+
+
+def test_head_patch_by_hand_equals_the_indirect_effects(tiny_llama):
+    """The plain-nnsight patch of one head (the notebook's) gives the same effect as the all-heads pass."""
+    from tv_utils.experiments import sample_split
+    from tv_utils.prompts import DEFAULT_FORMAT
+
+    task, protocol = make_task("shift", list(zip("abcdefghijklmnop", "bcdefghijklmnopq"))), Protocol(k=3)
+    effects, mean = fv.indirect_effects(tiny_llama, task, n=4, protocol=protocol)
+    _, episodes, target = sample_split(tiny_llama, task, "dev", 4, protocol, DEFAULT_FORMAT)
+    shuffled = tiny_llama.encode([DEFAULT_FORMAT.episode_icl(fv.shuffled_labels(ep, protocol.seed)) for ep in episodes])
+    clean = fv.head_patched_probs(tiny_llama, shuffled, target, 1, 0, None)
+    for layer, head in [(1, 0), (2, 1), (0, 1)]:
+        patched = fv.head_patched_probs(tiny_llama, shuffled, target, layer, head, mean[layer, head])
+        expected = effects[(effects.layer == layer) & (effects["head"] == head)].effect.item()
+        assert abs((patched - clean).mean().item() - expected) <= 1e-6 + 1e-3 * abs(expected)
+    big = fv.head_patched_probs(tiny_llama, shuffled, target, 1, 0, mean[1, 0] * 50)
+    assert not torch.allclose(big, clean)

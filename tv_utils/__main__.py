@@ -336,23 +336,31 @@ def cmd_function_vectors(args) -> None:
 
     model = _load(args)
     protocol = Protocol(n_dev=args.n_dev, n_test=args.n_test)
-    table, effects = function_vectors.compare_methods(model, args.tasks, k=args.n_heads, n_effect=args.n_effect,
-                                                      protocol=protocol)
+    run = function_vectors.compare_methods(model, args.tasks, k=args.n_heads, n_effect=args.n_effect, protocol=protocol)
+    resistant = [t for t in function_vectors.RESISTANT_TASKS if t in args.tasks]
+    several = function_vectors.several_vectors(model, resistant, protocol=protocol) if resistant else None
     stem = _stem(args, "function_vectors", model.name)
-    store.save_table(table, f"{stem}.csv")
-    store.save_table(effects, f"{stem}_head_effects.csv")
-    heads = table.attrs["heads"]
-    store.save_json({"model": model.name, "k": args.n_heads, "top_heads": [list(h) for h in heads]},
-                    f"{stem}_heads.json")
-    _figure(args, plots.head_heatmap(effects, heads), f"{stem}_heads")
+    store.save_table(run.table, f"{stem}.csv")
+    store.save_table(run.effects, f"{stem}_head_effects.csv")
+    store.save_table(run.per_layer, f"{stem}_per_layer.csv")
+    store.save_table(run.by_k, f"{stem}_by_k.csv")
+    if several is not None:
+        store.save_table(several, f"{stem}_several_vectors.csv")
+    store.save_json({"model": model.name, "k": run.k, "k_choices": sorted(run.by_k.k.unique().tolist()),
+                     "top_heads": [list(h) for h in run.heads]}, f"{stem}_heads.json")
+    _figure(args, plots.head_heatmap(run.effects, run.heads), f"{stem}_heads")
+    _figure(args, plots.k_curve(run.by_k, run.k), f"{stem}_by_k")
     methods = ["baseline", "icl", "tv", "tv_add", "fv"]
-    long = table.melt(id_vars=["task"], value_vars=methods, var_name="method", value_name="accuracy")
+    long = run.table.melt(id_vars=["task"], value_vars=methods, var_name="method", value_name="accuracy")
     _figure(args, plots.method_bars(long, "task", "accuracy", "method", "Task vectors and function vectors"),
             f"{stem}_accuracy")
-    print(table.to_string(index=False, float_format="%.2f"))
-    print(pd.DataFrame(table[methods + ["icl_shuffled", "icl_shuffled_tv", "icl_shuffled_fv"]].mean()).T
+    print(run.table.to_string(index=False, float_format="%.2f"))
+    print(pd.DataFrame(run.table[methods + ["icl_shuffled", "icl_shuffled_tv", "icl_shuffled_fv"]].mean()).T
           .to_string(index=False, float_format="%.3f"))
-    print(f"top {args.n_heads} heads (layer, head): {heads}")
+    print(run.by_k.groupby("k")[["dev_accuracy", "accuracy"]].mean().to_string(float_format="%.3f"))
+    print(f"k = {run.k} (best mean dev accuracy); top heads (layer, head): {run.heads}")
+    if several is not None:
+        print(several.to_string(index=False, float_format="%.2f"))
 
 
 def cmd_prepare(args) -> None:
@@ -419,8 +427,9 @@ def main(argv=None) -> None:
     _add_model_args(p)
     _add_task_args(p, TASK_NAMES)
     _add_out_args(p)
-    p.add_argument("--k", dest="n_heads", type=_count, default=10,
-                   help="number of top heads summed into the function vector")
+    p.add_argument("--k", dest="n_heads", type=_count, default=None,
+                   help="number of top heads summed into the function vector (default: the best on dev of "
+                        "1, 2, 5, 10, 20)")
     p.add_argument("--n-effect", type=_count, default=10, help="ICL prompts per task for the heads' indirect effects")
     p.add_argument("--n-dev", type=_count, default=50)
     p.add_argument("--n-test", type=_count, default=50)

@@ -112,3 +112,25 @@ def robustness(model: Model, L: int):
     if robust is None:
         robust = analysis.robustness(model, analysis.quick_tasks(model, 1)[0], L, n=QUICK, sizes=(1, 4))
     return robust
+
+
+def function_vectors(model: Model):
+    """(comparison, several-vectors table) of the function-vector run: task and function vectors side by side,
+    heads' indirect effects, accuracy per layer and per head count; for a model with no stored run, a small
+    live one on two tasks."""
+    import json
+
+    from . import function_vectors as fv
+
+    parts = {part: _stored(model, "function_vectors", part) for part in ("head_effects", "per_layer", "by_k",
+                                                                         "several_vectors")}
+    table, heads = _stored(model, "function_vectors"), store.stored_file(
+        store.results_stem("function_vectors", model.name).name + "_heads.json")
+    if table is not None and heads is not None and all(p is not None for p in parts.values()):
+        k = json.loads(heads.read_text())["k"]
+        run = fv.Comparison(table, parts["head_effects"], parts["per_layer"], parts["by_k"], k,
+                            fv.top_heads(parts["head_effects"], k))
+        return run, parts["several_vectors"]
+    tasks, protocol = analysis.quick_tasks(model, 2), Protocol(n_dev=QUICK, n_test=QUICK)
+    run = fv.compare_methods(model, tasks, ks=(2, 5), n_effect=5, protocol=protocol)
+    return run, fv.several_vectors(model, tasks[:1], widths=(2,), protocol=protocol)

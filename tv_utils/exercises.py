@@ -487,3 +487,102 @@ def check_own_task(answer_with_theta, model, layer=None):
         return True, f"your answers {ref} match `analysis.own_task_answers` (dummies {', '.join(info['dummies'])})"
     return False, (f"expected {ref}, got {got}: demonstrations = all pairs but the last two, dummy queries = "
                    f"the last two inputs, θ = mean over the two dummy prompts at `layer`, then patch each query")
+
+
+# ---------------------------------------------------------------- 08: function vectors
+
+
+@_checker
+def check_head_contribution(head_contribution, model):
+    """Compare head_contribution(model, states, layer, head) (one head's share of the output projection, from
+    the heads' pre-projection states [N, n_heads, head_dim]) with `function_vectors.head_outputs`."""
+    import torch
+
+    from . import function_vectors as fv
+    from .prompts import DEFAULT_FORMAT as F
+
+    states = fv.head_states(model, model.encode([F.icl(_COLOURS, "Plum"), F.query("Sky")]))
+    for layer in sorted({model.n_layers // 2, model.n_layers - 1}):
+        ref_all = fv.head_outputs(model, states[:, layer], layer).float().cpu()  # [N, heads, hidden]
+        for head in (0, fv.n_heads(model) - 1):
+            got = _tensor(_call(head_contribution, model, states[:, layer].clone(), layer, head), "head outputs")
+            ref = ref_all[:, head]
+            if got.shape != ref.shape:
+                return False, f"expected one vector per prompt, shape {tuple(ref.shape)}, got {tuple(got.shape)}"
+            if _close(got, ref, model):
+                continue
+            if any(_close(got, ref_all[:, other], model) for other in range(ref_all.shape[1])):
+                return False, f"that is another head's share: head {head} reads columns head*d:(head+1)*d of W"
+            if _close(got, ref_all.sum(1), model):
+                return False, "that is the sum over all heads: keep only this head's slice of the state and of W"
+            return False, (f"layer {layer}, head {head}: off by up to {(got - ref).abs().max():.3g}; the projection's "
+                           f"weight is [hidden, n_heads*head_dim]: state_h @ W[:, h*d:(h+1)*d].T")
+    return True, "your head outputs match `function_vectors.head_outputs` for the first and last head at two layers"
+
+
+@_checker
+def check_indirect_effect(indirect_effect, model):
+    """Compare indirect_effect(model, seqs, answers, layer, head, state) (mean rise of p(answer) when one
+    head's state at the last token is set to `state`) with `function_vectors.head_patched_probs`."""
+    import torch
+
+    from . import function_vectors as fv
+    from .prompts import DEFAULT_FORMAT as F
+
+    seqs = model.encode([F.icl([("Apple", "Green"), ("Lime", "Red")], "Coal"), F.icl(_COLOURS[:1], "Sky"),
+                         F.query("Plum")])
+    answers = torch.tensor([ids[-1] for ids in model.encode([" Black", " Blue", " Purple"])])
+    dim = fv.head_blocks(model, 0).shape[-1]
+    state = torch.randn(dim, generator=torch.Generator().manual_seed(0)) * 20  # large, so the effect is large
+    clean = fv.head_patched_probs(model, seqs, answers, 0, 0, None)
+    for layer, head in ((model.n_layers // 2, 0), (model.n_layers - 1, fv.n_heads(model) - 1)):
+        patched = fv.head_patched_probs(model, seqs, answers, layer, head, state)
+        ref = (patched - clean).mean().item()
+        got = _call(indirect_effect, model, seqs, answers.clone(), layer, head, state.clone())
+        got = float(got.item() if isinstance(got, torch.Tensor) else got)
+        if abs(got - ref) <= 1e-4 * max(abs(ref), 1e-3):
+            continue
+        if abs(got + ref) <= 1e-4 * max(abs(ref), 1e-3):
+            return False, "the sign is flipped: the effect is p(patched) minus p(clean)"
+        if abs(got - patched.mean().item()) <= 1e-4 * max(abs(ref), 1e-3):
+            return False, "that is p(answer) with the patch; subtract p(answer) of the unpatched run"
+        return False, (f"layer {layer}, head {head}: expected {ref:.5f}, got {got:.5f}; write the state into "
+                       f"proj.input[:, -1, head*d:(head+1)*d] (the last token only) and compare with a clean run")
+    return True, "your indirect effects match `function_vectors.head_patched_probs` at two heads"
+
+
+def example_effects(seed: int = 0):
+    """A toy indirect-effect table (3 tasks, 4 layers x 3 heads) and per-head contributions [4, 3, 8]."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    cells = [(t, l, h) for t in ("a", "b", "c") for l in range(4) for h in range(3)]
+    effects = pd.DataFrame(cells, columns=["task", "layer", "head"]).assign(effect=rng.normal(size=len(cells)))
+    effects.loc[(effects.task == "a") & (effects.layer == 0) & (effects["head"] == 0), "effect"] = 9.0  # one task only
+    return effects, torch.tensor(rng.normal(size=(4, 3, 8)), dtype=torch.float32)
+
+
+@_checker
+def check_function_vector(build_function_vector, effects=None, contributions=None):
+    """Compare build_function_vector(contributions, effects, k) (the sum of the contributions of the k heads
+    with the largest mean effect over tasks) with `function_vectors.top_heads` on a toy table."""
+    import torch
+
+    from .function_vectors import top_heads
+
+    toy_effects, toy_contributions = example_effects()
+    effects = toy_effects if effects is None else effects
+    contributions = toy_contributions if contributions is None else contributions
+    for k in (1, 3):
+        heads = top_heads(effects, k)
+        ref = sum(contributions[layer, head] for layer, head in heads)
+        got = _tensor(_call(build_function_vector, contributions.clone(), effects.copy(), k), "a vector")
+        if got.shape != ref.shape:
+            return False, f"expected one vector of shape {tuple(ref.shape)}, got {tuple(got.shape)}"
+        if torch.allclose(got, ref, atol=1e-5):
+            continue
+        one_task = effects[effects.task == effects.task.iloc[0]].nlargest(k, "effect")
+        if torch.allclose(got, sum(contributions[r.layer, r.head] for r in one_task.itertuples()), atol=1e-5):
+            return False, "rank the heads by their mean effect over *all* tasks, not by one task's effects"
+        return False, f"k={k}: expected the sum over heads {heads} (the largest mean effects), got another vector"
+    return True, "your function vector sums the top heads by mean indirect effect, for k = 1 and 3"

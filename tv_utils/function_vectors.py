@@ -11,7 +11,7 @@ stream at one layer; a task vector *replaces* the residual state there.
 from __future__ import annotations
 
 import random
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from operator import attrgetter
 
 import pandas as pd
@@ -19,7 +19,8 @@ import torch
 
 from . import engine
 from .batches import chunks, pad_left
-from .experiments import PAPER, Protocol, accuracy, best_of, encode_queries, run_tasks, sample_split
+from .experiments import (PAPER, Protocol, accuracy, best_of, encode_queries, prepare_split, run_tasks,
+                          sample_split)
 from .models import Model
 from .prompts import DEFAULT_FORMAT, PromptFormat
 from .tasks import TASK_NAMES, Episode, get_task
@@ -28,15 +29,21 @@ from .tasks import TASK_NAMES, Episode, get_task
 HEAD_PROJECTIONS = ("self_attn.o_proj", "attn.c_proj", "attn.out_proj", "attention.dense")
 
 
-def out_projection(model: Model, layer: int) -> torch.nn.Module:
-    """The module that maps the concatenated heads back into the residual stream, in decoder layer `layer`."""
-    block = model.layers[model.check_layer(layer)]
+def projection_path(model: Model) -> str:
+    """Where the attention's output projection sits inside a decoder layer (e.g. "self_attn.o_proj")."""
+    block = model.layers[0]
     for path in HEAD_PROJECTIONS:
         try:
-            return attrgetter(path)(block)
+            attrgetter(path)(block)
+            return path
         except AttributeError:
             continue
     raise NotImplementedError(f"{type(block).__name__}: no attention output projection at {HEAD_PROJECTIONS}")
+
+
+def out_projection(model: Model, layer: int) -> torch.nn.Module:
+    """The module that maps the concatenated heads back into the residual stream, in decoder layer `layer`."""
+    return attrgetter(projection_path(model))(model.layers[model.check_layer(layer)])
 
 
 def n_heads(model: Model) -> int:
@@ -94,6 +101,28 @@ def head_states(model: Model, seqs: list[list[int]], batch_size: int = 32) -> to
         out.append(torch.stack(captured, dim=1))
     states = torch.cat(out)
     return states.view(*states.shape[:2], n_heads(model), -1)
+
+
+def _head_patch_trace(lm, projection, head_slice, state, batch):
+    """One nnsight trace: write `state` into one head's slice of the output projection's input at the last
+    token (nothing if None); the last position's logits come back."""
+    with lm.trace(batch, logits_to_keep=1):
+        if state is not None:
+            projection.input[:, -1, head_slice] = state
+        logits = lm.output.logits[:, -1].save()
+    return logits
+
+
+@torch.no_grad()
+def head_patched_probs(model: Model, seqs: list[list[int]], answers: torch.Tensor, layer: int, head: int,
+                       state: torch.Tensor | None) -> torch.Tensor:
+    """p(answer) per prompt with head `head` of `layer` set to `state` [head_dim] at the last token (None:
+    unpatched). The plain nnsight form of one cell of `indirect_effects`, which patches every head at once."""
+    dim = head_blocks(model, layer).shape[-1]
+    projection = attrgetter(projection_path(model))(model.nn_layers()[model.check_layer(layer)])
+    value = None if state is None else state.to(model.device, model.dtype)
+    logits = _head_patch_trace(model.nn, projection, slice(head * dim, (head + 1) * dim), value, pad_left(model, seqs))
+    return logits.float().softmax(-1).gather(1, answers.to(logits.device)[:, None])[:, 0].cpu()
 
 
 def shuffled_labels(episode: Episode, seed: int = 0) -> Episode:
@@ -192,28 +221,62 @@ def mapping_rank(task) -> float:
     return len({y for _, y in task.pairs}) / len(task.pairs)
 
 
-def compare_methods(model: Model, tasks=TASK_NAMES, k: int = 10, n_effect: int = 10, protocol: Protocol = PAPER,
-                    fmt: PromptFormat = DEFAULT_FORMAT) -> tuple[pd.DataFrame, pd.DataFrame]:
+K_CHOICES = (1, 2, 5, 10, 20)  # head counts tried for the function vector; the best mean dev accuracy wins
+
+
+@dataclass
+class Comparison:
+    """The side-by-side run: one row per task (`table`), every head's indirect effect per task (`effects`),
+    dev accuracy per task, method and layer (`per_layer`), function-vector accuracy per head count
+    (`by_k`), and the chosen head count `k` with its heads."""
+
+    table: pd.DataFrame
+    effects: pd.DataFrame
+    per_layer: pd.DataFrame
+    by_k: pd.DataFrame
+    k: int
+    heads: list[tuple[int, int]]
+
+
+def _curve(task, method: str, dev_acc) -> pd.DataFrame:
+    return pd.DataFrame({"task": task.name, "category": task.category, "method": method,
+                         "layer": range(len(dev_acc)), "dev_acc": dev_acc})
+
+
+def compare_methods(model: Model, tasks=TASK_NAMES, k: int | None = None, ks=K_CHOICES, n_effect: int = 10,
+                    protocol: Protocol = PAPER, fmt: PromptFormat = DEFAULT_FORMAT) -> Comparison:
     """Baseline, ICL, task vector (replaced), task vector added (minus the mean over tasks), function vector
-    (added), and both vectors on ICL prompts with shuffled labels, on the same episodes and scoring:
-    (one row per task, the indirect-effect table of every head and task)."""
+    (added), and both vectors on ICL prompts with shuffled labels, on the same episodes and scoring.
+
+    The function vector is tried with each head count in `ks` (layer chosen on dev, accuracy on test); the
+    count with the best mean dev accuracy is used for the table, unless `k` is given."""
     from tqdm.auto import tqdm
 
-    results, _ = run_tasks(model, tasks, protocol, fmt, progress=False)
-    effects, head_means, task_theta = [], {}, {}
+    tasks = [get_task(t) if isinstance(t, str) else t for t in tasks]
+    ks = sorted(set(ks) | ({k} if k else set()))
+    results, tv_curves = run_tasks(model, tasks, protocol, fmt, progress=False)
+    effects, head_means, task_theta = [], [], []
     for task in tqdm(tasks, desc="indirect effects and mean θ"):
-        table, head_means[task] = indirect_effects(model, task, n_effect, protocol, fmt)
+        table, mean = indirect_effects(model, task, n_effect, protocol, fmt)
         effects.append(table)
+        head_means.append(mean)
         _, dev, _ = sample_split(model, task, "dev", protocol.n_dev, protocol, fmt)
-        task_theta[task] = engine.episode_states(model, dev, fmt, icl=False)[0].float().mean(0)  # [L, H]
+        task_theta.append(engine.episode_states(model, dev, fmt, icl=False)[0].float().mean(0))  # [L, H]
     effects = pd.concat(effects, ignore_index=True)
+    centre = torch.stack(task_theta).mean(0)
+    runs = {n: [evaluate_vector(model, task, function_vector(model, mean, top_heads(effects, n)), protocol, fmt)
+                for task, mean in zip(tasks, head_means)]
+            for n in tqdm(ks, desc="function vectors per head count")}
+    by_k = pd.DataFrame([{"task": task.name, "category": task.category, "k": n, "accuracy": run["accuracy"],
+                          "dev_accuracy": max(run["dev_acc"]), "layer": run["layer"]}
+                         for n in ks for task, run in zip(tasks, runs[n])])
+    k = k or int(best_of(ks, [by_k[by_k.k == n].dev_accuracy.mean() for n in ks]))
     heads = top_heads(effects, k)
-    centre = torch.stack(list(task_theta.values())).mean(0)
-    rows = []
-    for task, (_, row) in tqdm(list(zip(tasks, results.iterrows())), desc="function vectors"):
-        vector = function_vector(model, head_means[task], heads)
-        fv_run = evaluate_vector(model, task, vector, protocol, fmt)
-        tv_add = evaluate_vector(model, task, task_theta[task] - centre, protocol, fmt)
+    rows, curves = [], []
+    for task, mean, fv_run, theta_mean, (_, row) in tqdm(list(zip(tasks, head_means, runs[k], task_theta,
+                                                                   results.iterrows())), desc="shuffled labels"):
+        vector = function_vector(model, mean, heads)
+        tv_add = evaluate_vector(model, task, theta_mean - centre, protocol, fmt)
         _, test, target = sample_split(model, task, "test", protocol.n_test, protocol, fmt)
         shuffled = model.encode([fmt.episode_icl(shuffled_labels(ep, protocol.seed)) for ep in test])
         theta, _ = engine.episode_states(model, test, fmt, icl=False)
@@ -226,6 +289,51 @@ def compare_methods(model: Model, tasks=TASK_NAMES, k: int = 10, n_effect: int =
             "icl_shuffled_tv": accuracy(model, engine.layer_sweep(model, shuffled, theta, [tv_layer])[:, 0], target),
             "icl_shuffled_fv": accuracy(model, added_sweep(model, shuffled, vector, [fv_run["layer"]])[:, 0], target),
             "tv_layer": tv_layer, "tv_add_layer": tv_add["layer"], "fv_layer": fv_run["layer"]})
-    table = pd.DataFrame(rows)
-    table.attrs["heads"] = heads
-    return table, effects
+        curves += [_curve(task, "tv", tv_curves[tv_curves.task == task.name].dev_acc.tolist()),
+                   _curve(task, "tv_add", tv_add["dev_acc"]), _curve(task, "fv", fv_run["dev_acc"])]
+    return Comparison(pd.DataFrame(rows), effects, pd.concat(curves, ignore_index=True), by_k, k, heads)
+
+
+RESISTANT_TASKS = ("en_es", "next_letter", "prev_letter")  # where one θ keeps least of ICL on this model
+
+
+@torch.no_grad()
+def patched_window(model: Model, seqs: list[list[int]], theta: torch.Tensor, first: int, width: int) -> torch.Tensor:
+    """Greedy answers with each prompt's own theta [n, n_layers, H] written at layers first..first+width-1."""
+    preds = []
+    for part in chunks(len(seqs), 64):
+        rows = torch.arange(part.stop - part.start, device=model.device)
+        patch = {layer: (rows, theta[part, layer]) for layer in range(first, first + width)}
+        final, _, _ = engine.forward(model, pad_left(model, seqs[part]), patch=patch)
+        preds.append(engine.predict(model, final))
+    return torch.cat(preds)
+
+
+def several_vectors(model: Model, tasks=RESISTANT_TASKS, widths=(2, 3), protocol: Protocol = PAPER,
+                    fmt: PromptFormat = DEFAULT_FORMAT) -> pd.DataFrame:
+    """Does more than one vector recover what a single θ loses? Per task, layers chosen on dev and accuracy
+    on test: the task vector (one θ at one layer); each episode's θ written at `width` adjacent layers; and
+    one θ that pools many episodes (the mean θ of the dev episodes) at one layer."""
+    layers = list(range(model.n_layers))
+    rows = []
+    for task in tasks:
+        dev = prepare_split(model, task, "dev", protocol.n_dev, protocol, fmt, icl=False)
+        test = prepare_split(model, task, "test", protocol.n_test, protocol, fmt, icl=False)
+
+        def row(method: str, width: int, layer: int, answers) -> dict:
+            return {"task": dev.task.name, "category": dev.task.category, "method": method, "width": width,
+                    "layer": layer, "accuracy": accuracy(model, answers, test.target)}
+
+        pooled = dev.theta.mean(0)  # [n_layers, H], shared by every query
+        for method, dev_theta, test_theta in (("task vector", dev.theta, test.theta),
+                                              (f"mean θ of {len(dev.episodes)} dev episodes", pooled, pooled)):
+            dev_acc = accuracy(model, engine.layer_sweep(model, dev.queries, dev_theta), dev.target[:, None], dim=0)
+            layer = best_of(layers, dev_acc)
+            rows.append(row(method, 1, layer, engine.layer_sweep(model, test.queries, test_theta, [layer])[:, 0]))
+        for width in widths:
+            firsts = layers[:model.n_layers - width + 1]
+            dev_acc = [accuracy(model, patched_window(model, dev.queries, dev.theta, f, width), dev.target) for f in firsts]
+            first = best_of(firsts, dev_acc)
+            rows.append(row(f"θ at {width} adjacent layers", width, first,
+                            patched_window(model, test.queries, test.theta, first, width)))
+    return pd.DataFrame(rows)

@@ -260,14 +260,63 @@ def method_bars(table: pd.DataFrame, x: str, y: str, colour: str, title: str, y_
     return fig
 
 
-def head_heatmap(effects: pd.DataFrame, top: list[tuple[int, int]] | None = None) -> go.Figure:
-    """Mean causal indirect effect of every attention head over tasks (layer x head), top heads outlined."""
+def head_heatmap(effects: pd.DataFrame, top: list[tuple[int, int]] | None = None, title: str | None = None) -> go.Figure:
+    """Causal indirect effect of every attention head (layer x head), averaged over the tasks in `effects`;
+    the top heads outlined."""
     mean = effects.groupby(["layer", "head"])["effect"].mean().unstack("head")
     fig = go.Figure(go.Heatmap(z=mean.to_numpy(), x=[f"head {h}" for h in mean.columns], y=mean.index,
-                               colorscale="RdBu", zmid=0, colorbar=dict(title="Δ p(answer)")))
+                               colorscale="RdBu", zmid=0, colorbar=dict(title="Δ p(answer)"),
+                               hovertemplate="layer %{y}, %{x}: Δ p(answer) %{z:.3f}<extra></extra>"))
     for layer, head in top or []:
         fig.add_shape(type="rect", x0=head - 0.5, x1=head + 0.5, y0=layer - 0.5, y1=layer + 0.5,
                       line=dict(color="black", width=2))
-    fig.update_layout(title="Indirect effect of each head (mean over tasks); top heads outlined",
+    fig.update_layout(title=title or "Indirect effect of each head (mean over tasks); top heads outlined",
                       xaxis_title="head", yaxis_title="layer", height=560)
+    return fig
+
+
+VECTOR_METHODS = {"tv": ("task vector (replaces the state)", "#ff7f0e"),
+                  "tv_add": ("task vector minus the mean θ, added", "#8c564b"),
+                  "fv": ("function vector (added)", "#2ca02c")}
+
+
+def vector_layer_curves(per_layer: pd.DataFrame, title: str) -> go.Figure:
+    """Dev accuracy per layer of the task vector and the function vector (one task, or the mean over tasks)."""
+    fig = go.Figure()
+    for method, (label, colour) in VECTOR_METHODS.items():
+        curve = per_layer[per_layer.method == method].groupby("layer")["dev_acc"].mean()
+        fig.add_scatter(x=curve.index, y=curve.to_numpy(), mode="lines+markers", name=label,
+                        line=dict(color=colour, width=3))
+    fig.update_layout(title=title, xaxis_title="layer", yaxis=dict(title="dev accuracy", range=[0, 1]),
+                      legend=TOP_LEGEND, height=440, margin=dict(t=110))
+    return fig
+
+
+def k_curve(by_k: pd.DataFrame, chosen: int | None = None) -> go.Figure:
+    """Function-vector accuracy against the number of heads summed (mean over tasks, dev and test)."""
+    mean = by_k.groupby("k")[["dev_accuracy", "accuracy"]].mean()
+    fig = go.Figure()
+    fig.add_scatter(x=mean.index, y=mean.dev_accuracy, mode="lines+markers", name="dev (best layer)")
+    fig.add_scatter(x=mean.index, y=mean.accuracy, mode="lines+markers", name="test (layer chosen on dev)")
+    if chosen is not None:
+        fig.add_vline(x=chosen, line_dash="dash", annotation_text=f"k = {chosen}")
+    fig.update_layout(title=f"Function-vector accuracy by number of heads (mean over {by_k.task.nunique()} tasks)",
+                      xaxis=dict(title="heads summed (k)", type="log", tickvals=list(mean.index)),
+                      yaxis=dict(title="accuracy", range=[0, 1]), legend=TOP_LEGEND, height=420, margin=dict(t=110))
+    return fig
+
+
+def mapping_rank_scatter(table: pd.DataFrame, methods=("icl", "tv", "fv")) -> go.Figure:
+    """Each method's accuracy per task against the task's mapping rank (distinct outputs per input)."""
+    labels = {"icl": ("ICL", METHOD_COLOURS["icl"]), **{m: VECTOR_METHODS[m] for m in ("tv", "tv_add", "fv")}}
+    fig = go.Figure()
+    for method in methods:
+        label, colour = labels[method]
+        fig.add_scatter(x=table.mapping_rank, y=table[method], mode="markers", name=label.split(" (")[0],
+                        marker=dict(color=colour, size=9), customdata=table.task,
+                        hovertemplate="%{customdata}: %{y:.2f}<extra></extra>")
+    fig.update_layout(title="Accuracy against mapping rank (1 = every input has its own output)",
+                      xaxis=dict(title="distinct outputs per input", range=[0, 1.05]),
+                      yaxis=dict(title="test accuracy", range=[0, 1.02]), legend=TOP_LEGEND, height=440,
+                      margin=dict(t=110))
     return fig

@@ -272,3 +272,28 @@ def results_explorer(results: pd.DataFrame, per_layer: pd.DataFrame) -> Explorer
     task.observe(redraw, "value")
     redraw()
     return Explorer([task, note, figure])
+
+
+def vector_explorer(run) -> Explorer:
+    """Pick a task (or all of them) in a function-vector comparison (`function_vectors.Comparison`): its test
+    accuracies, dev accuracy per layer of the task vector and the function vector, and every head's indirect
+    effect on it with the function vector's heads outlined."""
+    task = w.Dropdown(options=["all tasks"] + list(run.table.task), description="task")
+    note, curves, heatmap = w.HTML(), go.FigureWidget(), go.FigureWidget()
+
+    def redraw(_=None):
+        one = task.value != "all tasks"
+        pick = (lambda df: df[df.task == task.value]) if one else (lambda df: df)  # noqa: E731
+        rows = pick(run.table)
+        name = task.value if one else f"mean over {len(rows)} tasks"
+        layers = (f" (task vector at layer {rows.tv_layer.iloc[0]}, function vector at layer {rows.fv_layer.iloc[0]})"
+                  if one else "")
+        note.value = (f"<span class='tv-fv-note'><b>{html.escape(name)}</b>: test accuracy ICL {rows.icl.mean():.2f}, "
+                      f"task vector {rows.tv.mean():.2f}, function vector {rows.fv.mean():.2f}{layers}</span>")
+        _redraw(curves, plots.vector_layer_curves(pick(run.per_layer), f"{name}: dev accuracy by layer"))
+        _redraw(heatmap, plots.head_heatmap(pick(run.effects), run.heads,
+                                            f"{name}: indirect effect of each head (the {run.k} FV heads outlined)"))
+
+    task.observe(redraw, "value")
+    redraw()
+    return Explorer([task, note, curves, heatmap])
