@@ -324,3 +324,16 @@ def test_07_alpha_slider_and_own_task(browser, lab):
         rows = table.locator("tbody tr")
         assert [rows.nth(i).locator("td").first.inner_text() for i in range(rows.count())] == queries
         _shot(page, "07_beyond")
+
+
+def test_08_vector_explorer_switches_task(browser, lab):
+    with _run_all(browser, lab, "08_function_vectors") as page:
+        explorer = _widget(page, "08_function_vectors", ".tv-fv-note")
+        _assert_clean_run(page, "08_function_vectors")
+        note, select = explorer.locator(".tv-fv-note"), explorer.locator("select").first
+        expect(note).to_contain_text("mean over")
+        ms = _timed(page, lambda: select.select_option("en_es"), _text(".gtitle", "en_es: dev accuracy by layer"))
+        expect(note).to_contain_text("en_es")
+        expect(explorer.locator(".gtitle").nth(1)).to_contain_text("en_es: indirect effect")
+        _record_latency("08_function_vectors", "vector explorer (task dropdown)", ms)
+        _shot(page, "08_function_vectors")

@@ -63,16 +63,19 @@ def test_every_notebook_has_its_rated_exercises():
 
 def _solution(code: str, name: str):
     """The notebook's solution, defined with the names its notebook imports."""
+    from operator import attrgetter
+
     import pandas as pd
 
     from tv_utils import analysis, interventions
+    from tv_utils import function_vectors as fv
     from tv_utils.experiments import accuracy, best_of
     from tv_utils.prompts import DEFAULT_FORMAT
 
     namespace = {"np": np, "pd": pd, "torch": torch, "analysis": analysis, "pad_left": pad_left,
                  "capture": interventions.capture, "patched_logits": interventions.patched_logits,
                  "task_vectors": interventions.task_vectors, "accuracy": accuracy, "best_of": best_of,
-                 "DEFAULT_FORMAT": DEFAULT_FORMAT}
+                 "DEFAULT_FORMAT": DEFAULT_FORMAT, "fv": fv, "attrgetter": attrgetter}
     filename = f"<solution of {name}>"
     linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)  # nnsight reads the source
     exec(compile(code, filename, "exec"), namespace)
@@ -262,3 +265,25 @@ def test_plain_checkers_catch_method_mistakes(capsys):
     assert "Euclidean" in capsys.readouterr().out
     assert not ex.check_answer_rank(one_based_rank)
     assert "start at 1" in capsys.readouterr().out
+
+
+def next_head(model, states, layer, head):
+    return solution("head_contribution")(model, states, layer, (head + 1) % states.shape[1])
+
+
+def flipped_effect(model, seqs, answers, layer, head, state):
+    return -solution("indirect_effect")(model, seqs, answers, layer, head, state)
+
+
+def ranked_by_first_task(contributions, effects, k):
+    first = effects[effects.task == effects.task.iloc[0]].nlargest(k, "effect")
+    return sum(contributions[r.layer, r.head] for r in first.itertuples())
+
+
+def test_function_vector_checkers_explain_common_mistakes(capsys, tiny_llama):
+    ok, out = _verdict(capsys, ex.check_head_contribution, next_head, tiny_llama)
+    assert not ok and "another head's share" in out, out
+    ok, out = _verdict(capsys, ex.check_indirect_effect, flipped_effect, tiny_llama)
+    assert not ok and "sign is flipped" in out, out
+    ok, out = _verdict(capsys, ex.check_function_vector, ranked_by_first_task)
+    assert not ok and "not by one task's effects" in out, out

@@ -79,26 +79,30 @@ def test_comparison_table_has_every_method(tiny_llama):
     assert fixed.k == 2 and sorted(fixed.by_k.k.unique()) == [1, 2]
 
 
-def test_window_of_one_layer_is_the_task_vector_patch(tiny_llama):
-    """θ written at one layer through `patched_window` gives the engine's sweep answers; at two layers the
-    second write wins over what the first one led to (a donor's states at the last two layers = its answer)."""
+def test_adding_a_vector_after_the_task_vector(tiny_llama):
+    """A zero function vector leaves the task-vector answers as they are; a large one at the last layer wins."""
     from tv_utils import engine
 
     seqs = tiny_llama.encode(PROMPTS)
-    donor = tiny_llama.encode(PROMPTS[::-1])
-    theta = engine.forward(tiny_llama, pad_left(tiny_llama, donor), capture=True)[1]
-    last = tiny_llama.n_layers - 1
+    theta = engine.forward(tiny_llama, pad_left(tiny_llama, tiny_llama.encode(PROMPTS[::-1])), capture=True)[1]
+    zero = torch.zeros(tiny_llama.hf.config.hidden_size)
     sweep = engine.layer_sweep(tiny_llama, seqs, theta)
-    for layer in range(tiny_llama.n_layers):
-        assert torch.equal(fv.patched_window(tiny_llama, seqs, theta, layer, 1), sweep[:, layer])
-    assert torch.equal(fv.patched_window(tiny_llama, seqs, theta, last - 1, 2), engine.next_tokens(tiny_llama, donor))
+    for layer in range(tiny_llama.n_layers - 1):
+        assert torch.equal(fv.replaced_then_added(tiny_llama, seqs, theta[:, layer], layer, zero, layer + 1),
+                           sweep[:, layer])
+    big = tiny_llama.hf.lm_head.weight[7] * 1e3  # the unembedding row of token 7, scaled: it must win
+    last = tiny_llama.n_layers - 1
+    assert (fv.replaced_then_added(tiny_llama, seqs, theta[:, 0], 0, big, last) == 7).all()
 
 
 def test_several_vectors_table(tiny_llama):
     task = make_task("shift", list(zip("abcdefghijklmnop", "bcdefghijklmnopq")))
-    table = fv.several_vectors(tiny_llama, [task], widths=(2,), protocol=Protocol(k=3, n_dev=4, n_test=4))
-    assert list(table.method) == ["task vector", "mean θ of 4 dev episodes", "θ at 2 adjacent layers"]
-    assert table.accuracy.between(0, 1).all() and (table.layer + table.width <= tiny_llama.n_layers).all()
+    table = fv.several_vectors(tiny_llama, [task], heads=[(1, 0), (2, 1)], n_effect=3,
+                               protocol=Protocol(k=3, n_dev=4, n_test=4))
+    assert list(table.method)[:2] == ["task vector", "mean θ of 4 dev episodes"]
+    assert table.accuracy.between(0, 1).all()
+    if len(table) == 3:  # the task vector's layer was not the last
+        assert table.method[2] == "task vector + function vector" and table.add_layer[2] > table.layer[2]
 
 
 def test_head_patch_by_hand_equals_the_indirect_effects(tiny_llama):

@@ -338,7 +338,8 @@ def cmd_function_vectors(args) -> None:
     protocol = Protocol(n_dev=args.n_dev, n_test=args.n_test)
     run = function_vectors.compare_methods(model, args.tasks, k=args.n_heads, n_effect=args.n_effect, protocol=protocol)
     resistant = [t for t in function_vectors.RESISTANT_TASKS if t in args.tasks]
-    several = function_vectors.several_vectors(model, resistant, protocol=protocol) if resistant else None
+    several = (function_vectors.several_vectors(model, resistant, run.heads, args.n_effect, protocol)
+               if resistant else None)
     stem = _stem(args, "function_vectors", model.name)
     store.save_table(run.table, f"{stem}.csv")
     store.save_table(run.effects, f"{stem}_head_effects.csv")

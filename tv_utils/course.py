@@ -133,4 +133,4 @@ def function_vectors(model: Model):
         return run, parts["several_vectors"]
     tasks, protocol = analysis.quick_tasks(model, 2), Protocol(n_dev=QUICK, n_test=QUICK)
     run = fv.compare_methods(model, tasks, ks=(2, 5), n_effect=5, protocol=protocol)
-    return run, fv.several_vectors(model, tasks[:1], widths=(2,), protocol=protocol)
+    return run, fv.several_vectors(model, tasks[:1], run.heads, n_effect=5, protocol=protocol)

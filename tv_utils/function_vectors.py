@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from . import engine
-from .batches import chunks, pad_left
+from .batches import chunks, layer_hidden, pad_left
 from .experiments import (PAPER, Protocol, accuracy, best_of, encode_queries, prepare_split, run_tasks,
                           sample_split)
 from .models import Model
@@ -133,6 +133,14 @@ def shuffled_labels(episode: Episode, seed: int = 0) -> Episode:
     return replace(episode, demos=demos)
 
 
+def mean_head_states(model: Model, task, n: int = 10, protocol: Protocol = PAPER,
+                     fmt: PromptFormat = DEFAULT_FORMAT) -> torch.Tensor:
+    """Every head's state at the last token, averaged over n clean ICL prompts of the task's dev episodes:
+    [n_layers, n_heads, head_dim] (what a function vector is built from)."""
+    _, episodes, _ = sample_split(model, task, "dev", n, protocol, fmt)
+    return head_states(model, model.encode([fmt.episode_icl(ep) for ep in episodes])).mean(0)
+
+
 @torch.no_grad()
 def indirect_effects(model: Model, task, n: int = 10, protocol: Protocol = PAPER,
                      fmt: PromptFormat = DEFAULT_FORMAT, rows_per_pass: int = 512) -> tuple[pd.DataFrame, torch.Tensor]:
@@ -143,8 +151,7 @@ def indirect_effects(model: Model, task, n: int = 10, protocol: Protocol = PAPER
     Only the last token is re-run per head (the prompt before it is cached once).
     """
     usable, episodes, target = sample_split(model, task, "dev", n, protocol, fmt)
-    clean = model.encode([fmt.episode_icl(ep) for ep in episodes])
-    mean = head_states(model, clean).mean(0)  # [L, H, d]
+    mean = mean_head_states(model, task, n, protocol, fmt)
     shuffled = model.encode([fmt.episode_icl(shuffled_labels(ep, protocol.seed)) for ep in episodes])
     n_layers, heads, dim = mean.shape
     cells = [(layer, head) for layer in range(n_layers) for head in range(heads)]
@@ -294,46 +301,58 @@ def compare_methods(model: Model, tasks=TASK_NAMES, k: int | None = None, ks=K_C
     return Comparison(pd.DataFrame(rows), effects, pd.concat(curves, ignore_index=True), by_k, k, heads)
 
 
-RESISTANT_TASKS = ("en_es", "next_letter", "prev_letter")  # where one θ keeps least of ICL on this model
+RESISTANT_TASKS = ("en_es", "next_letter", "prev_letter")  # one-to-one maps, said to resist a single vector
 
 
 @torch.no_grad()
-def patched_window(model: Model, seqs: list[list[int]], theta: torch.Tensor, first: int, width: int) -> torch.Tensor:
-    """Greedy answers with each prompt's own theta [n, n_layers, H] written at layers first..first+width-1."""
-    preds = []
-    for part in chunks(len(seqs), 64):
-        rows = torch.arange(part.stop - part.start, device=model.device)
-        patch = {layer: (rows, theta[part, layer]) for layer in range(first, first + width)}
-        final, _, _ = engine.forward(model, pad_left(model, seqs[part]), patch=patch)
-        preds.append(engine.predict(model, final))
-    return torch.cat(preds)
+def replaced_then_added(model: Model, seqs: list[list[int]], theta: torch.Tensor, layer: int, vector: torch.Tensor,
+                        add_layer: int) -> torch.Tensor:
+    """Greedy answers with each prompt's θ [n, H] replacing its last-token state after `layer`, and `vector`
+    [H] added to that state after a later `add_layer`: a task vector and a function vector together."""
+    def add(_module, _args, output):
+        hidden = layer_hidden(output)
+        hidden[:, -1] += vector.to(hidden.device, hidden.dtype)
+
+    handle = model.layers[add_layer].register_forward_hook(add)
+    try:
+        final, _, _ = engine.forward(model, pad_left(model, seqs), patch={layer: (torch.arange(len(seqs)), theta)})
+    finally:
+        handle.remove()
+    return engine.predict(model, final)
 
 
-def several_vectors(model: Model, tasks=RESISTANT_TASKS, widths=(2, 3), protocol: Protocol = PAPER,
-                    fmt: PromptFormat = DEFAULT_FORMAT) -> pd.DataFrame:
-    """Does more than one vector recover what a single θ loses? Per task, layers chosen on dev and accuracy
-    on test: the task vector (one θ at one layer); each episode's θ written at `width` adjacent layers; and
-    one θ that pools many episodes (the mean θ of the dev episodes) at one layer."""
+@torch.no_grad()
+def several_vectors(model: Model, tasks=RESISTANT_TASKS, heads: list[tuple[int, int]] | None = None,
+                    n_effect: int = 10, protocol: Protocol = PAPER, fmt: PromptFormat = DEFAULT_FORMAT) -> pd.DataFrame:
+    """Does more than one vector recover what a single θ loses? Per task, layers chosen on dev and accuracy on
+    test: the task vector (one episode's θ at one layer); one θ pooling many episodes (the mean θ of the dev
+    episodes); and, given the function vector's `heads`, the task vector with the task's function vector added
+    at a later layer. (θ written at several adjacent layers is no new vector: the last write replaces the
+    last token's state, and nothing else reads that token's earlier states.)"""
     layers = list(range(model.n_layers))
     rows = []
     for task in tasks:
         dev = prepare_split(model, task, "dev", protocol.n_dev, protocol, fmt, icl=False)
         test = prepare_split(model, task, "test", protocol.n_test, protocol, fmt, icl=False)
 
-        def row(method: str, width: int, layer: int, answers) -> dict:
-            return {"task": dev.task.name, "category": dev.task.category, "method": method, "width": width,
-                    "layer": layer, "accuracy": accuracy(model, answers, test.target)}
+        def row(method: str, layer: int, answers, add_layer=None) -> dict:
+            return {"task": dev.task.name, "category": dev.task.category, "method": method, "layer": layer,
+                    "add_layer": add_layer, "accuracy": accuracy(model, answers, test.target)}
 
         pooled = dev.theta.mean(0)  # [n_layers, H], shared by every query
         for method, dev_theta, test_theta in (("task vector", dev.theta, test.theta),
                                               (f"mean θ of {len(dev.episodes)} dev episodes", pooled, pooled)):
             dev_acc = accuracy(model, engine.layer_sweep(model, dev.queries, dev_theta), dev.target[:, None], dim=0)
-            layer = best_of(layers, dev_acc)
-            rows.append(row(method, 1, layer, engine.layer_sweep(model, test.queries, test_theta, [layer])[:, 0]))
-        for width in widths:
-            firsts = layers[:model.n_layers - width + 1]
-            dev_acc = [accuracy(model, patched_window(model, dev.queries, dev.theta, f, width), dev.target) for f in firsts]
-            first = best_of(firsts, dev_acc)
-            rows.append(row(f"θ at {width} adjacent layers", width, first,
-                            patched_window(model, test.queries, test.theta, first, width)))
-    return pd.DataFrame(rows)
+            best = best_of(layers, dev_acc)
+            rows.append(row(method, best, engine.layer_sweep(model, test.queries, test_theta, [best])[:, 0]))
+            if method == "task vector":
+                layer = best
+        later = layers[layer + 1:]
+        if heads and later:
+            vector = function_vector(model, mean_head_states(model, task, n_effect, protocol, fmt), heads)
+            dev_acc = [accuracy(model, replaced_then_added(model, dev.queries, dev.theta[:, layer], layer, vector, m),
+                                dev.target) for m in later]
+            m = best_of(later, dev_acc)
+            rows.append(row("task vector + function vector", layer,
+                            replaced_then_added(model, test.queries, test.theta[:, layer], layer, vector, m), m))
+    return pd.DataFrame(rows).astype({"add_layer": "Int64"})  # empty where nothing is added

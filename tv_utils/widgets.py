@@ -279,7 +279,7 @@ def vector_explorer(run) -> Explorer:
     accuracies, dev accuracy per layer of the task vector and the function vector, and every head's indirect
     effect on it with the function vector's heads outlined."""
     task = w.Dropdown(options=["all tasks"] + list(run.table.task), description="task")
-    note, curves, heatmap = w.HTML(), go.FigureWidget(), go.FigureWidget()
+    note, curves, heatmap = w.HTML(), go.FigureWidget(), w.Output()  # one FigureWidget: each saves plotly.js
 
     def redraw(_=None):
         one = task.value != "all tasks"
@@ -291,8 +291,8 @@ def vector_explorer(run) -> Explorer:
         note.value = (f"<span class='tv-fv-note'><b>{html.escape(name)}</b>: test accuracy ICL {rows.icl.mean():.2f}, "
                       f"task vector {rows.tv.mean():.2f}, function vector {rows.fv.mean():.2f}{layers}</span>")
         _redraw(curves, plots.vector_layer_curves(pick(run.per_layer), f"{name}: dev accuracy by layer"))
-        _redraw(heatmap, plots.head_heatmap(pick(run.effects), run.heads,
-                                            f"{name}: indirect effect of each head (the {run.k} FV heads outlined)"))
+        _show(heatmap, plots.head_heatmap(pick(run.effects), run.heads,
+                                          f"{name}: indirect effect of each head (the {run.k} FV heads outlined)"))
 
     task.observe(redraw, "value")
     redraw()
