@@ -5,73 +5,83 @@ import pandas as pd
 import pytest
 import torch
 
-from tv_utils import analysis, interventions as iv
-from tv_utils.experiments import Protocol
+from tv_utils import interventions as iv
+from tv_utils.analyses import beyond, conflict, geometry, vocab
+from tv_utils.experiments import Protocol, default_layer
 
 P = Protocol(k=3, n_dev=6, n_test=6)
 
 
 def test_conflicting_tasks_table(tiny_llama):
-    table = analysis.conflicting_tasks(tiny_llama, [("next_letter", "to_upper")], n=6, layer=1, protocol=P)
+    table = conflict.conflicting_tasks(tiny_llama, [("next_letter", "to_upper")], n=6, layer=1, protocol=P)
     assert list(table.method) == ["ICL (demos of A)", "ICL + theta of B"]
     assert table[["acc_a", "acc_b"]].apply(lambda c: c.between(0, 1)).all().all()
     with pytest.raises(KeyError, match="valid tasks"):
-        analysis.conflicting_tasks(tiny_llama, [("next_letter", "to_uper")], n=6, layer=1, protocol=P)
+        conflict.conflicting_tasks(tiny_llama, [("next_letter", "to_uper")], n=6, layer=1, protocol=P)
     with pytest.raises(ValueError, match="share only 0 inputs"):
-        analysis.conflicting_tasks(tiny_llama, [("en_fr", "to_upper")], n=6, layer=1, protocol=P)
+        conflict.conflicting_tasks(tiny_llama, [("en_fr", "to_upper")], n=6, layer=1, protocol=P)
     with pytest.raises(ValueError, match="valid layers are 0..3"):
-        analysis.conflicting_tasks(tiny_llama, [("next_letter", "to_upper")], n=6, layer=9, protocol=P)
+        conflict.conflicting_tasks(tiny_llama, [("next_letter", "to_upper")], n=6, layer=9, protocol=P)
+
+
+def test_run_writes_the_table_it_returns(tiny_llama, tmp_path):
+    from tv_utils import store
+
+    table = conflict.run(tiny_llama, [("next_letter", "to_upper")], n=6, layer=1, out_dir=tmp_path, figures=False)
+    path = store.suffixed(store.results_stem("conflict", tiny_llama.name, tmp_path), ".csv")
+    assert list(tmp_path.iterdir()) == [path]
+    pd.testing.assert_frame_equal(pd.read_csv(path), table.round(4), check_dtype=False)
 
 
 def test_interpolation_endpoints_are_the_pure_vectors(tiny_llama):
-    table = analysis.interpolate(tiny_llama, "list_last", "list_first", alphas=[0, 0.5, 1], layer=2, n=6,
-                                 scales=[1.0], protocol=P)
+    table = beyond.interpolate(tiny_llama, "list_last", "list_first", alphas=[0, 0.5, 1], layer=2, n=6,
+                               scales=[1.0], protocol=P)
     alpha = table[table.kind == "alpha"].set_index("value")
     scale_one = table[(table.kind == "scale") & (table.value == 1.0)].iloc[0]
     assert alpha.loc[1.0, "acc_a"] == scale_one.acc_a and alpha.loc[1.0, "acc_b"] == scale_one.acc_b
     with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
-        analysis.interpolate(tiny_llama, "list_last", "list_first", alphas=[1.5], layer=2, protocol=P)
+        beyond.interpolate(tiny_llama, "list_last", "list_first", alphas=[1.5], layer=2, protocol=P)
 
 
 def test_patch_shared_with_mix_equals_pure_vector(tiny_llama):
     seqs = tiny_llama.encode(["example:a->", "example:bc->"])
     a, b = torch.randn(2, 32) * 5
     for alpha, pure in ((1.0, a), (0.0, b)):
-        mixed = analysis.patch_shared(tiny_llama, seqs, alpha * a + (1 - alpha) * b, 2)
+        mixed = beyond.patch_shared(tiny_llama, seqs, alpha * a + (1 - alpha) * b, 2)
         expected = iv.patched_logits(tiny_llama, seqs, pure, 2).argmax(-1)
         assert torch.equal(mixed, expected)
 
 
 def test_library_round_trip(tiny_llama, tmp_path):
-    lib = analysis.build_library(tiny_llama, ["next_letter", "to_upper"], layer=2, n=4, protocol=P)
+    lib = beyond.build_library(tiny_llama, ["next_letter", "to_upper"], layer=2, n=4, protocol=P)
     path = lib.save(tmp_path / "lib")
-    loaded = analysis.Library.load(path)
+    loaded = beyond.Library.load(path)
     assert loaded.layer == 2 and loaded.meta["to_upper"]["n_episodes"] == 4
     for task in lib.vectors:
         assert torch.equal(loaded.vectors[task], lib.vectors[task])
         inputs = ["a", "q", "m"]
-        assert analysis.apply_library(tiny_llama, loaded, task, inputs) == analysis.apply_library(
+        assert beyond.apply_library(tiny_llama, loaded, task, inputs) == beyond.apply_library(
             tiny_llama, lib, task, inputs)
     with pytest.raises(KeyError, match="holds: next_letter, to_upper"):
         loaded.get("en_fr")
     with pytest.raises(ValueError, match="empty"):
-        analysis.Library("m", 0, {}).save(tmp_path / "empty")
-    cost = analysis.reuse_cost(tiny_llama, loaded, ["next_letter"], n=6, protocol=P)
+        beyond.Library("m", 0, {}).save(tmp_path / "empty")
+    cost = beyond.reuse_cost(tiny_llama, loaded, ["next_letter"], n=6, protocol=P)
     icl, stored = cost.set_index("method").loc[["ICL", "stored theta"], "prompt_tokens"]
     assert icl > 3 * stored
 
 
 def test_geometry_scores_and_embeddings(tiny_llama):
-    tv = analysis.collect_task_vectors(tiny_llama, ["next_letter", "to_upper", "list_first"], n=8, protocol=P,
+    tv = geometry.collect_task_vectors(tiny_llama, ["next_letter", "to_upper", "list_first"], n=8, protocol=P,
                                        progress=False)
     assert tv.theta.shape == (24, 4, 32) and len(tv.meta) == 24
-    scores = analysis.geometry_scores(tv)
+    scores = geometry.geometry_scores(tv)
     assert list(scores.layer) == [0, 1, 2, 3] and scores.knn_accuracy.between(0, 1).all()
-    emb = analysis.embeddings(tv, [2], methods=("tsne",))
+    emb = geometry.embeddings(tv, [2], methods=("tsne",))
     assert emb.shape[0] == 24 and np.isfinite(emb[["x", "y"]]).all().all()
-    dist = analysis.distance_table(tv, 2)
+    dist = geometry.distance_table(tv, 2)
     assert len(dist) == 24 * 23 // 2 and set(dist.pair) == {"within task", "between tasks"}
-    assert len(analysis.nearest_tasks(tv, 2)) == 3
+    assert len(geometry.nearest_tasks(tv, 2)) == 3
 
 
 def test_geometry_separates_clusters():
@@ -80,9 +90,9 @@ def test_geometry_separates_clusters():
     centres = rng.normal(size=(3, 16)) * 10
     x = np.concatenate([c + rng.normal(size=(10, 16)) for c in centres])
     meta = __import__("pandas").DataFrame({"task": np.repeat(["a", "b", "c"], 10)})
-    clustered = analysis.TaskVectors("m", torch.tensor(x)[:, None], meta)
-    noise = analysis.TaskVectors("m", torch.tensor(rng.normal(size=(30, 16)))[:, None], meta)
-    good, bad = analysis.geometry_scores(clustered).iloc[0], analysis.geometry_scores(noise).iloc[0]
+    clustered = geometry.TaskVectors("m", torch.tensor(x)[:, None], meta)
+    noise = geometry.TaskVectors("m", torch.tensor(rng.normal(size=(30, 16)))[:, None], meta)
+    good, bad = geometry.geometry_scores(clustered).iloc[0], geometry.geometry_scores(noise).iloc[0]
     assert good.knn_accuracy == 1.0 and good.silhouette > 0.5
     assert bad.knn_accuracy < 0.7 and bad.silhouette < 0.1
 
@@ -90,38 +100,38 @@ def test_geometry_separates_clusters():
 def test_projection_of_last_layer_is_the_models_own_output(tiny_llama):
     seqs = tiny_llama.encode(["example:ab->", "x->"])
     states = iv.capture(tiny_llama, seqs)
-    logp = analysis.project(tiny_llama, states[:, -1])
+    logp = vocab.project(tiny_llama, states[:, -1])
     expected = torch.log_softmax(iv.patched_logits(tiny_llama, seqs, None, None), -1)
     torch.testing.assert_close(logp, expected, atol=1e-4, rtol=0)
 
 
 def test_vocabulary_projection_tables(tiny_llama):
-    top, ranks = analysis.vocabulary_projection(tiny_llama, ["next_letter"], layers=[1, 3], n=4, k=3, protocol=P)
+    top, ranks = vocab.vocabulary_projection(tiny_llama, ["next_letter"], layers=[1, 3], n=4, k=3, protocol=P)
     assert set(ranks.layer) == {1, 3} and ranks.top1.between(0, 1).all()
     assert set(top.columns) >= {"task", "layer", "rank", "token", "prob", "specific", "shared_by"}
     assert top.empty  # a char tokenizer has no word-like tokens (two letters or more) to list
 
 
 def test_robustness_conditions(tiny_llama):
-    table = analysis.robustness(tiny_llama, "next_letter", layer=2, n=6, sizes=(1, 2), protocol=P)
+    table = beyond.robustness(tiny_llama, "next_letter", layer=2, n=6, sizes=(1, 2), protocol=P)
     assert list(table.condition) == ["θ from 1 other episode", "mean θ of 2 other episodes",
                                      "demos with shuffled answers", "own episode (paper)"]
     with pytest.raises(ValueError, match="valid layers"):
-        analysis.robustness(tiny_llama, "next_letter", layer=-1, n=6, protocol=P)
+        beyond.robustness(tiny_llama, "next_letter", layer=-1, n=6, protocol=P)
 
 
 def test_shuffled_demos_break_every_pair():
     from tv_utils.tasks import Episode
 
     ep = Episode(tuple((c, c.upper()) for c in "abcde"), ("x", "y"), ("q", "Q"))
-    shuffled = analysis._shuffled(ep, np.random.default_rng(0))
+    shuffled = beyond._shuffled(ep, np.random.default_rng(0))
     assert all(y != x.upper() for x, y in shuffled.demos)
     assert sorted(y for _, y in shuffled.demos) == list("ABCDE")
 
 
 def test_task_vectors_save_and_load(tiny_llama, tmp_path):
-    tv = analysis.collect_task_vectors(tiny_llama, ["next_letter", "to_upper"], n=4, protocol=P, progress=False)
-    loaded = analysis.TaskVectors.load(tv.save(tmp_path / "tv", layers=[1, 3]))
+    tv = geometry.collect_task_vectors(tiny_llama, ["next_letter", "to_upper"], n=4, protocol=P, progress=False)
+    loaded = geometry.TaskVectors.load(tv.save(tmp_path / "tv", layers=[1, 3]))
     assert loaded.saved_layers == [1, 3] and loaded.meta.equals(tv.meta)
     torch.testing.assert_close(loaded.theta[:, 3], tv.theta[:, 3].half().float())
 
@@ -152,4 +162,4 @@ def test_default_layer_is_the_best_mean_dev_layer(tiny_llama, tmp_path):
 
     per_layer = pd.DataFrame({"layer": [0, 1, 2, 0, 1, 2], "dev_acc": [0.1, 0.3, 0.9, 0.2, 0.8, 0.1]})
     store.save_table(per_layer, tmp_path / f"reproduce_{tiny_llama.name.replace('/', '_')}_per_layer.csv")
-    assert analysis.default_layer(tiny_llama, tmp_path) == 1  # means 0.15, 0.55, 0.50
+    assert default_layer(tiny_llama, tmp_path) == 1  # means 0.15, 0.55, 0.50

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from tv_utils import course, store
+from tv_utils import course, experiments, store
 from tv_utils.experiments import best_mean_layer
 
 
@@ -22,11 +22,11 @@ def test_setup_reads_L_from_the_stored_run(gemma, capsys):
 
 
 def test_every_fallback_runs_on_a_model_without_results(tiny_llama, no_stored_results):
-    tasks = course.analysis.quick_tasks(tiny_llama)
+    tasks = experiments.quick_tasks(tiny_llama)
     assert len(tasks) == 4 and "en_fr" not in tasks  # one token per character: no French word is one token
     results, per_layer = course.reproduce_tables(tiny_llama)
     assert len(results) == 3 and set(per_layer.layer) == set(range(tiny_llama.n_layers))
-    L = course.analysis.default_layer(tiny_llama)
+    L = experiments.default_layer(tiny_llama)
     depth, best = course.depth_tables(tiny_llama, per_layer)
     assert best.best_layer.tolist() == [best_mean_layer(per_layer)] and depth is per_layer
     tv, emb, scores, nearest = course.geometry(tiny_llama, L)
@@ -35,7 +35,7 @@ def test_every_fallback_runs_on_a_model_without_results(tiny_llama, no_stored_re
     table = course.conflict(tiny_llama)
     assert {"task_a", "task_b", "method", "acc_a", "acc_b"} <= set(table.columns)
     top, ranks = course.vocab(tiny_llama)
-    assert set(ranks.task) == set(course.analysis.quick_tasks(tiny_llama)) and "token" in top  # no word tokens here
+    assert set(ranks.task) == set(experiments.quick_tasks(tiny_llama)) and "token" in top  # no word tokens here
     mix = course.interpolation(tiny_llama, L, "list_last", "list_first")
     assert len(mix)
     library = course.library(tiny_llama, L)
@@ -54,9 +54,9 @@ def test_function_vectors_read_the_stored_run(gemma):
 
 
 def test_quick_tasks_say_when_the_tokenizer_scores_none(tiny_llama, monkeypatch):
-    monkeypatch.setattr(course.analysis, "usable_task", lambda task, tok: (task.__class__(task.name, task.category, ()), {}))
+    monkeypatch.setattr(experiments, "usable_task", lambda task, tok: (task.__class__(task.name, task.category, ()), {}))
     with pytest.raises(ValueError, match="scores none of the tasks"):
-        course.analysis.quick_tasks(tiny_llama)
+        experiments.quick_tasks(tiny_llama)
 
 
 def test_results_stem_keeps_dots_in_model_names(tmp_path):

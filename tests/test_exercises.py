@@ -67,12 +67,12 @@ def _solution(code: str, name: str):
 
     import pandas as pd
 
-    from tv_utils import analysis, interventions
-    from tv_utils import function_vectors as fv
+    from tv_utils import interventions
+    from tv_utils.analyses import function_vectors as fv
     from tv_utils.experiments import accuracy, best_of
     from tv_utils.prompts import DEFAULT_FORMAT
 
-    namespace = {"np": np, "pd": pd, "torch": torch, "analysis": analysis, "pad_left": pad_left,
+    namespace = {"np": np, "pd": pd, "torch": torch, "pad_left": pad_left,
                  "capture": interventions.capture, "patched_logits": interventions.patched_logits,
                  "task_vectors": interventions.task_vectors, "accuracy": accuracy, "best_of": best_of,
                  "DEFAULT_FORMAT": DEFAULT_FORMAT, "fv": fv, "attrgetter": attrgetter}

@@ -3,7 +3,7 @@ touches exactly one head."""
 
 import torch
 
-from tv_utils import function_vectors as fv
+from tv_utils.analyses import function_vectors as fv
 from tv_utils.batches import pad_left
 from tv_utils.experiments import Protocol
 from tv_utils.tasks import make_task

@@ -3,7 +3,9 @@ install-model}`.
 
 Arguments are checked before any weights load (tasks and task files, counts, layers against the model's config,
 device, dtype): bad input exits with status 2 and one line on stderr, in seconds, writing nothing. Errors the kit
-reports while running exit with status 1 and one line; Ctrl-C exits with 130.
+reports while running exit with status 1 and one line; Ctrl-C exits with 130. Each analysis command then loads
+the model and calls its module's `run` in `tv_utils.analyses`, which writes the tables and figures; the command
+prints a summary.
 """
 
 from __future__ import annotations
@@ -147,7 +149,7 @@ def _check(args) -> None:
     if args.command == "beyond":
         pairs = [(args.task_a, args.task_b)]
     for a, b in pairs:
-        from .analysis import shared_queries
+        from .analyses.conflict import shared_queries
 
         unknown = [t for t in (a, b) if t not in TASK_NAMES]
         if unknown:
@@ -181,15 +183,7 @@ def _raised_by_kit(e: BaseException) -> bool:
     tb = e.__traceback__
     while tb.tb_next is not None:
         tb = tb.tb_next
-    return Path(tb.tb_frame.f_code.co_filename).parent == Path(__file__).parent
-
-
-def _figure(args, fig, stem: str) -> None:
-    """Save a figure (HTML and PNG) unless --no-figures."""
-    from . import store
-
-    if not args.no_figures:
-        store.save_figure(fig, stem)
+    return Path(tb.tb_frame.f_code.co_filename).is_relative_to(Path(__file__).parent)
 
 
 def _load(args):
@@ -218,81 +212,37 @@ def cmd_reproduce(args) -> None:
           f"{_peak_memory(model)}; results and figures in {results_folder(args.out)}/")
 
 
-def _stem(args, analysis: str, model_name: str):
-    from .store import results_stem
-
-    return results_stem(analysis, model_name, args.out)
-
-
 def cmd_depth(args) -> None:
-    import pandas as pd
-    from tqdm.auto import tqdm
+    from .analyses import depth
 
-    from . import analysis, plots, store
-    from .models import load_model
-
-    curves = []
-    for name in args.models:
-        model = load_model(name, device=args.device, dtype=args.dtype)
-        for task in tqdm(args.tasks, desc=name):
-            curves.append(analysis.layer_accuracy(model, task, n=args.n))
-        del model
-    per_layer = pd.concat(curves, ignore_index=True)
-    best = analysis.best_depth(per_layer)
-    stem = store.results_folder(args.out) / "depth"
-    store.save_table(per_layer, f"{stem}_per_layer.csv")
-    store.save_table(best, f"{stem}_best.csv")
-    _figure(args, plots.layer_curves(per_layer, relative=True, title="Task-vector accuracy by relative depth"),
-            f"{stem}_curves")
-    print(best.to_string(index=False, float_format="%.3f"))
+    result = depth.run(args.models, args.tasks, n=args.n, out_dir=args.out, figures=not args.no_figures,
+                       device=args.device, dtype=args.dtype)
+    print(result["best"].to_string(index=False, float_format="%.3f"))
 
 
 def cmd_geometry(args) -> None:
-    from . import analysis, plots, store
+    from .analyses import geometry
 
-    model = _load(args)
-    layer = args.layer if args.layer is not None else analysis.default_layer(model, args.out)
-    tv = analysis.collect_task_vectors(model, args.tasks, n=args.n)
-    layers = sorted({max(0, layer - 4), layer, min(model.n_layers - 1, layer + 4)})
-    emb = analysis.embeddings(tv, layers)
-    scores = analysis.geometry_scores(tv)
-    nearest = analysis.nearest_tasks(tv, layer)
-    stem = _stem(args, "geometry", model.name)
-    store.save_table(emb, f"{stem}_embeddings.csv")
-    store.save_table(scores, f"{stem}_scores.csv")
-    store.save_table(nearest, f"{stem}_nearest.csv")
-    tv.save(f"{stem}_theta", layers)
-    distances = analysis.distance_table(tv, layer)
-    store.save_table(distances.groupby("pair")["distance"].describe().reset_index(), f"{stem}_distances.csv")
-    for method in ("tsne", "umap"):
-        _figure(args, plots.geometry_scatter(emb, layer, method), f"{stem}_{method}")
-    _figure(args, plots.distance_histogram(distances), f"{stem}_distances")
-    print(scores.to_string(index=False, float_format="%.3f"))
-    print(nearest.to_string(index=False, float_format="%.3f"))
+    result = geometry.run(_load(args), args.tasks, n=args.n, layer=args.layer, out_dir=args.out,
+                          figures=not args.no_figures)
+    print(result["scores"].to_string(index=False, float_format="%.3f"))
+    print(result["nearest"].to_string(index=False, float_format="%.3f"))
 
 
 def cmd_conflict(args) -> None:
-    from . import analysis, plots, store
+    from .analyses import conflict
 
-    model = _load(args)
-    table = analysis.conflicting_tasks(model, args.pairs or analysis.PAPER_CONFLICTS, n=args.n, layer=args.layer)
-    stem = _stem(args, "conflict", model.name)
-    store.save_table(table, f"{stem}.csv")
-    _figure(args, plots.conflict_bars(table), stem)
+    table = conflict.run(_load(args), args.pairs or conflict.PAPER_CONFLICTS, n=args.n, layer=args.layer,
+                         out_dir=args.out, figures=not args.no_figures)
     print(table.to_string(index=False, float_format="%.2f"))
 
 
 def cmd_vocab(args) -> None:
-    from . import analysis, plots, store
+    from .analyses import vocab
 
-    model = _load(args)
-    layer = args.layer if args.layer is not None else analysis.default_layer(model, args.out)
-    top, ranks = analysis.vocabulary_projection(model, args.tasks, n=args.n)
-    stem = _stem(args, "vocab", model.name)
-    store.save_table(top, f"{stem}_top_tokens.csv")
-    store.save_table(ranks, f"{stem}_answer_rank.csv")
-    _figure(args, plots.top_tokens_table(top[top.specific], layer), f"{stem}_top_tokens")
-    _figure(args, plots.answer_rank_curves(ranks, highlight=layer), f"{stem}_answer_rank")
+    result = vocab.run(_load(args), args.tasks, n=args.n, layer=args.layer, out_dir=args.out,
+                       figures=not args.no_figures)
+    top, layer = result["top_tokens"], result["layer"]
     for specific, title in ((False, "raw"), (True, "task-specific (tokens shared by many tasks removed)")):
         at = top[(top.layer == layer) & (top.specific == specific)]
         print(f"top tokens of mean theta at layer {layer}, {title}:")
@@ -300,63 +250,30 @@ def cmd_vocab(args) -> None:
 
 
 def cmd_beyond(args) -> None:
-    import pandas as pd
+    from .analyses import beyond
 
-    from . import analysis, plots, store
-
-    model = _load(args)
-    layer = args.layer if args.layer is not None else analysis.default_layer(model, args.out)
-    stem = _stem(args, "beyond", model.name)
-    mix = analysis.interpolate(model, args.task_a, args.task_b, layer=layer, n=args.n)
-    store.save_table(mix, f"{stem}_interpolation.csv")
-    _figure(args, plots.interpolation_curves(mix), f"{stem}_interpolation")
-    library = analysis.build_library(model, args.tasks, layer, n=args.n)
-    library.save(_stem(args, "library", model.name))
-    cost = analysis.reuse_cost(model, library, args.tasks, n=args.n)
-    store.save_table(cost, f"{stem}_reuse_cost.csv")
-    _figure(args, plots.method_bars(cost, "task", "accuracy", "method", "ICL vs stored θ: accuracy"),
-            f"{stem}_reuse_accuracy")
-    robust = pd.concat([analysis.robustness(model, t, layer, n=args.n) for t in args.tasks], ignore_index=True)
-    store.save_table(robust, f"{stem}_robustness.csv")
-    _figure(args, plots.method_bars(robust, "task", "accuracy", "condition", "Where θ comes from"),
-            f"{stem}_robustness")
-    means = cost.groupby("method")[["prompt_tokens", "ms_per_query", "accuracy"]].mean()
-    print(mix.to_string(index=False, float_format="%.2f"))
+    result = beyond.run(_load(args), args.tasks, args.task_a, args.task_b, n=args.n, layer=args.layer,
+                        out_dir=args.out, figures=not args.no_figures)
+    means = result["reuse_cost"].groupby("method")[["prompt_tokens", "ms_per_query", "accuracy"]].mean()
+    print(result["interpolation"].to_string(index=False, float_format="%.2f"))
     print(means.to_string(float_format="%.2f"))
     ratio = means.loc["ICL"] / means.loc["stored theta"]
     print(f"ICL / stored theta: {ratio['prompt_tokens']:.1f}x prompt tokens, {ratio['ms_per_query']:.1f}x time per query")
-    print(robust.to_string(index=False, float_format="%.2f"))
+    print(result["robustness"].to_string(index=False, float_format="%.2f"))
 
 
 def cmd_function_vectors(args) -> None:
     import pandas as pd
 
-    from . import function_vectors, plots, store
+    from .analyses import function_vectors as fv
     from .experiments import Protocol
 
-    model = _load(args)
-    protocol = Protocol(n_dev=args.n_dev, n_test=args.n_test)
-    run = function_vectors.compare_methods(model, args.tasks, k=args.n_heads, n_effect=args.n_effect, protocol=protocol)
-    resistant = [t for t in function_vectors.RESISTANT_TASKS if t in args.tasks]
-    several = (function_vectors.several_vectors(model, resistant, run.heads, args.n_effect, protocol)
-               if resistant else None)
-    stem = _stem(args, "function_vectors", model.name)
-    store.save_table(run.table, f"{stem}.csv")
-    store.save_table(run.effects, f"{stem}_head_effects.csv")
-    store.save_table(run.per_layer, f"{stem}_per_layer.csv")
-    store.save_table(run.by_k, f"{stem}_by_k.csv")
-    if several is not None:
-        store.save_table(several, f"{stem}_several_vectors.csv")
-    store.save_json({"model": model.name, "k": run.k, "k_choices": sorted(run.by_k.k.unique().tolist()),
-                     "top_heads": [list(h) for h in run.heads]}, f"{stem}_heads.json")
-    _figure(args, plots.head_heatmap(run.effects, run.heads), f"{stem}_heads")
-    _figure(args, plots.k_curve(run.by_k, run.k), f"{stem}_by_k")
-    methods = ["baseline", "icl", "tv", "tv_add", "fv"]
-    long = run.table.melt(id_vars=["task"], value_vars=methods, var_name="method", value_name="accuracy")
-    _figure(args, plots.method_bars(long, "task", "accuracy", "method", "Task vectors and function vectors"),
-            f"{stem}_accuracy")
+    result = fv.run(_load(args), args.tasks, k=args.n_heads, n_effect=args.n_effect,
+                    protocol=Protocol(n_dev=args.n_dev, n_test=args.n_test), out_dir=args.out,
+                    figures=not args.no_figures)
+    run, several = result["comparison"], result["several_vectors"]
     print(run.table.to_string(index=False, float_format="%.2f"))
-    print(pd.DataFrame(run.table[methods + ["icl_shuffled", "icl_shuffled_tv", "icl_shuffled_fv"]].mean()).T
+    print(pd.DataFrame(run.table[[*fv.METHODS, "icl_shuffled", "icl_shuffled_tv", "icl_shuffled_fv"]].mean()).T
           .to_string(index=False, float_format="%.3f"))
     print(run.by_k.groupby("k")[["dev_accuracy", "accuracy"]].mean().to_string(float_format="%.3f"))
     print(f"k = {run.k} (best mean dev accuracy); top heads (layer, head): {run.heads}")
@@ -375,6 +292,8 @@ def cmd_install_model(args) -> None:
 
 
 def main(argv=None) -> None:
+    from .analyses import beyond, depth  # their default models and tasks
+
     parser = _Parser(prog="python -m tv_utils", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -403,10 +322,8 @@ def main(argv=None) -> None:
         return p
 
     p = sub.add_parser("depth", help="layer sweeps of several models on relative depth")
-    p.add_argument("--models", nargs="+", default=["gemma3-270m", "smollm2-135m", "qwen2.5-coder-0.5b",
-                                                   "qwen2.5-coder-1.5b"])
-    _add_task_args(p, ["en_fr", "antonyms", "country_capital", "list_first", "present_simple_gerund",
-                       "location_continent"])
+    p.add_argument("--models", nargs="+", default=list(depth.MODELS))
+    _add_task_args(p, depth.TASKS)
     _add_device_args(p)
     p.add_argument("--n", type=_count, default=30)
     _add_out_args(p)
@@ -419,9 +336,9 @@ def main(argv=None) -> None:
     p = analysis_parser("vocab", "project task vectors through the unembedding (paper Table 3)")
     p.set_defaults(func=cmd_vocab, n=20)
     p = analysis_parser("beyond", "interpolation, a reusable task-vector library and its cost, robustness",
-                        ("en_fr", "antonyms", "country_capital", "next_letter", "present_simple_past_simple"))
-    p.add_argument("--task-a", default="present_simple_past_simple")
-    p.add_argument("--task-b", default="present_simple_gerund")
+                        beyond.TASKS)
+    p.add_argument("--task-a", default=beyond.TASK_A)
+    p.add_argument("--task-b", default=beyond.TASK_B)
     p.set_defaults(func=cmd_beyond)
 
     p = sub.add_parser("function-vectors", help="function vectors (Todd et al.) beside task vectors, same episodes")

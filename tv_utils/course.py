@@ -7,11 +7,16 @@ notebook works with any model. The tests run every live fallback once on a tiny 
 
 from __future__ import annotations
 
-from . import analysis, store
-from .experiments import Protocol, run_tasks
+from . import store
+from .analyses import beyond
+from .analyses.conflict import PAPER_CONFLICTS, conflicting_tasks
+from .analyses.depth import best_depth
+from .analyses.geometry import TaskVectors, collect_task_vectors, embeddings, geometry_scores, nearest_tasks
+from .analyses.vocab import vocabulary_projection
+from .experiments import QUICK_EPISODES, Protocol, default_layer, quick_tasks, run_tasks
 from .models import Model, load_model
 
-QUICK = analysis.QUICK_EPISODES  # episodes per task in the live fallbacks
+QUICK = QUICK_EPISODES  # episodes per task in the live fallbacks
 
 
 def setup(model_name: str = "gemma3-270m", **load_kwargs) -> tuple[Model, int]:
@@ -22,8 +27,8 @@ def setup(model_name: str = "gemma3-270m", **load_kwargs) -> tuple[Model, int]:
     hf_logging.disable_progress_bar()  # no progress widget while loading
     model = load_model(model_name, **load_kwargs)
     stored = _stored(model, "reproduce", "per_layer") is not None
-    L = analysis.default_layer(model)
-    source = "the stored reproduce run" if stored else f"a quick sweep of {', '.join(analysis.quick_tasks(model))}"
+    L = default_layer(model)
+    source = "the stored reproduce run" if stored else f"a quick sweep of {', '.join(quick_tasks(model))}"
     print(f"{model.name}: {model.n_layers} layers, hidden size {model.hf.config.hidden_size}, {model.info['dtype']} on "
           f"{model.info['device']}; L = {L} (best mean dev layer in {source})")
     return model, L
@@ -38,7 +43,7 @@ def reproduce_tables(model: Model):
     """(results, per_layer) of the reproduce run: per-task accuracies, and dev accuracy per task and layer."""
     results, per_layer = _stored(model, "reproduce", "results"), _stored(model, "reproduce", "per_layer")
     if results is None or per_layer is None:
-        results, per_layer = run_tasks(model, analysis.quick_tasks(model, 3), Protocol(n_dev=QUICK, n_test=QUICK),
+        results, per_layer = run_tasks(model, quick_tasks(model, 3), Protocol(n_dev=QUICK, n_test=QUICK),
                                        progress=False)
     return results, per_layer
 
@@ -47,7 +52,7 @@ def depth_tables(model: Model, per_layer):
     """(per-layer curves, best layer per model) over the models of the depth run, else this model alone."""
     depth, best = store.precomputed("depth_per_layer"), store.precomputed("depth_best")
     if depth is None or best is None:
-        depth, best = per_layer, analysis.best_depth(per_layer)
+        depth, best = per_layer, best_depth(per_layer)
     return depth, best
 
 
@@ -57,19 +62,18 @@ def geometry(model: Model, L: int):
     emb, scores, nearest = (_stored(model, "geometry", part) for part in ("embeddings", "scores", "nearest"))
     theta = store.stored_file(store.results_stem("geometry", model.name).name + "_theta.safetensors")
     if emb is not None and theta is not None:
-        return analysis.TaskVectors.load(theta), emb, scores, nearest
-    tv = analysis.collect_task_vectors(model, analysis.quick_tasks(model, 6), n=QUICK, progress=False)
+        return TaskVectors.load(theta), emb, scores, nearest
+    tv = collect_task_vectors(model, quick_tasks(model, 6), n=QUICK, progress=False)
     tv.saved_layers = sorted({max(0, L - 4), L, min(model.n_layers - 1, L + 4)})
-    return tv, analysis.embeddings(tv, [L], methods=("tsne",)), analysis.geometry_scores(tv), \
-        analysis.nearest_tasks(tv, L)
+    return tv, embeddings(tv, [L], methods=("tsne",)), geometry_scores(tv), nearest_tasks(tv, L)
 
 
 def conflict(model: Model):
     """The conflicting-tasks table (paper Table 2): demonstrations of A, θ of B."""
     table = _stored(model, "conflict")
     if table is None:
-        pairs = [p for p in analysis.PAPER_CONFLICTS if set(p) <= set(analysis.quick_tasks(model, 10, need=QUICK))]
-        table = analysis.conflicting_tasks(model, pairs[:2] or analysis.PAPER_CONFLICTS[:1], n=QUICK)
+        pairs = [p for p in PAPER_CONFLICTS if set(p) <= set(quick_tasks(model, 10, need=QUICK))]
+        table = conflicting_tasks(model, pairs[:2] or PAPER_CONFLICTS[:1], n=QUICK)
     return table
 
 
@@ -77,7 +81,7 @@ def vocab(model: Model):
     """(top tokens of mean θ per task and layer, rank of the true answers per task and layer)."""
     top, ranks = _stored(model, "vocab", "top_tokens"), _stored(model, "vocab", "answer_rank")
     if top is None or ranks is None:
-        top, ranks = analysis.vocabulary_projection(model, analysis.quick_tasks(model), n=5)
+        top, ranks = vocabulary_projection(model, quick_tasks(model), n=5)
     return top, ranks
 
 
@@ -86,7 +90,7 @@ def interpolation(model: Model, L: int, task_a: str = "present_simple_past_simpl
     """Accuracy of α·θ(A) + (1-α)·θ(B) and of scaled θ, against A's and B's answers."""
     mix = _stored(model, "beyond", "interpolation")
     if mix is None:
-        mix = analysis.interpolate(model, task_a, task_b, alphas=[0, 0.5, 1], scales=[0, 1, 2], layer=L, n=QUICK)
+        mix = beyond.interpolate(model, task_a, task_b, alphas=[0, 0.5, 1], scales=[0, 1, 2], layer=L, n=QUICK)
     return mix
 
 
@@ -94,15 +98,15 @@ def library(model: Model, L: int):
     """The stored task-vector library (mean θ per task at one layer), else one built from three tasks."""
     path = store.stored_file(store.results_stem("library", model.name).name + ".safetensors")
     if path is not None:
-        return analysis.Library.load(path)
-    return analysis.build_library(model, analysis.quick_tasks(model, 3), L, n=5)
+        return beyond.Library.load(path)
+    return beyond.build_library(model, quick_tasks(model, 3), L, n=5)
 
 
-def reuse_cost(model: Model, library: analysis.Library):
+def reuse_cost(model: Model, library: beyond.Library):
     """ICL against a stored θ on the same queries: prompt tokens, ms per query, accuracy."""
     cost = _stored(model, "beyond", "reuse_cost")
     if cost is None:
-        cost = analysis.reuse_cost(model, library, list(library.vectors)[:2], n=QUICK)
+        cost = beyond.reuse_cost(model, library, list(library.vectors)[:2], n=QUICK)
     return cost
 
 
@@ -110,7 +114,7 @@ def robustness(model: Model, L: int):
     """Accuracy of θ averaged over more episodes, and of θ from shuffled demonstrations."""
     robust = _stored(model, "beyond", "robustness")
     if robust is None:
-        robust = analysis.robustness(model, analysis.quick_tasks(model, 1)[0], L, n=QUICK, sizes=(1, 4))
+        robust = beyond.robustness(model, quick_tasks(model, 1)[0], L, n=QUICK, sizes=(1, 4))
     return robust
 
 
@@ -120,7 +124,7 @@ def function_vectors(model: Model):
     live one on two tasks."""
     import json
 
-    from . import function_vectors as fv
+    from .analyses import function_vectors as fv
 
     parts = {part: _stored(model, "function_vectors", part) for part in ("head_effects", "per_layer", "by_k",
                                                                          "several_vectors")}
@@ -131,6 +135,6 @@ def function_vectors(model: Model):
         run = fv.Comparison(table, parts["head_effects"], parts["per_layer"], parts["by_k"], k,
                             fv.top_heads(parts["head_effects"], k))
         return run, parts["several_vectors"]
-    tasks, protocol = analysis.quick_tasks(model, 2), Protocol(n_dev=QUICK, n_test=QUICK)
+    tasks, protocol = quick_tasks(model, 2), Protocol(n_dev=QUICK, n_test=QUICK)
     run = fv.compare_methods(model, tasks, ks=(2, 5), n_effect=5, protocol=protocol)
     return run, fv.several_vectors(model, tasks[:1], run.heads, n_effect=5, protocol=protocol)

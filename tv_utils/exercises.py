@@ -200,7 +200,7 @@ def check_choose_layer(choose_layer, model, n: int = 8):
     On antonyms (next_letter where the tokenizer cannot score antonyms): there, on Gemma 3 270M, the best
     test layer is not the best dev layer, so choosing on test is caught."""
     from . import engine
-    from .analysis import quick_tasks
+    from .experiments import quick_tasks
     from .experiments import Protocol, accuracy, best_of, prepare_split
 
     task = "antonyms" if "antonyms" in quick_tasks(model, 10, need=3 * n) else "next_letter"
@@ -316,7 +316,7 @@ def _score_cases(student, reference, toy, X, labels, what: str, tol: float, mist
 def check_knn_accuracy(loo_1nn_accuracy, X=None, labels=None):
     """Compare loo_1nn_accuracy(X, labels) (leave-one-out 1-NN task identification with cosine distance) with
     the reference, on toy vectors and, if given, on real task vectors."""
-    from .analysis import knn_accuracy
+    from .analyses.geometry import knn_accuracy
 
     def mistake(x, y, got):
         if got == 1.0:
@@ -388,7 +388,7 @@ def example_conflict_table() -> pd.DataFrame:
 def check_follows(follows, table: pd.DataFrame | None = None):
     """Compare follows(table, task_a, task_b) (the task whose answers the model gives when theta(B) is patched
     over demonstrations of A) with the reference, on a toy table and, if given, a real one (ties skipped)."""
-    from .analysis import followed_task
+    from .analyses.conflict import followed_task
 
     cases = [("the toy table", example_conflict_table())]
     if table is not None:
@@ -414,12 +414,12 @@ def check_follows(follows, table: pd.DataFrame | None = None):
 
 @_checker
 def check_project_to_vocab(project_to_vocab, model):
-    """Compare project_to_vocab(model, vectors) (final norm, unembedding, log_softmax) with `analysis.project`
+    """Compare project_to_vocab(model, vectors) (final norm, unembedding, log_softmax) with `vocab.project`
     on hidden states of two prompts at two layers."""
     import torch
 
     from . import interventions as iv
-    from .analysis import project
+    from .analyses.vocab import project
     from .prompts import DEFAULT_FORMAT as F
 
     states = iv.capture(model, model.encode([F.icl([("Apple", "Red"), ("Lime", "Green")], "Plum"),
@@ -430,7 +430,7 @@ def check_project_to_vocab(project_to_vocab, model):
     if got.shape != ref.shape:
         return False, f"expected log-probabilities of shape {tuple(ref.shape)}, got {tuple(got.shape)}"
     if _close(got, ref, model):
-        return True, f"your log-probabilities match `analysis.project` on {len(vectors)} vectors"
+        return True, f"your log-probabilities match `vocab.project` on {len(vectors)} vectors"
     lse = torch.logsumexp(got, dim=-1).abs().max().item()
     if lse > 1e-2:
         return False, (f"these are not log-probabilities (logsumexp over the vocabulary should be 0, yours is up "
@@ -446,11 +446,11 @@ def check_project_to_vocab(project_to_vocab, model):
 
 @_checker
 def check_answer_rank(answer_rank):
-    """Compare answer_rank(logp, answer_ids) (each row's answer token rank, 0 = top) with `analysis.answer_rank`
+    """Compare answer_rank(logp, answer_ids) (each row's answer token rank, 0 = top) with `vocab.answer_rank`
     on toy log-probabilities with a tie."""
     import torch
 
-    from .analysis import answer_rank as reference
+    from .analyses.vocab import answer_rank as reference
 
     logp = torch.log_softmax(torch.tensor([[2.0, 1.0, 0.5, 3.0], [0.1, 0.2, 0.3, 0.4], [1.0, 1.0, 0.0, 2.0]]), -1)
     answers = torch.tensor([0, 3, 1])
@@ -471,8 +471,8 @@ def check_answer_rank(answer_rank):
 @_checker
 def check_own_task(answer_with_theta, model, layer=None):
     """Compare answer_with_theta(model, pairs, queries, layer) (θ from the pairs: the last two inputs as dummy
-    queries, the rest as demonstrations; then each `query ->` patched with θ) with `analysis.own_task_answers`."""
-    from .analysis import own_task_answers
+    queries, the rest as demonstrations; then each `query ->` patched with θ) with `icl.own_task_answers`."""
+    from .analyses.icl import own_task_answers
 
     # next-letter demonstrations, then two upper-case pairs whose inputs are the dummies: using those pairs
     # as demonstrations mixes in another task and changes the answers
@@ -484,7 +484,7 @@ def check_own_task(answer_with_theta, model, layer=None):
     got = _call(answer_with_theta, model, pairs, queries, layer)
     got = [got] if isinstance(got, str) else list(got)
     if [str(a).strip() for a in got] == [a.strip() for a in ref]:
-        return True, f"your answers {ref} match `analysis.own_task_answers` (dummies {', '.join(info['dummies'])})"
+        return True, f"your answers {ref} match `icl.own_task_answers` (dummies {', '.join(info['dummies'])})"
     return False, (f"expected {ref}, got {got}: demonstrations = all pairs but the last two, dummy queries = "
                    f"the last two inputs, θ = mean over the two dummy prompts at `layer`, then patch each query")
 
@@ -498,7 +498,7 @@ def check_head_contribution(head_contribution, model):
     the heads' pre-projection states [N, n_heads, head_dim]) with `function_vectors.head_outputs`."""
     import torch
 
-    from . import function_vectors as fv
+    from .analyses import function_vectors as fv
     from .prompts import DEFAULT_FORMAT as F
 
     states = fv.head_states(model, model.encode([F.icl(_COLOURS, "Plum"), F.query("Sky")]))
@@ -526,7 +526,7 @@ def check_indirect_effect(indirect_effect, model):
     head's state at the last token is set to `state`) with `function_vectors.head_patched_probs`."""
     import torch
 
-    from . import function_vectors as fv
+    from .analyses import function_vectors as fv
     from .prompts import DEFAULT_FORMAT as F
 
     seqs = model.encode([F.icl([("Apple", "Green"), ("Lime", "Red")], "Coal"), F.icl(_COLOURS[:1], "Sky"),
@@ -568,7 +568,7 @@ def check_function_vector(build_function_vector, effects=None, contributions=Non
     with the largest mean effect over tasks) with `function_vectors.top_heads` on a toy table."""
     import torch
 
-    from .function_vectors import top_heads
+    from .analyses.function_vectors import top_heads
 
     toy_effects, toy_contributions = example_effects()
     effects = toy_effects if effects is None else effects

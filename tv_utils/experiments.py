@@ -1,4 +1,5 @@
-"""The paper's protocol as tidy tables: baseline / ICL / task-vector accuracy per task, and layer sweeps.
+"""The paper's protocol as tidy tables: baseline / ICL / task-vector accuracy per task, layer sweeps, and the
+layer L a model uses when none is given (its best mean dev layer).
 
 Per task: 50 dev episodes pick the layer (first-token accuracy of the patched query at every layer);
 50 test episodes report zero-shot baseline, ICL and task-vector accuracy at that layer. Each episode
@@ -86,6 +87,43 @@ def best_mean_layer(per_layer: pd.DataFrame) -> int:
     L for a model; per-task layers are `best_of` each task's curve)."""
     mean = per_layer.groupby("layer")["dev_acc"].mean()
     return int(best_of(list(mean.index), mean.tolist()))
+
+
+def layer_accuracy(model: Model, task, n: int = 50, protocol: Protocol = PAPER, split: str = "dev") -> pd.DataFrame:
+    """Task-vector accuracy at every layer on one split (the dev half of `evaluate_task`)."""
+    s = prepare_split(model, task, split, n, protocol, icl=False)
+    acc = accuracy(model, engine.layer_sweep(model, s.queries, s.theta), s.target[:, None], dim=0)
+    layers = list(range(model.n_layers))
+    return pd.DataFrame({"model": model.name, "task": s.task.name, "category": s.task.category, "layer": layers,
+                         "rel_depth": [l / model.n_layers for l in layers], "dev_acc": acc})
+
+
+QUICK_EPISODES = 10  # per task, in the quick live runs for a model with no stored results
+
+
+def quick_tasks(model: Model, n: int = 4, need: int = 2 * QUICK_EPISODES) -> list[str]:
+    """Up to n tasks for live fallbacks, one per category first, that this tokenizer can score on `need` pairs."""
+    preferred = ("en_fr", "antonyms", "country_capital", "list_first", "next_letter", "to_upper", "list_last",
+                 "en_es", "present_simple_past_simple", "location_continent")
+    usable = [t for t in preferred if len(usable_task(get_task(t), model.tokenizer)[0].pairs) >= need]
+    if not usable:
+        raise ValueError(f"{model.name}'s tokenizer scores none of the tasks {', '.join(preferred)} on single "
+                         f"answer tokens; run the analyses with tasks it can score")
+    return usable[:n]
+
+
+def per_layer_accuracy(model: Model, folder: str | Path | None = None, n: int = QUICK_EPISODES) -> pd.DataFrame:
+    """Dev accuracy per task and layer: this model's stored reproduce run, else a quick live sweep of
+    `quick_tasks` on n episodes each (for a model with no stored results)."""
+    per_layer = store.precomputed(store.results_stem("reproduce", model.name, folder).name + "_per_layer", folder)
+    if per_layer is None:
+        per_layer = pd.concat([layer_accuracy(model, t, n=n) for t in quick_tasks(model)], ignore_index=True)
+    return per_layer
+
+
+def default_layer(model: Model, folder: str | Path | None = None) -> int:
+    """L: the layer with the best mean dev accuracy (`per_layer_accuracy`), used when no layer is given."""
+    return best_mean_layer(per_layer_accuracy(model, folder))
 
 
 def evaluate_task(model: Model, task: Task | str, protocol: Protocol = PAPER, fmt: PromptFormat = DEFAULT_FORMAT,

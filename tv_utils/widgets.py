@@ -1,5 +1,5 @@
 """ipywidgets for the notebooks: they only display. Explorers show precomputed tables; the few that need
-the model (ICL playground, your own task, conflicting pair) call an `analysis` function on demand.
+the model (ICL playground, your own task, conflicting pair) call an `analyses` function on demand.
 
 Each builder returns the widget box. Figures are plotly FigureWidgets updated in place (a slider move only
 relayouts the plot in the browser); tables live in Output areas that are redrawn on change.
@@ -14,7 +14,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from IPython.display import HTML, display
 
-from . import analysis, plots
+from . import plots
+from .analyses import conflict, icl
 from .experiments import best_mean_layer
 
 
@@ -127,7 +128,7 @@ def geometry_explorer(emb: pd.DataFrame, scores: pd.DataFrame | None = None, sta
 def vocab_explorer(top: pd.DataFrame, n: int = 8, start: int | None = None) -> Explorer:
     """Slider over layers (opening at `start`, else the middle one): the top word-like tokens of each task's
     mean theta at that layer, either raw or task-specific (tokens that rank high for many tasks removed; see
-    `analysis.vocabulary_projection`)."""
+    `vocab.vocabulary_projection`)."""
     layers = sorted(int(v) for v in top.layer.unique())
     slider = w.SelectionSlider(options=layers, value=layers[len(layers) // 2] if start is None else start,
                                description="layer",
@@ -179,7 +180,7 @@ def icl_playground(model, task_names, n: int = 10) -> Explorer:
     def go(_=None):
         with out:
             out.clear_output(wait=True)
-            r = analysis.icl_example(model, task.value, k.value, n)
+            r = icl.icl_example(model, task.value, k.value, n)
             display(HTML(f"<pre class='tv-prompt'>{html.escape(r['prompt'])}</pre>"
                          f"<p>model's answer: <b class='tv-answer'>{html.escape(r['answer'])}"
                          f"</b> (expected {html.escape(r['expected'])})</p>"
@@ -211,7 +212,7 @@ def custom_task_widget(model, layer: int) -> Explorer:
         with out:
             out.clear_output(wait=True)
             try:
-                table, info = analysis.own_task_answers(model, pairs_box.value, queries_box.value, layer)
+                table, info = icl.own_task_answers(model, pairs_box.value, queries_box.value, layer)
             except ValueError as e:
                 display(HTML(f"<p class='tv-error' style='color:#b00'>{html.escape(str(e))}</p>"))
                 return
@@ -225,28 +226,28 @@ def custom_task_widget(model, layer: int) -> Explorer:
 
 def conflict_widget(model, n: int = 10, layer: int | None = None, start=("en_es", "en_fr")) -> Explorer:
     """Pick task A (the demonstrations) and task B (the patched theta), press Run: accuracy on A's and B's
-    answers with plain ICL and with theta(B) patched in (`analysis.conflicting_tasks` on n episodes)."""
+    answers with plain ICL and with theta(B) patched in (`conflict.conflicting_tasks` on n episodes)."""
     from .tasks import TASK_NAMES
 
-    sources = [t for t in TASK_NAMES if analysis.conflict_partners(t)]
+    sources = [t for t in TASK_NAMES if conflict.conflict_partners(t)]
     full_labels = {"description_width": "initial"}  # the default width cuts "task A (demos)" short
     a = w.Dropdown(options=sources, value=start[0], description="task A (demos)", style=full_labels)
-    b = w.Dropdown(options=analysis.conflict_partners(start[0]), value=start[1], description="task B (θ)", style=full_labels)
+    b = w.Dropdown(options=conflict.conflict_partners(start[0]), value=start[1], description="task B (θ)", style=full_labels)
     run = w.Button(description="Run", button_style="primary")
     out = w.Output()
 
     def partners(_=None):
-        b.options = analysis.conflict_partners(a.value)
+        b.options = conflict.conflict_partners(a.value)
 
     def go(_=None):
         with out:
             out.clear_output(wait=True)
             try:
-                table = analysis.conflicting_tasks(model, [(a.value, b.value)], n=n, layer=layer)
+                table = conflict.conflicting_tasks(model, [(a.value, b.value)], n=n, layer=layer)
             except (KeyError, ValueError) as e:
                 display(HTML(f"<p class='tv-error' style='color:#b00'>{html.escape(str(e))}</p>"))
                 return
-            followed = analysis.followed_task(table, a.value, b.value)
+            followed = conflict.followed_task(table, a.value, b.value)
             display(_table_html(table[["method", "layer", "acc_a", "acc_b"]], "tv-conflict-table"))
             display(HTML(f"<p>with θ({html.escape(b.value)}) patched over demonstrations of {html.escape(a.value)}, "
                          f"the model follows <b class='tv-followed'>{html.escape(followed)}</b></p>"))

@@ -13,17 +13,18 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, replace
 from operator import attrgetter
+from pathlib import Path
 
 import pandas as pd
 import torch
 
-from . import engine
-from .batches import chunks, layer_hidden, pad_left
-from .experiments import (PAPER, Protocol, accuracy, best_of, encode_queries, prepare_split, run_tasks,
-                          sample_split)
-from .models import Model
-from .prompts import DEFAULT_FORMAT, PromptFormat
-from .tasks import TASK_NAMES, Episode, get_task
+from .. import engine, store
+from ..batches import chunks, layer_hidden, pad_left
+from ..experiments import (PAPER, Protocol, accuracy, best_of, encode_queries, prepare_split, run_tasks,
+                           sample_split)
+from ..models import Model
+from ..prompts import DEFAULT_FORMAT, PromptFormat
+from ..tasks import TASK_NAMES, Episode, get_task
 
 # The attention block's output projection, relative to a decoder layer: Llama/Qwen2/Gemma, GPT-2, GPT-J, NeoX.
 HEAD_PROJECTIONS = ("self_attn.o_proj", "attn.c_proj", "attn.out_proj", "attention.dense")
@@ -228,6 +229,7 @@ def mapping_rank(task) -> float:
     return len({y for _, y in task.pairs}) / len(task.pairs)
 
 
+METHODS = ("baseline", "icl", "tv", "tv_add", "fv")  # the comparison table's accuracy columns on plain prompts
 K_CHOICES = (1, 2, 5, 10, 20)  # head counts tried for the function vector; the best mean dev accuracy wins
 
 
@@ -356,3 +358,33 @@ def several_vectors(model: Model, tasks=RESISTANT_TASKS, heads: list[tuple[int, 
             rows.append(row("task vector + function vector", layer,
                             replaced_then_added(model, test.queries, test.theta[:, layer], layer, vector, m), m))
     return pd.DataFrame(rows).astype({"add_layer": "Int64"})  # empty where nothing is added
+
+
+def run(model: Model, tasks=TASK_NAMES, k: int | None = None, n_effect: int = 10, protocol: Protocol = PAPER,
+        out_dir: str | Path | None = None, figures: bool = True) -> dict:
+    """`compare_methods`, and `several_vectors` on those of RESISTANT_TASKS among `tasks`. Writes
+    function_vectors_<model>{,_head_effects,_per_layer,_by_k,_several_vectors}.csv, _heads.json and, with
+    `figures`, the head heatmap, the accuracy per head count and per method; returns {"comparison": ...,
+    "several_vectors": ... (None without resistant tasks)}."""
+    from .. import plots
+
+    comparison = compare_methods(model, tasks, k=k, n_effect=n_effect, protocol=protocol)
+    resistant = [t for t in RESISTANT_TASKS if t in tasks]
+    several = several_vectors(model, resistant, comparison.heads, n_effect, protocol) if resistant else None
+    stem = store.results_stem("function_vectors", model.name, out_dir)
+    store.save_table(comparison.table, f"{stem}.csv")
+    store.save_table(comparison.effects, f"{stem}_head_effects.csv")
+    store.save_table(comparison.per_layer, f"{stem}_per_layer.csv")
+    store.save_table(comparison.by_k, f"{stem}_by_k.csv")
+    if several is not None:
+        store.save_table(several, f"{stem}_several_vectors.csv")
+    store.save_json({"model": model.name, "k": comparison.k, "k_choices": sorted(comparison.by_k.k.unique().tolist()),
+                     "top_heads": [list(h) for h in comparison.heads]}, f"{stem}_heads.json")
+    if figures:
+        store.save_figure(plots.head_heatmap(comparison.effects, comparison.heads), f"{stem}_heads")
+        store.save_figure(plots.k_curve(comparison.by_k, comparison.k), f"{stem}_by_k")
+        long = comparison.table.melt(id_vars=["task"], value_vars=list(METHODS), var_name="method",
+                                     value_name="accuracy")
+        store.save_figure(plots.method_bars(long, "task", "accuracy", "method", "Task vectors and function vectors"),
+                          f"{stem}_accuracy")
+    return {"comparison": comparison, "several_vectors": several}

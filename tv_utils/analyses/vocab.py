@@ -1,0 +1,108 @@
+"""Vocabulary projection (paper Table 3): θ read through the final norm and the unembedding, its top tokens
+per task and layer, and where the true answers rank (a logit lens on θ)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import store
+from ..experiments import PAPER, Protocol, default_layer, prepare_split
+from ..models import Model
+from ..tasks import TASK_NAMES
+
+
+def _is_word(token: str) -> bool:
+    t = token.strip()
+    return len(t) >= 2 and t.replace("-", "").isalpha()
+
+
+@torch.no_grad()
+def project(model: Model, vectors: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities over the vocabulary of hidden states [N, H] read through final norm + unembedding."""
+    h = model.final_norm(vectors.to(model.device, model.dtype))
+    return torch.log_softmax(model.unembed(h).float(), dim=-1).cpu()
+
+
+def answer_rank(logp: torch.Tensor, answer_ids: torch.Tensor) -> torch.Tensor:
+    """Rank of each row's answer token among the vocabulary (0 = the top token; ties count in its favour)."""
+    return (logp > logp.gather(1, answer_ids[:, None])).sum(1)
+
+
+def top_tokens(model: Model, theta: torch.Tensor, k: int = 10, pool: int = 200) -> list[list[tuple[str, float]]]:
+    """Top word-like tokens per vector (deduplicated on stripped lower-case text) with their probability."""
+    out = []
+    for logp in project(model, theta):
+        values, ids = logp.topk(min(pool, logp.numel()))
+        seen, tokens = set(), []
+        for v, i in zip(values.tolist(), ids.tolist()):
+            text = model.decode_token(i)
+            key = text.strip().lower()
+            if _is_word(text) and key not in seen:
+                seen.add(key)
+                tokens.append((text.strip(), float(np.exp(v))))
+            if len(tokens) == k:
+                break
+        out.append(tokens)
+    return out
+
+
+def vocabulary_projection(model: Model, tasks=TASK_NAMES, layers=None, n: int = 20, k: int = 10, pool: int = 60,
+                          protocol: Protocol = PAPER) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(top tokens of the mean theta per task and layer, rank of the true answers per task and layer).
+
+    Every task's theta shares a large common component, so its raw top tokens start with the same few
+    tokens for every task. `specific=True` rows drop tokens that rank high for more than a quarter of
+    the tasks at that layer, which leaves the task-related ones. The rank table is a logit lens on
+    theta: where the episode's own answer token ranks (0 = top).
+    """
+    layers = list(range(model.n_layers)) if layers is None else list(layers)
+    candidates, rank_rows = [], []
+    for task in tasks:
+        s = prepare_split(model, task, "test", n, protocol, icl=False)
+        name = s.task.name
+        mean = s.theta.float().mean(0)  # [n_layers, H]
+        for layer, tokens in zip(layers, top_tokens(model, mean[layers], pool)):
+            for token, prob in tokens:
+                candidates.append({"model": model.name, "task": name, "layer": layer, "token": token, "prob": prob})
+        for layer in layers:
+            logp = project(model, s.theta[:, layer].float())
+            target_logp = logp.gather(1, s.target.cpu()[:, None])
+            ranks = answer_rank(logp, s.target.cpu()).float()
+            rank_rows.append({"model": model.name, "task": name, "layer": layer,
+                              "median_rank": ranks.median().item(), "top1": (ranks == 0).float().mean().item(),
+                              "mean_prob": target_logp.exp().mean().item()})
+    cand = pd.DataFrame(candidates, columns=["model", "task", "layer", "token", "prob"])
+    shared = cand.groupby(["layer", "token"])["task"].transform("nunique")
+    cand["shared_by"] = shared
+    limit = max(2, len(list(tasks)) // 4)
+    frames = []
+    for specific, part in (("raw", cand), ("specific", cand[shared <= limit])):
+        part = part.groupby(["task", "layer"], sort=False).head(k).copy()
+        part["rank"] = part.groupby(["task", "layer"], sort=False).cumcount()
+        part["specific"] = specific == "specific"
+        frames.append(part)
+    top = pd.concat(frames, ignore_index=True)[["model", "task", "layer", "specific", "rank", "token", "prob",
+                                                 "shared_by"]]
+    return top, pd.DataFrame(rank_rows)
+
+
+def run(model: Model, tasks=TASK_NAMES, n: int = 20, layer: int | None = None, out_dir: str | Path | None = None,
+        figures: bool = True) -> dict:
+    """`vocabulary_projection` at every layer, written as vocab_<model>_{top_tokens,answer_rank}.csv and,
+    with `figures`, the task-specific top tokens at L (`layer`, else the best mean dev layer) and the rank
+    curves; returns {"layer": L, "top_tokens": ..., "answer_rank": ...}."""
+    from .. import plots
+
+    layer = default_layer(model, out_dir) if layer is None else model.check_layer(layer)
+    top, ranks = vocabulary_projection(model, tasks, n=n)
+    stem = store.results_stem("vocab", model.name, out_dir)
+    store.save_table(top, f"{stem}_top_tokens.csv")
+    store.save_table(ranks, f"{stem}_answer_rank.csv")
+    if figures:
+        store.save_figure(plots.top_tokens_table(top[top.specific], layer), f"{stem}_top_tokens")
+        store.save_figure(plots.answer_rank_curves(ranks, highlight=layer), f"{stem}_answer_rank")
+    return {"layer": layer, "top_tokens": top, "answer_rank": ranks}
