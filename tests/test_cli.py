@@ -148,7 +148,8 @@ def test_custom_task_file_runs_end_to_end(tmp_path, tiny_llama_folder):
     (["reproduce", "--tasks", "next_letter", "--n-dev", "3", "--n-test", "3", "--remote", "local"],
      ["_per_layer.csv", "_results.csv", "_results.json"]),
     (["function-vectors", "--tasks", "next_letter", "to_upper", "--n-dev", "3", "--n-test", "3", "--n-effect", "1",
-      "--k", "2"], [".csv", "_head_effects.csv", "_heads.json"]),
+      "--k", "2"], [".csv", "_by_k.csv", "_head_effects.csv", "_heads.json", "_per_layer.csv",
+                    "_several_vectors.csv"]),
     (["vocab", "--tasks", "next_letter", "--n", "3", "--layer", "2"], ["_answer_rank.csv", "_top_tokens.csv"]),
 ])
 def test_subcommands_added_on_main_run_on_a_local_model(tmp_path, tiny_llama_folder, args, outputs):
