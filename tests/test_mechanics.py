@@ -1,5 +1,7 @@
 """Capture/patch invariants on tiny random models of six families, and engine == nnsight reference."""
 
+import copy
+
 import pytest
 import torch
 
@@ -91,6 +93,30 @@ def test_engine_sweep_matches_straightforward(tiny):
         slow = iv.patched_logits(tiny, queries, theta[:, layer], layer).argmax(-1)
         assert torch.equal(fast[:, layer], slow), f"layer {layer}"
     assert torch.equal(engine.next_tokens(tiny, queries), iv.patched_logits(tiny, queries, None, None).argmax(-1))
+
+
+@torch.no_grad()
+def test_sweep_runs_only_the_layers_after_the_patch(tiny):
+    """The sweep runs the last token only through the layers after L, from theta, and crops the prefix cache
+    back after each layer: its final-normed states equal, bit for bit, those of a forward through every layer
+    patched at L on the same cached prefix, for every layer and for a subset ending at the last layer (prompts
+    longer than the tiny Gemma 3's sliding window of 6; its layers alternate sliding and full attention)."""
+    seqs = _seqs(tiny)
+    theta = iv.capture(tiny, seqs[::-1])  # another prompt's states: realistic values, not the query's own
+    prefix_mask, cache = engine.cached_prefix(tiny, [s[:-1] for s in seqs])
+    batch = engine.suffix_batch(tiny, prefix_mask, [[s[-1]] for s in seqs], 1)
+    rows = torch.arange(len(seqs))
+    last = tiny.n_layers - 1
+    original = list(tiny.layers)
+    for layers in (list(range(tiny.n_layers)), [last, 1]):
+        fast = engine.sweep_states(tiny, seqs, theta, layers)
+        full = torch.stack([engine.forward(tiny, batch, cache=copy.deepcopy(cache), patch={l: (rows, theta[:, l])})[0]
+                            for l in layers], dim=1)
+        for j, layer in enumerate(layers):
+            assert torch.equal(fast[:, j], full[:, j]), f"layer {layer}"
+        answers = engine.predict(tiny, full.flatten(0, 1)).view(len(seqs), len(layers))
+        assert torch.equal(engine.layer_sweep(tiny, seqs, theta, layers), answers)
+    assert all(a is b for a, b in zip(tiny.layers, original)) and len(tiny.layers) == len(original)  # put back
 
 
 def test_sweep_chunking_does_not_change_answers(tiny_llama, monkeypatch):
