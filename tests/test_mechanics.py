@@ -109,7 +109,7 @@ def test_sweep_runs_only_the_layers_after_the_patch(tiny):
     last = tiny.n_layers - 1
     original = list(tiny.layers)
     for layers in (list(range(tiny.n_layers)), [last, 1]):
-        fast = engine.sweep_states(tiny, seqs, theta, layers)
+        fast = torch.stack(list(engine.sweep_states(tiny, seqs, theta, layers)), dim=1)
         full = torch.stack([engine.forward(tiny, batch, cache=copy.deepcopy(cache), patch={l: (rows, theta[:, l])})[0]
                             for l in layers], dim=1)
         for j, layer in enumerate(layers):
@@ -151,12 +151,13 @@ def test_traces_survive_nnsight_remote_simulation(family_model, request):
 
 
 def test_bench_sweep_methods_agree(tiny_llama):
-    """The benchmark's three sweep methods (straightforward, paper's KV cache, engine) give equal answers."""
+    """The benchmark's four sweep methods (straightforward, paper's KV cache, the engine before it skipped
+    layers, engine) give equal answers."""
     from tv_utils.bench import bench_sweeps
     from tv_utils.experiments import Protocol
 
     table = bench_sweeps(tiny_llama, ["next_letter"], Protocol(k=3, n_dev=6))
-    assert table["same_answers"].all() and len(table) == 3
+    assert table["same_answers"].all() and len(table) == 4
 
 
 def test_bench_child_reproduce_gets_the_device_and_dtype():

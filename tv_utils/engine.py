@@ -81,11 +81,13 @@ def forward(model: Model, batch: dict, cache=None, capture: bool = False, patch:
     return final, states, getattr(out, model.cache_arg)
 
 
-def predict(model: Model, final_states: torch.Tensor) -> torch.Tensor:
-    """Greedy next token for final-normed states [N, H], through the unembedding in large chunks."""
+def predict(model: Model, final_states: torch.Tensor, done=lambda rows: None) -> torch.Tensor:
+    """Greedy next token for final-normed states [N, H], through the unembedding in large chunks
+    (`done(rows)` after each)."""
     preds = []
     for part in chunks(len(final_states), device_rows(model, HEAD_ROWS)):
         preds.append(model.unembed(final_states[part]).argmax(-1).to(model.device))
+        done(part.stop - part.start)
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
 
 
@@ -152,29 +154,28 @@ def layer_sweep(model: Model, seqs: list[list[int]], theta: torch.Tensor, layers
     if theta.dim() == 2:
         theta = theta.expand(len(seqs), -1, -1)
     theta = theta.to(model.device, model.dtype)  # e.g. a stored library on the CPU, a model on the GPU
-    parts = list(chunks(len(seqs), device_rows(model, SWEEP_ROWS)))
     out = []
-    with tqdm(total=len(parts) * len(layers), desc=progress, leave=False, disable=not progress) as bar:
-        for part in parts:
-            states = sweep_states(model, seqs[part], theta[part], layers, bar.update)
-            out.append(predict(model, states.flatten(0, 1)).view(len(states), len(layers)))
+    rows = len(seqs) * len(layers)  # each (prompt, layer) row goes through the decoder, then the head
+    with tqdm(total=2 * rows, desc=progress, unit="row", leave=False, disable=not progress) as bar:
+        for part in chunks(len(seqs), device_rows(model, SWEEP_ROWS)):
+            states = []
+            for final in sweep_states(model, seqs[part], theta[part], layers):
+                states.append(final)
+                bar.update(len(final))
+            out.append(predict(model, torch.stack(states, dim=1).flatten(0, 1), bar.update).view(-1, len(layers)))
     return torch.cat(out)
 
 
 @torch.no_grad()
-def sweep_states(model: Model, seqs: list[list[int]], theta: torch.Tensor, layers: list[int],
-                 step=lambda: None) -> torch.Tensor:
-    """Final-normed last-token state of each prompt with theta [n, n_layers, H] patched at each of `layers`:
-    [n, len(layers), H]. The prompts minus their last token run once (KV cache), then one forward per layer;
-    `step` is called after each."""
+def sweep_states(model: Model, seqs: list[list[int]], theta: torch.Tensor, layers: list[int]):
+    """For each of `layers` in turn, the final-normed last-token states [n, H] of the prompts with theta
+    [n, n_layers, H] patched at that layer. The prompts minus their last token run once (KV cache), then
+    one forward per layer."""
     prefix_mask, cache = cached_prefix(model, [s[:-1] for s in seqs])
     cache.activate_past_recording()  # so that crop can also roll back a sliding-window layer that is full
     batch = suffix_batch(model, prefix_mask, [[s[-1]] for s in seqs], 1)
-    finals = []
     for layer in layers:
-        finals.append(run_after(model, batch, cache, layer, theta[:, layer]))
-        step()
-    return torch.stack(finals, dim=1)
+        yield run_after(model, batch, cache, layer, theta[:, layer])
 
 
 class _Given(torch.nn.Module):
