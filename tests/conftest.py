@@ -41,7 +41,8 @@ def tiny_config(family: str, vocab: int):
                            num_key_value_heads=2, **common)
     if family == "gemma3":
         return Gemma3TextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
-                                num_key_value_heads=1, head_dim=8, sliding_window=6, **common)
+                                num_key_value_heads=1, head_dim=8, sliding_window=6,
+                                layer_types=["sliding_attention", "full_attention"] * 2, **common)
     if family == "gpt2":
         return GPT2Config(n_embd=32, n_layer=4, n_head=4, n_positions=128, **common)
     if family == "gptj":

@@ -56,6 +56,7 @@ def assert_refused(proc, seconds: float, status: int, message: str, workdir: Pat
     (["vocab", "--layer", "999"], 2, "--layer 999 is out of range for gemma3-270m: valid layers are 0..17"),
     (["reproduce", "--dtype", "float33"], 2, "invalid choice: 'float33' (choose from 'float32', 'bfloat16', 'float16')"),
     (["bench", "--compare-dtypes", "float33"], 2, "(choose from 'float32', 'bfloat16', 'float16')"),
+    (["bench", "--before", "/no/such/checkout"], 2, "argument --before: '/no/such/checkout' holds no tv_utils package"),
     (["conflict", "--pairs", "en_fr"], 2, "argument --pairs: expected A:B with two task names, e.g. en_es:en_fr"),
     (["conflict", "--pairs", "en_fr:en_xx"], 2, f"unknown task(s) en_xx in pair en_fr:en_xx; {VALID_TASKS}"),
     (["reproduce", "--n-dev", "0"], 2, "argument --n-dev: must be at least 1, got 0"),

@@ -1,5 +1,7 @@
 """Capture/patch invariants on tiny random models of six families, and engine == nnsight reference."""
 
+import copy
+
 import pytest
 import torch
 
@@ -93,6 +95,30 @@ def test_engine_sweep_matches_straightforward(tiny):
     assert torch.equal(engine.next_tokens(tiny, queries), iv.patched_logits(tiny, queries, None, None).argmax(-1))
 
 
+@torch.no_grad()
+def test_sweep_runs_only_the_layers_after_the_patch(tiny):
+    """The sweep runs the last token only through the layers after L, from theta, and crops the prefix cache
+    back after each layer: its final-normed states equal, bit for bit, those of a forward through every layer
+    patched at L on the same cached prefix, for every layer and for a subset ending at the last layer (prompts
+    longer than the tiny Gemma 3's sliding window of 6; its layers alternate sliding and full attention)."""
+    seqs = _seqs(tiny)
+    theta = iv.capture(tiny, seqs[::-1])  # another prompt's states: realistic values, not the query's own
+    prefix_mask, cache = engine.cached_prefix(tiny, [s[:-1] for s in seqs])
+    batch = engine.suffix_batch(tiny, prefix_mask, [[s[-1]] for s in seqs], 1)
+    rows = torch.arange(len(seqs))
+    last = tiny.n_layers - 1
+    original = list(tiny.layers)
+    for layers in (list(range(tiny.n_layers)), [last, 1]):
+        fast = torch.stack(list(engine.sweep_states(tiny, seqs, theta, layers)), dim=1)
+        full = torch.stack([engine.forward(tiny, batch, cache=copy.deepcopy(cache), patch={l: (rows, theta[:, l])})[0]
+                            for l in layers], dim=1)
+        for j, layer in enumerate(layers):
+            assert torch.equal(fast[:, j], full[:, j]), f"layer {layer}"
+        answers = engine.predict(tiny, full.flatten(0, 1)).view(len(seqs), len(layers))
+        assert torch.equal(engine.layer_sweep(tiny, seqs, theta, layers), answers)
+    assert all(a is b for a, b in zip(tiny.layers, original)) and len(tiny.layers) == len(original)  # put back
+
+
 def test_sweep_chunking_does_not_change_answers(tiny_llama, monkeypatch):
     eps = _episodes(n=10)
     theta, _ = engine.episode_states(tiny_llama, eps)
@@ -125,12 +151,13 @@ def test_traces_survive_nnsight_remote_simulation(family_model, request):
 
 
 def test_bench_sweep_methods_agree(tiny_llama):
-    """The benchmark's three sweep methods (straightforward, paper's KV cache, engine) give equal answers."""
+    """The benchmark's four sweep methods (straightforward, paper's KV cache, the engine before it skipped
+    layers, engine) give equal answers."""
     from tv_utils.bench import bench_sweeps
     from tv_utils.experiments import Protocol
 
     table = bench_sweeps(tiny_llama, ["next_letter"], Protocol(k=3, n_dev=6))
-    assert table["same_answers"].all() and len(table) == 3
+    assert table["same_answers"].all() and len(table) == 4
 
 
 def test_bench_child_reproduce_gets_the_device_and_dtype():

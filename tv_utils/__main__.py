@@ -62,6 +62,13 @@ def _task_file(path: str):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _code_folder(path: str) -> Path:
+    """argparse type: a folder holding a tv_utils package (a checkout of another commit)."""
+    if not (Path(path) / "tv_utils" / "__main__.py").is_file():
+        raise argparse.ArgumentTypeError(f"{path!r} holds no tv_utils package (no tv_utils/__main__.py there)")
+    return Path(path)
+
+
 def _task_pair(text: str) -> tuple[str, str]:
     """argparse type: `A:B`, two task names (checked later)."""
     a, _, b = text.partition(":")
@@ -358,6 +365,10 @@ def main(argv=None) -> None:
     _add_device_args(p)
     p.add_argument("--tasks", nargs="+", default=["en_fr", "antonyms", "country_capital"], choices=TASK_NAMES)
     p.add_argument("--skip-reproduce", action="store_true")
+    p.add_argument("--before", type=_code_folder, default=None, metavar="DIR",
+                   help="also run reproduce with the tv_utils in DIR (e.g. a git worktree of main), side by side")
+    p.add_argument("--floor", action="store_true",
+                   help="time each protocol stage against its compute floor (FLOPs / matrix-product rate here)")
     p.add_argument("--random-7b", action="store_true", help="paper protocol on a random Llama-7B (GPU)")
     p.add_argument("--compare-dtypes", nargs="+", metavar="DTYPE", choices=DTYPES,
                    help="only the full reproduce, once per dtype, timed and compared side by side")

@@ -1,4 +1,4 @@
-"""`python -m tv_utils bench`: the layer sweep three ways, nnsight vs plain hooks, and end-to-end
+"""`python -m tv_utils bench`: the layer sweep four ways, nnsight vs plain hooks, and end-to-end
 reproduce, timed side by side in one process on the same inputs, with ratios.
 
 Sweep methods (theta for every dev episode, then every layer x every dev query):
@@ -6,14 +6,21 @@ Sweep methods (theta for every dev episode, then every layer x every dev query):
   each layer the whole query prompt again, with the model's default head (logits for every position);
 - kv-cache (the paper's code): theta from full dummy prompts; the query minus its last token cached once,
   then for each layer only the last token is re-run (batch = queries) and read through the head;
-- engine: `engine.episode_states` + `engine.layer_sweep` (shared demo prefix, all layers in one batch).
-All three must give the same answers; the table says so.
+- engine, all layers (before): the engine's sweep before it skipped layers: the query prefix cache
+  repeated once per layer, and the last token of every (query, layer) row run through all layers in one
+  batch, overwritten at L by the patch hook;
+- engine: `engine.episode_states` + `engine.layer_sweep` (shared demo prefix; per layer L, only the layers
+  after L run on the last token).
+All must give the same answers; the table says so.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import hashlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -75,13 +82,30 @@ def sweep_kv_cache(model: Model, episodes, dummies, queries, n_dummies: int) -> 
     return torch.stack(cols, dim=1)
 
 
+@torch.no_grad()
+def sweep_engine_all_layers(model: Model, episodes, dummies, queries, n_dummies: int) -> torch.Tensor:
+    theta, _ = engine.episode_states(model, episodes, icl=False)
+    k = model.n_layers
+    cols = []
+    for part in chunks(len(queries), max(1, engine.device_rows(model, engine.SWEEP_ROWS) // k)):
+        chunk = queries[part]
+        prefix_mask, cache = engine.cached_prefix(model, [q[:-1] for q in chunk])
+        cache.batch_repeat_interleave(k)
+        batch = engine.suffix_batch(model, prefix_mask, [[q[-1]] for q in chunk for _ in range(k)], k)
+        rows = torch.arange(len(chunk), device=model.device) * k
+        final, _, _ = engine.forward(model, batch, cache=cache,
+                                     patch={layer: (rows + layer, theta[part][:, layer]) for layer in range(k)})
+        cols.append(engine.predict(model, final).view(len(chunk), k))
+    return torch.cat(cols)
+
+
 def sweep_engine(model: Model, episodes, dummies, queries, n_dummies: int) -> torch.Tensor:
     theta, _ = engine.episode_states(model, episodes, icl=False)
     return engine.layer_sweep(model, queries, theta)
 
 
 SWEEPS = {"straightforward (nnsight)": sweep_straightforward, "kv-cache (paper's code)": sweep_kv_cache,
-          "engine": sweep_engine}
+          "engine, all layers (before)": sweep_engine_all_layers, "engine": sweep_engine}
 
 
 def bench_sweeps(model: Model, tasks, protocol: Protocol = PAPER, methods=tuple(SWEEPS)) -> pd.DataFrame:
@@ -159,19 +183,26 @@ def bench_nnsight_overhead(model: Model, task: str = "en_fr", protocol: Protocol
 
 
 def bench_reproduce(model_name: str | None, tasks=TASK_NAMES, dtype: str | None = None,
-                    device: str | None = None) -> tuple[dict, pd.DataFrame]:
+                    device: str | None = None, code: Path | None = None) -> tuple[dict, pd.DataFrame]:
     """`python -m tv_utils reproduce` as a child process on `device`: its reported time, its peak RSS (and
-    peak GPU memory on a GPU), and its results."""
+    peak GPU memory on a GPU), a digest of its results and per-layer CSV files, and its results.
+    code: a folder holding the tv_utils to run (a checkout of another commit), run from there on PYTHONPATH;
+    default: whichever tv_utils the child imports."""
+    run_from = {"cwd": code, "env": {**os.environ, "PYTHONPATH": str(code)}} if code else {}
     with tempfile.TemporaryDirectory() as out:
         cmd = reproduce_command(out, model_name, tasks, dtype, device)
         start = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=True, **run_from)
         wall = time.perf_counter() - start
-        results = pd.read_csv(next(Path(out).glob("reproduce_*_results.csv")))
+        path = next(Path(out).glob("reproduce_*_results.csv"))
+        results = pd.read_csv(path)
+        per_layer = path.with_name(path.name.replace("_results.csv", "_per_layer.csv"))
+        tables = hashlib.sha256(path.read_bytes() + per_layer.read_bytes()).hexdigest()
     line = next(l for l in proc.stdout.splitlines() if " tasks in " in l)  # the child's own report
     row = {"dtype": dtype or "default", "tasks": len(tasks),
            "seconds_excluding_load": float(line.split(" tasks in ")[1].split(" s")[0]),
-           "wall_with_load": wall, "peak_rss_gb": float(line.split("peak RSS ")[1].split(" GB")[0])}
+           "wall_with_load": wall, "peak_rss_gb": float(line.split("peak RSS ")[1].split(" GB")[0]),
+           "tables_sha256": tables[:12]}
     if "peak GPU memory " in line:
         row["peak_gpu_gb"] = float(line.split("peak GPU memory ")[1].split(" GB")[0])
     return row, results
@@ -183,6 +214,21 @@ def reproduce_command(out: str, model_name: str | None, tasks, dtype: str | None
     for flag, value in (("--model", model_name), ("--dtype", dtype), ("--device", device)):
         cmd += [flag, value] if value else []
     return cmd
+
+
+def bench_before_after(model_name: str | None, before: Path, tasks=TASK_NAMES, dtype: str | None = None,
+                       device: str | None = None) -> pd.DataFrame:
+    """Full reproduce with the tv_utils in `before` (e.g. a git worktree of main) and with this code, one child
+    process each, side by side: times, peak RSS, the digest of the result tables (equal digests: byte for byte
+    the same tables), and the speed-up."""
+    here = Path(__file__).resolve().parents[1]
+    rows = []
+    for name, code in (("before", Path(before).resolve()), ("after", here)):
+        row, _ = bench_reproduce(model_name, tasks, dtype, device, code)
+        rows.append({"code": f"{name} ({code})", **row})
+    times = pd.DataFrame(rows)
+    times["x_faster_than_before"] = times["seconds_excluding_load"].iloc[0] / times["seconds_excluding_load"]
+    return times
 
 
 def bench_dtypes(model_name: str | None, dtypes=("float32", "bfloat16"), tasks=TASK_NAMES,
@@ -266,37 +312,81 @@ def random_llama_7b(device: str, dtype=torch.bfloat16) -> Model:
                  info={"device": device, "dtype": str(dtype)})
 
 
+def protocol_stages(model: Model, protocol: Protocol = PAPER, tv_layer: int | None = None,
+                    count_flops: bool = False) -> pd.DataFrame:
+    """The paper protocol on all tasks through the calls `experiments.run_tasks` makes, timed stage by stage
+    (TV at `tv_layer` for every task, default the middle layer). count_flops adds each stage's matrix-product
+    FLOPs counted by torch (`FlopCounterMode`): in the decoder stack and in the rest (the unembedding)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .experiments import encode_queries, sample_split
+
+    p, fmt = protocol, DEFAULT_FORMAT
+    tv_layer = model.n_layers // 2 if tv_layer is None else tv_layer
+    dev = [ep for t in TASK_NAMES for ep in sample_split(model, t, "dev", p.n_dev, p, fmt)[1]]
+    test = [ep for t in TASK_NAMES for ep in sample_split(model, t, "test", p.n_test, p, fmt)[1]]
+    dev_queries, test_queries = encode_queries(model, dev, fmt), encode_queries(model, test, fmt)
+    rows = []
+
+    def stage(name: str, fn, *args):
+        counter = FlopCounterMode(display=False) if count_flops else contextlib.nullcontext()
+        with counter:
+            out, seconds = timed(model, fn, *args)
+        rows.append({"stage": name, "seconds": seconds})
+        if count_flops:
+            stack = sum(counter.get_flop_counts().get(type(model.base).__name__, {}).values())
+            rows[-1].update(tflop_layers=stack / 1e12, tflop_head=(counter.get_total_flops() - stack) / 1e12)
+        return out
+
+    theta, _ = stage("dev theta (all layers)", engine.episode_states, model, dev, fmt, 32, False)
+    stage("dev sweep (all layers)", engine.layer_sweep, model, dev_queries, theta)
+    theta, _ = stage("test theta + ICL", engine.episode_states, model, test, fmt)
+    stage("test baseline", engine.next_tokens, model, test_queries)
+    stage(f"test TV at layer {tv_layer}", engine.layer_sweep, model, test_queries, theta, [tv_layer])
+    return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def matmul_rates(model: Model, repeats: int = 5) -> dict[str, float]:
+    """FLOP/s of this machine's matrix products on the model's own weights, best of `repeats`: the linear maps
+    of a decoder layer on engine.SWEEP_ROWS rows, and the unembedding on engine.HEAD_ROWS rows."""
+    def rate(module, rows: int) -> float:
+        x = torch.randn(rows, module.in_features, dtype=model.dtype, device=model.device)
+        module(x)  # warm-up
+        return 2 * rows * module.in_features * module.out_features / min(timed(model, module, x)[1]
+                                                                          for _ in range(repeats))
+
+    linears = [m for m in model.layers[0].modules() if isinstance(m, torch.nn.Linear)]
+    flops = [2 * m.in_features * m.out_features for m in linears]
+    seconds = [f / rate(m, engine.SWEEP_ROWS) for f, m in zip(flops, linears)]
+    return {"layers": sum(flops) / sum(seconds), "head": rate(model.unembed, engine.HEAD_ROWS)}
+
+
+def compute_floor(model: Model, protocol: Protocol = PAPER) -> tuple[pd.DataFrame, dict]:
+    """Each protocol stage's measured seconds against its compute floor: its FLOPs over the matrix-product
+    rates measured here (`matmul_rates`). Attention products are not counted (torch counts no FLOPs for
+    CPU attention); they are small next to the linear maps at these prompt lengths."""
+    rates = matmul_rates(model)
+    table = protocol_stages(model, protocol, count_flops=True)
+    table.loc[len(table)] = ["total", *table[["seconds", "tflop_layers", "tflop_head"]].sum()]
+    table["floor_s"] = table["tflop_layers"] * 1e12 / rates["layers"] + table["tflop_head"] * 1e12 / rates["head"]
+    table["x_over_floor"] = table["seconds"] / table["floor_s"]
+    return table, rates
+
+
 def bench_random_7b(device: str = "cuda") -> dict:
     """The full paper protocol (18 tasks, 50 dev + 50 test episodes, every layer) on a random 7B Llama,
     with a breakdown by stage (the same calls `experiments.run_tasks` makes)."""
-    from .experiments import encode_queries, sample_split
-
     start = time.perf_counter()
     model = random_llama_7b(device)
     _sync(model)
     build = time.perf_counter() - start
-    p, fmt = PAPER, DEFAULT_FORMAT
-
-    def protocol(n_dev: int, n_test: int) -> dict:
-        dev = [ep for t in TASK_NAMES for ep in sample_split(model, t, "dev", n_dev, p, fmt)[1]]
-        test = [ep for t in TASK_NAMES for ep in sample_split(model, t, "test", n_test, p, fmt)[1]]
-        seconds = {}
-        (theta, _), seconds["dev theta (all layers)"] = timed(model, engine.episode_states, model, dev, fmt, 32,
-                                                              False)
-        queries = encode_queries(model, dev, fmt)
-        _, seconds["dev sweep (all layers)"] = timed(model, engine.layer_sweep, model, queries, theta)
-        (theta, _), seconds["test theta + ICL"] = timed(model, engine.episode_states, model, test, fmt)
-        queries = encode_queries(model, test, fmt)
-        _, seconds["test baseline"] = timed(model, engine.next_tokens, model, queries)
-        _, seconds["test TV at one layer"] = timed(model, engine.layer_sweep, model, queries, theta, [16])
-        return seconds
-
-    protocol(4, 4)  # warm-up: kernels, allocator
+    protocol_stages(model, Protocol(n_dev=4, n_test=4), tv_layer=16)  # warm-up: kernels, allocator
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    (stages, total) = timed(model, protocol, p.n_dev, p.n_test)
+    stages, total = timed(model, protocol_stages, model, PAPER, 16)
     info = {"model": model.name, "layers": model.n_layers, "tasks": len(TASK_NAMES), "build_s": round(build, 2),
-            "protocol_s": round(total, 2), "stages_s": {k: round(v, 2) for k, v in stages.items()},
+            "protocol_s": round(total, 2), "stages_s": dict(zip(stages["stage"], stages["seconds"].round(2))),
             "device": torch.cuda.get_device_name() if device.startswith("cuda") else device}
     if device.startswith("cuda"):
         info["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
@@ -324,8 +414,18 @@ def main(args) -> None:
     print(bench_sweeps(model, args.tasks).to_string(index=False, float_format="%.2f"))
     print("\n== nnsight vs plain PyTorch hooks (same batches, best of 3)")
     print(bench_nnsight_overhead(model).to_string(index=False, float_format="%.3f"))
+    if args.floor:
+        print("\n== compute floor per stage (paper protocol in this process; FLOPs / matrix-product rate here)")
+        table, rates = compute_floor(model)
+        print(f"rates: {rates['layers'] / 1e9:.0f} GFLOP/s (decoder layers, {engine.SWEEP_ROWS} rows), "
+              f"{rates['head'] / 1e9:.0f} GFLOP/s (unembedding, {engine.HEAD_ROWS} rows)")
+        print(table.to_string(index=False, float_format="%.2f"))
     if not args.skip_reproduce:
         del model
         print("\n== end-to-end reproduce (paper protocol, child process)")
-        row, _ = bench_reproduce(args.model, dtype=args.dtype, device=args.device)
-        print(pd.DataFrame([row]).to_string(index=False, float_format="%.2f"))
+        if args.before:
+            print(bench_before_after(args.model, args.before, dtype=args.dtype, device=args.device)
+                  .to_string(index=False, float_format="%.2f"))
+        else:
+            row, _ = bench_reproduce(args.model, dtype=args.dtype, device=args.device)
+            print(pd.DataFrame([row]).to_string(index=False, float_format="%.2f"))

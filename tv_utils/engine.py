@@ -3,15 +3,13 @@
 - An episode's ICL prompt and its dummy prompts share the demonstrations: run that prefix once (KV cache)
   and only the short suffixes per prompt; theta for every layer comes out of the same pass.
 - A layer sweep patches only the query's last token, so the tokens before it are run once per query and
-  their keys/values reused for every layer; the last token of all (query, layer) pairs runs as one batch.
+  their keys/values reused for every layer. A row patched at layer L needs only the layers after L: its
+  state after L is theta. So one forward per layer runs the last token of all queries through the layers
+  after L (the layers up to L are stood in for by theta), and the cache is cropped back to the prefix.
 - Only last-position logits are needed, and all their rows go through the unembedding in large products.
 
 It drives the transformers modules with plain forward hooks (the nnsight API stays in `interventions`);
 tests check that both give the same answers.
-
-Not done: in a sweep, layers up to L of a row patched at L are computed and then overwritten. Skipping
-them would halve the sweep's body work (not its head, which dominates on large vocabularies), but it
-needs decoder layers called one by one with each family's call arguments.
 """
 
 from __future__ import annotations
@@ -28,11 +26,12 @@ from .models import Model, check_finite
 from .prompts import DEFAULT_FORMAT, PromptFormat
 
 HEAD_ROWS = 256  # rows per unembedding product: large enough to stream the head's weights efficiently
-SWEEP_ROWS = int(os.environ.get("TV_UTILS_SWEEP_ROWS", 1024))  # (query, layer) rows per forward on CPU
+SWEEP_ROWS = int(os.environ.get("TV_UTILS_SWEEP_ROWS", 1024))  # queries per sweep chunk (rows per forward) on CPU
 GPU_SCALE = 4  # a GPU wants bigger batches (fewer launches); these sizes fit a 7B model on an 80 GB card
 
 
-def _rows(model: Model, cpu_rows: int) -> int:
+def device_rows(model: Model, cpu_rows: int) -> int:
+    """Rows per batch on this model's device: `cpu_rows`, times GPU_SCALE on a GPU."""
     return cpu_rows * GPU_SCALE if model.device.type == "cuda" else cpu_rows
 
 
@@ -69,7 +68,8 @@ def forward(model: Model, batch: dict, cache=None, capture: bool = False, patch:
 
         return run
 
-    handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(model.layers)]
+    hooked = enumerate(model.layers) if patch or capture else []
+    handles = [layer.register_forward_hook(hook(i)) for i, layer in hooked]
     try:
         with _attention_backends(model):
             out = model.base(**batch, **{model.cache_arg: cache}, use_cache=True)
@@ -81,11 +81,13 @@ def forward(model: Model, batch: dict, cache=None, capture: bool = False, patch:
     return final, states, getattr(out, model.cache_arg)
 
 
-def predict(model: Model, final_states: torch.Tensor) -> torch.Tensor:
-    """Greedy next token for final-normed states [N, H], through the unembedding in large chunks."""
+def predict(model: Model, final_states: torch.Tensor, done=lambda rows: None) -> torch.Tensor:
+    """Greedy next token for final-normed states [N, H], through the unembedding in large chunks
+    (`done(rows)` after each)."""
     preds = []
-    for part in chunks(len(final_states), _rows(model, HEAD_ROWS)):
+    for part in chunks(len(final_states), device_rows(model, HEAD_ROWS)):
         preds.append(model.unembed(final_states[part]).argmax(-1).to(model.device))
+        done(part.stop - part.start)
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
 
 
@@ -122,7 +124,7 @@ def episode_states(model: Model, episodes, fmt: PromptFormat = DEFAULT_FORMAT, b
     (None when icl=False: then the ICL prompt is not run at all)."""
     thetas, icl_preds = [], []
     skip = 0 if icl else 1
-    for part in _steps(len(episodes), _rows(model, batch_size), progress):
+    for part in _steps(len(episodes), device_rows(model, batch_size), progress):
         eps = episodes[part]
         texts = [fmt.episode_prompts(ep)[skip:] for ep in eps]
         n_prompts = len(texts[0])
@@ -152,26 +154,68 @@ def layer_sweep(model: Model, seqs: list[list[int]], theta: torch.Tensor, layers
     if theta.dim() == 2:
         theta = theta.expand(len(seqs), -1, -1)
     theta = theta.to(model.device, model.dtype)  # e.g. a stored library on the CPU, a model on the GPU
-    per_chunk = max(1, _rows(model, SWEEP_ROWS) // len(layers))
     out = []
-    for part in _steps(len(seqs), per_chunk, progress):
-        chunk = seqs[part]
-        n, k = len(chunk), len(layers)
-        prefix_mask, cache = cached_prefix(model, [s[:-1] for s in chunk])
-        cache.batch_repeat_interleave(k)
-        batch = suffix_batch(model, prefix_mask, [[s[-1]] for s in chunk for _ in layers], k)
-        rows = torch.arange(n, device=model.device) * k
-        patch = {layer: (rows + j, theta[part][:, layer]) for j, layer in enumerate(layers)}
-        final, _, _ = forward(model, batch, cache=cache, patch=patch)
-        out.append(predict(model, final).view(n, k))
+    rows = len(seqs) * len(layers)  # each (prompt, layer) row goes through the decoder, then the head
+    with tqdm(total=2 * rows, desc=progress, unit="row", leave=False, disable=not progress) as bar:
+        for part in chunks(len(seqs), device_rows(model, SWEEP_ROWS)):
+            states = []
+            for final in sweep_states(model, seqs[part], theta[part], layers):
+                states.append(final)
+                bar.update(len(final))
+            out.append(predict(model, torch.stack(states, dim=1).flatten(0, 1), bar.update).view(-1, len(layers)))
     return torch.cat(out)
+
+
+@torch.no_grad()
+def sweep_states(model: Model, seqs: list[list[int]], theta: torch.Tensor, layers: list[int]):
+    """For each of `layers` in turn, the final-normed last-token states [n, H] of the prompts with theta
+    [n, n_layers, H] patched at that layer. The prompts minus their last token run once (KV cache), then
+    one forward per layer."""
+    prefix_mask, cache = cached_prefix(model, [s[:-1] for s in seqs])
+    cache.activate_past_recording()  # so that crop can also roll back a sliding-window layer that is full
+    batch = suffix_batch(model, prefix_mask, [[s[-1]] for s in seqs], 1)
+    for layer in layers:
+        yield run_after(model, batch, cache, layer, theta[:, layer])
+
+
+class _Given(torch.nn.Module):
+    """Stands in for decoder layers 0..L: outputs the state after L without computing anything."""
+
+    def __init__(self, states: torch.Tensor):
+        super().__init__()
+        self.states = states
+
+    def forward(self, *args, **kwargs):
+        return self.states
+
+
+def run_after(model: Model, batch: dict, cache, layer: int, states: torch.Tensor) -> torch.Tensor:
+    """Final-normed state [B, H] of a one-token batch after a cached prefix, when the state after `layer` is
+    `states` [B, H]: only the layers after `layer` run. The cache is then cropped back to the prefix.
+
+    The layers up to `layer` are swapped for a stand-in in the model's layer list (not cut out of it), so each
+    family's forward still finds its per-layer data at the right position (Gemma 3 and Qwen2 look up
+    `config.layer_types[i]` by loop index; attention modules address the cache by their own layer_idx)."""
+    layers = model.layers
+    skipped = list(layers[:layer + 1])
+    given = _Given(states[:, None].contiguous())  # contiguous, as the patch hook writes it
+    for i in range(layer + 1):
+        layers[i] = given
+    try:
+        final, _, _ = forward(model, batch, cache=cache)
+    finally:
+        for i, original in enumerate(skipped):
+            layers[i] = original
+    for kv in cache.layers[layer + 1:]:  # the layers that ran appended the token
+        kv.crop(-1)
+    return final
 
 
 @torch.no_grad()
 def next_tokens(model: Model, seqs: list[list[int]], batch_size: int = 64) -> torch.Tensor:
     """Unpatched greedy next token per prompt (zero-shot baseline, or ICL without prefix sharing)."""
     preds = []
-    for part in chunks(len(seqs), _rows(model, batch_size)):
+    for part in chunks(len(seqs), device_rows(model, batch_size)):
         final, _, _ = forward(model, pad_left(model, seqs[part]))
         preds.append(predict(model, final))
     return torch.cat(preds)
