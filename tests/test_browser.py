@@ -331,6 +331,7 @@ def test_08_vector_explorer_switches_task(browser, lab):
         explorer = _widget(page, "08_function_vectors", ".tv-fv-note")
         _assert_clean_run(page, "08_function_vectors")
         note, select = explorer.locator(".tv-fv-note"), explorer.locator("select").first
+        explorer.scroll_into_view_if_needed()
         expect(note).to_contain_text("mean over")
         ms = _timed(page, lambda: select.select_option("en_es"), _text(".gtitle", "en_es: dev accuracy by layer"))
         expect(note).to_contain_text("en_es")

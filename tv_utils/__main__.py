@@ -370,6 +370,9 @@ def main(argv=None) -> None:
     p.add_argument("--floor", action="store_true",
                    help="time each protocol stage against its compute floor (FLOPs / matrix-product rate here)")
     p.add_argument("--random-7b", action="store_true", help="paper protocol on a random Llama-7B (GPU)")
+    p.add_argument("--sharded-13b", action="store_true",
+                   help="a random Llama-13B whole on the GPU and split with half its layers in CPU memory: same "
+                        "tables, times side by side (GPU)")
     p.add_argument("--compare-dtypes", nargs="+", metavar="DTYPE", choices=DTYPES,
                    help="only the full reproduce, once per dtype, timed and compared side by side")
     p.set_defaults(func=lambda a: __import__("tv_utils.bench", fromlist=["main"]).main(a))

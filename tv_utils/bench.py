@@ -393,12 +393,58 @@ def bench_random_7b(device: str = "cuda") -> dict:
     return info
 
 
+LLAMA_13B = dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
+                 num_key_value_heads=40, vocab_size=32000, max_position_embeddings=4096)
+
+
+def bench_sharded(device: str = "cuda", folder: str | None = None, tasks=("en_fr", "antonyms", "country_capital"),
+                  n: int = 20) -> dict:
+    """A random Llama-13B shape saved once, then loaded whole on `device` and split by accelerate with its
+    second half of decoder layers in CPU memory (run on `device`, weights streamed in): the protocol on a few
+    tasks must give the same tables both ways; times and peak GPU memory side by side."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from .experiments import run_tasks
+    from .models import load_model
+
+    config = LlamaConfig(**LLAMA_13B, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    folder = folder or tempfile.mkdtemp(prefix="random-llama-13b-")
+    torch.manual_seed(0)
+    with torch.device(device):
+        AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(folder)
+    word_tokenizer(config.vocab_size).save_pretrained(folder)
+    half = config.num_hidden_layers // 2
+    split = {"model.embed_tokens": device, "model.rotary_emb": device, "model.norm": device, "lm_head": device,
+             **{f"model.layers.{i}": device if i < half else "cpu" for i in range(config.num_hidden_layers)}}
+    protocol, rows, tables = Protocol(n_dev=n, n_test=n), [], []
+    for placement, kwargs in (("whole on " + device, {"device": device}), (f"layers {half}+ in CPU memory",
+                                                                             {"device_map": split})):
+        start = time.perf_counter()
+        model = load_model(folder, dtype="bfloat16", **kwargs)
+        load = time.perf_counter() - start
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        (results, per_layer), seconds = timed(model, run_tasks, model, list(tasks), protocol, DEFAULT_FORMAT,
+                                              None, False)
+        tables.append((results.drop(columns="model"), per_layer.drop(columns="model")))
+        rows.append({"placement": placement, "load_s": round(load, 1), "protocol_s": round(seconds, 1),
+                     "peak_gpu_gb": round(torch.cuda.max_memory_allocated() / 2**30, 1) if device.startswith("cuda")
+                     else None})
+        del model
+    same = all(a.equals(b) for a, b in zip(*tables))
+    return {"model": "random Llama-13B shape (bf16)", "tasks": list(tasks), "episodes": n, "same_tables": same,
+            "runs": rows, "device": processor(device)}
+
+
 def main(args) -> None:
     from .models import load_model
 
     pd.set_option("display.width", 140)
     if args.random_7b:
         print(json.dumps(bench_random_7b(args.device or "cuda"), indent=1))
+        return
+    if args.sharded_13b:
+        print(json.dumps(bench_sharded(args.device or "cuda"), indent=1))
         return
     if args.compare_dtypes:
         print(f"== reproduce per dtype (paper protocol, child processes) on {processor(args.device)}")

@@ -307,16 +307,16 @@ def k_curve(by_k: pd.DataFrame, chosen: int | None = None) -> go.Figure:
 
 
 def mapping_rank_scatter(table: pd.DataFrame, methods=("icl", "tv", "fv")) -> go.Figure:
-    """Each method's accuracy per task against the task's mapping rank (distinct outputs per input)."""
+    """Each method's accuracy per task, the tasks ordered by their mapping rank (distinct outputs per input)."""
     labels = {"icl": ("ICL", METHOD_COLOURS["icl"]), **{m: VECTOR_METHODS[m] for m in ("tv", "tv_add", "fv")}}
+    df = table.sort_values(["mapping_rank", "task"], kind="stable")
+    rows = [f"{short_name(t)} ({r:.2f})" for t, r in zip(df.task, df.mapping_rank)]
     fig = go.Figure()
     for method in methods:
         label, colour = labels[method]
-        fig.add_scatter(x=table.mapping_rank, y=table[method], mode="markers", name=label.split(" (")[0],
-                        marker=dict(color=colour, size=9), customdata=table.task,
-                        hovertemplate="%{customdata}: %{y:.2f}<extra></extra>")
-    fig.update_layout(title="Accuracy against mapping rank (1 = every input has its own output)",
-                      xaxis=dict(title="distinct outputs per input", range=[0, 1.05]),
-                      yaxis=dict(title="test accuracy", range=[0, 1.02]), legend=TOP_LEGEND, height=440,
-                      margin=dict(t=110))
+        fig.add_scatter(x=df[method], y=rows, mode="markers", name=label.split(" (")[0],
+                        marker=dict(color=colour, size=10), hovertemplate="%{y}: %{x:.2f}<extra></extra>")
+    fig.update_layout(title="Accuracy per task, by mapping rank (distinct outputs per input, in brackets)",
+                      xaxis=dict(title="test accuracy", range=[-0.02, 1.02]), yaxis_title="task (mapping rank)",
+                      legend=TOP_LEGEND, height=620, margin=dict(t=110))
     return fig

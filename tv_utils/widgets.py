@@ -291,7 +291,14 @@ def vector_explorer(run) -> Explorer:
                   if one else "")
         note.value = (f"<span class='tv-fv-note'><b>{html.escape(name)}</b>: test accuracy ICL {rows.icl.mean():.2f}, "
                       f"task vector {rows.tv.mean():.2f}, function vector {rows.fv.mean():.2f}{layers}</span>")
-        _redraw(curves, plots.vector_layer_curves(pick(run.per_layer), f"{name}: dev accuracy by layer"))
+        fig = plots.vector_layer_curves(pick(run.per_layer), f"{name}: dev accuracy by layer")
+        if len(curves.data) == len(fig.data):  # same three lines: move their points, keep the plot
+            with curves.batch_update():
+                for view, trace in zip(curves.data, fig.data):
+                    view.y = trace.y
+                curves.layout.title.text = fig.layout.title.text
+        else:
+            _redraw(curves, fig)
         _show(heatmap, plots.head_heatmap(pick(run.effects), run.heads,
                                           f"{name}: indirect effect of each head (the {run.k} FV heads outlined)"))
 
