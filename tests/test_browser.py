@@ -124,7 +124,10 @@ def _run_all(browser, lab, name: str):
         page.keyboard.press("Escape")
         page.get_by_role("menuitem", name="Run", exact=True).click()
         page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
-        # every code cell done: no cell shows the running marker [*]
+        # the run has started (a committed notebook already shows numbered prompts, so waiting only for "no [*]"
+        # could pass before the kernel picks the cells up), then every code cell is done: no [*] is left
+        page.wait_for_function("() => [...document.querySelectorAll('.jp-InputPrompt')]"
+                               ".some(e => e.textContent.includes('*'))", timeout=120_000, polling="raf")
         page.wait_for_function(
             """() => { const p = [...document.querySelectorAll('.jp-InputPrompt')].map(e => e.textContent);
                        return p.length > 0 && p.every(t => !t.includes('*')) && p.some(t => /\\d/.test(t)); }""",
