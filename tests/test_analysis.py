@@ -7,7 +7,8 @@ import torch
 
 from tv_utils import interventions as iv
 from tv_utils.analyses import beyond, conflict, geometry, vocab
-from tv_utils.experiments import Protocol, default_layer
+from tv_utils.experiments import default_layer
+from tv_utils.protocol import Protocol
 
 P = Protocol(k=3, n_dev=6, n_test=6)
 
@@ -28,9 +29,16 @@ def test_run_writes_the_table_it_returns(tiny_llama, tmp_path):
     from tv_utils import store
 
     table = conflict.run(tiny_llama, [("next_letter", "to_upper")], n=6, layer=1, out_dir=tmp_path, figures=False)
-    path = store.suffixed(store.results_stem("conflict", tiny_llama.name, tmp_path), ".csv")
-    assert list(tmp_path.iterdir()) == [path]
+    stem = store.results_stem("conflict", tiny_llama.name, tmp_path)
+    path, episodes = store.suffixed(stem, ".csv"), store.suffixed(stem, "_episodes.csv")
+    assert sorted(tmp_path.iterdir()) == sorted([path, episodes])
     pd.testing.assert_frame_equal(pd.read_csv(path), table.round(4), check_dtype=False)
+    hits = pd.read_csv(episodes)  # every episode, scored on A and on B, without and with theta(B)
+    assert len(hits) == 6 * 2 * 2 and set(hits.hit) <= {0, 1}
+    for row in table.itertuples():  # the table's accuracies are the means of its episodes
+        mine = hits[hits.method == row.method]
+        assert row.acc_a == mine[mine.scored_on == "A"].hit.mean() and row.acc_b == mine[mine.scored_on == "B"].hit.mean()
+        assert row.acc_a_lo <= row.acc_a <= row.acc_a_hi
 
 
 def test_interpolation_endpoints_are_the_pure_vectors(tiny_llama):

@@ -23,6 +23,9 @@ COLOURS = [("banana", "yellow"), ("sky", "blue"), ("grass", "green"), ("snow", "
            ("milk", "white"), ("night", "black"), ("cherry", "red"), ("pumpkin", "orange"), ("violet", "purple")]
 
 
+REPRODUCE_FILES = ["_episodes.csv.gz", "_layer_stability.csv", "_per_layer.csv", "_results.csv", "_results.json"]
+
+
 def cli_env(results: Path) -> dict:
     """Offline, this checkout's tv_utils, results into `results`."""
     return {**os.environ, "HF_HUB_OFFLINE": "1", "TV_UTILS_RESULTS": str(results), "PYTHONPATH": str(ROOT)}
@@ -113,8 +116,12 @@ def test_missing_task_file_is_refused(tmp_path):
 
 
 def test_ctrl_c_exits_130_in_one_line_and_writes_nothing(tmp_path):
+    # The child gets the default SIGINT disposition, as in a terminal, whatever launched the suite: a suite started
+    # from a background job inherits SIGINT ignored, and the run would then finish with status 0.
+    restore = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
     proc = subprocess.Popen([sys.executable, "-m", "tv_utils", "reproduce", "--tasks", "en_fr", "antonyms"],
-                            cwd=tmp_path, env=cli_env(tmp_path / "results"), stderr=subprocess.PIPE, text=True)
+                            cwd=tmp_path, env=cli_env(tmp_path / "results"), stderr=subprocess.PIPE, text=True,
+                            preexec_fn=restore)
     try:
         seen = [proc.stderr.readline()]
         while not seen[-1].startswith("loaded ") and seen[-1]:  # the model is in memory: the run is under way
@@ -136,8 +143,7 @@ def test_custom_task_file_runs_end_to_end(tmp_path, tiny_llama_folder):
                       "--n-dev", "3", "--n-test", "4", "--no-figures")
     assert proc.returncode == 0, proc.stderr
     stem = "reproduce_" + str(tiny_llama_folder).replace("/", "_")
-    assert files_in(tmp_path / "results") == [f"{stem}_per_layer.csv", f"{stem}_results.csv",
-                                              f"{stem}_results.json"]  # whole files, no temporary ones left
+    assert files_in(tmp_path / "results") == [f"{stem}{s}" for s in REPRODUCE_FILES]  # whole, no temporary ones
     results = pd.read_csv(tmp_path / "results" / f"{stem}_results.csv")
     assert results[["task", "category", "n_pairs"]].values.tolist() == [["colours", "custom", len(COLOURS)]]
     per_layer = pd.read_csv(tmp_path / "results" / f"{stem}_per_layer.csv")
@@ -146,10 +152,9 @@ def test_custom_task_file_runs_end_to_end(tmp_path, tiny_llama_folder):
 
 
 @pytest.mark.parametrize("args, outputs", [
-    (["reproduce", "--tasks", "next_letter", "--n-dev", "3", "--n-test", "3", "--remote", "local"],
-     ["_per_layer.csv", "_results.csv", "_results.json"]),
+    (["reproduce", "--tasks", "next_letter", "--n-dev", "3", "--n-test", "3", "--remote", "local"], REPRODUCE_FILES),
     (["function-vectors", "--tasks", "next_letter", "to_upper", "--n-dev", "3", "--n-test", "3", "--n-effect", "1",
-      "--k", "2"], [".csv", "_by_k.csv", "_head_effects.csv", "_heads.json", "_per_layer.csv",
+      "--k", "2"], [".csv", "_by_k.csv", "_episodes.csv", "_head_effects.csv", "_heads.json", "_per_layer.csv",
                     "_several_vectors.csv"]),
     (["vocab", "--tasks", "next_letter", "--n", "3", "--layer", "2"], ["_answer_rank.csv", "_top_tokens.csv"]),
 ])
@@ -161,3 +166,40 @@ def test_subcommands_added_on_main_run_on_a_local_model(tmp_path, tiny_llama_fol
     if args[0] == "function-vectors":
         heads = json.loads((tmp_path / "results" / f"{stem}_heads.json").read_text())
         assert heads["k"] == 2 and len(heads["top_heads"]) == 2
+
+
+def test_a_run_in_the_checkout_leaves_the_reference_alone(tmp_path):
+    """The README's quick run, as a user types it in the checkout's root (no --out, no $TV_UTILS_RESULTS): results
+    go to ./results (ignored by git), the committed reference and what the notebooks load stay as they are, and
+    the run ends with its comparison with the reference."""
+    from tv_utils import store
+
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+
+    def status() -> str:
+        return subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT,
+                              capture_output=True, text=True, check=True).stdout
+
+    before, loaded = status(), store.precomputed("reproduce_gemma3-270m_results")
+    env = {k: v for k, v in cli_env(tmp_path).items() if k != "TV_UTILS_RESULTS"}
+    written = [ROOT / "results" / f"reproduce_gemma3-270m{s}" for s in REPRODUCE_FILES]
+    kept = {p: tmp_path / p.name for p in written if p.exists()}  # a developer's own results, put back after
+    for path, aside in kept.items():
+        path.rename(aside)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "tv_utils", "reproduce", "--tasks", "en_fr", "--n-dev", "5",
+                               "--n-test", "5", "--no-figures"], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        assert all(p.exists() for p in written), proc.stdout
+        assert status() == before
+        assert store.precomputed("reproduce_gemma3-270m_results").equals(loaded)
+        assert "results and figures in results/" in proc.stdout
+        assert "compared with the committed reference (reproduce_gemma3-270m_results.csv): differs" in proc.stdout
+        assert "this run's protocol differs from the reference's: n_dev 5 (reference 50)" in proc.stdout
+    finally:
+        for path in written:
+            path.unlink(missing_ok=True)
+        for path, aside in kept.items():
+            aside.rename(path)

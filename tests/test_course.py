@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from tv_utils import course, experiments, store
-from tv_utils.experiments import best_mean_layer
+from tv_utils.protocol import best_mean_layer
 
 
 @pytest.fixture

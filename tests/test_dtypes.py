@@ -6,7 +6,8 @@ import torch
 
 from tv_utils import engine
 from tv_utils import interventions as iv
-from tv_utils.experiments import Protocol, evaluate_task
+from tv_utils.experiments import evaluate_task
+from tv_utils.protocol import Protocol
 from tv_utils.models import NonFiniteError, load_model, resolve_dtype
 
 

@@ -69,7 +69,7 @@ def _solution(code: str, name: str):
 
     from tv_utils import interventions
     from tv_utils.analyses import function_vectors as fv
-    from tv_utils.experiments import accuracy, best_of
+    from tv_utils.protocol import accuracy, best_of
     from tv_utils.prompts import DEFAULT_FORMAT
 
     namespace = {"np": np, "pd": pd, "torch": torch, "pad_left": pad_left,

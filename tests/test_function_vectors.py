@@ -5,7 +5,7 @@ import torch
 
 from tv_utils.analyses import function_vectors as fv
 from tv_utils.batches import pad_left
-from tv_utils.experiments import Protocol
+from tv_utils.protocol import Protocol
 from tv_utils.tasks import make_task
 
 PROMPTS = ["example:ab-> c\nexample:q->", "example:hello->", "x->"]

@@ -154,7 +154,7 @@ def test_bench_sweep_methods_agree(tiny_llama):
     """The benchmark's four sweep methods (straightforward, paper's KV cache, the engine before it skipped
     layers, engine) give equal answers."""
     from tv_utils.bench import bench_sweeps
-    from tv_utils.experiments import Protocol
+    from tv_utils.protocol import Protocol
 
     table = bench_sweeps(tiny_llama, ["next_letter"], Protocol(k=3, n_dev=6))
     assert table["same_answers"].all() and len(table) == 4

@@ -39,6 +39,6 @@ def test_installed_wheel_finds_the_committed_results(tmp_path):
     module, installed, figures, results_folder, table = json.loads(out.stdout)
     assert Path(module).is_relative_to(site) and installed
     assert Path(figures) == site / "tv_utils" / "results"
-    assert Path(results_folder) == Path("figures")  # new results go to ./figures, never into the installed package
+    assert Path(results_folder) == Path("results")  # new results go to ./results, never into the installed package
     assert table == store.precomputed("reproduce_gemma3-270m_results").to_csv()
     assert list(work.iterdir()) == []

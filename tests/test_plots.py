@@ -42,8 +42,10 @@ def test_figures_fit_and_titled(name):
 
 def test_single_task_curve_is_not_called_a_mean():
     per_layer = precomputed(f"reproduce_{M}_per_layer")
-    names = [t.name for t in plots.layer_curves(per_layer[per_layer.task == "en_fr"]).data]
-    assert names == ["en_fr"]
+    traces = plots.layer_curves(per_layer[per_layer.task == "en_fr"]).data
+    assert [t.name for t in traces if t.showlegend is not False] == ["en_fr"]
+    band = [t for t in traces if t.fill == "toself"]  # and its 95% interval, shaded, between its Wilson bounds
+    assert len(band) == 1 and min(band[0].y) >= 0 and max(band[0].y) <= 1
 
 
 def test_every_task_has_its_own_colour():

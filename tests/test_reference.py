@@ -3,7 +3,8 @@ task by task."""
 
 import pytest
 
-from tv_utils.experiments import Protocol, run_tasks
+from tv_utils.experiments import run_tasks
+from tv_utils.protocol import Protocol
 from tv_utils.interventions import reference_protocol
 from tv_utils.tasks import make_task
 
@@ -11,7 +12,7 @@ LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
 def assert_same(model, tasks, protocol):
-    results, per_layer = run_tasks(model, tasks, protocol, progress=False)
+    results, per_layer, *_ = run_tasks(model, tasks, protocol, progress=False)
     assert len(results) == len(tasks)
     for task, (_, row) in zip(tasks, results.iterrows()):
         ref = reference_protocol(model, task, protocol)

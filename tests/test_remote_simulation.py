@@ -3,7 +3,8 @@
 
 import torch
 
-from tv_utils.experiments import Protocol, run_tasks
+from tv_utils.experiments import run_tasks
+from tv_utils.protocol import Protocol
 from tv_utils.interventions import patched_answers, patched_logits
 from tv_utils.tasks import make_task
 

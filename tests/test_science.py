@@ -2,7 +2,8 @@
 
 import pytest
 
-from tv_utils.experiments import Protocol, evaluate_task
+from tv_utils.experiments import evaluate_task
+from tv_utils.protocol import Protocol
 
 PROTO = Protocol(n_dev=20, n_test=30, seed=0)
 

@@ -4,7 +4,8 @@ the same θ, logits and protocol tables as the same model in one piece."""
 import torch
 
 from tv_utils import interventions as iv
-from tv_utils.experiments import Protocol, run_tasks
+from tv_utils.experiments import run_tasks
+from tv_utils.protocol import Protocol
 from tv_utils.models import load_model
 from tv_utils.tasks import make_task
 

@@ -9,7 +9,8 @@ import torch
 import pytest
 
 from tv_utils import models, store
-from tv_utils.experiments import Protocol, accuracy, prepare_split, run_tasks
+from tv_utils.experiments import prepare_split, run_tasks
+from tv_utils.protocol import Protocol, accuracy
 from tv_utils.prompts import DEFAULT_FORMAT, PromptFormat, answer_token_ids, hits, usable_task
 from tv_utils.tasks import (CATEGORIES, TASK_NAMES, get_task, load_task_file, make_task, parse_pairs,
                             sample_episodes, split_queries, tasks_in)
@@ -200,7 +201,7 @@ def test_same_seed_same_results(tiny_llama):
     proto = Protocol(k=3, n_dev=6, n_test=6, seed=1)
     first = run_tasks(tiny_llama, [task], proto, progress=False)
     second = run_tasks(tiny_llama, [task], proto, progress=False)
-    assert first[0].equals(second[0]) and first[1].equals(second[1])
+    assert all(a.equals(b) for a, b in zip(first, second))
     assert list(first[1]["layer"]) == [0, 1, 2, 3]
 
 

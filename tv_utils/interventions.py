@@ -132,9 +132,10 @@ def reference_protocol(model: Model, task, protocol=None, fmt=None, remote: bool
                        batch_size: int | None = 32) -> dict:
     """The paper's protocol for one task, spelled out with the traces above (`experiments.run_tasks` computes
     the same numbers with the fast engine): dummies -> theta -> patched sweep on dev -> best layer -> test.
-    It only uses nnsight traces, so it also runs on NDIF (remote=True) or in nnsight's simulation ("local")."""
-    from .experiments import PAPER
+    Returns each method's hits per episode (dev: [n_dev, n_layers]) and accuracies. It only uses nnsight
+    traces, so it also runs on NDIF (remote=True) or in nnsight's simulation ("local")."""
     from .prompts import DEFAULT_FORMAT, hits, usable_task
+    from .protocol import PAPER, best_of
     from .tasks import get_task, sample_episodes
 
     p, fmt = protocol or PAPER, fmt or DEFAULT_FORMAT
@@ -149,15 +150,17 @@ def reference_protocol(model: Model, task, protocol=None, fmt=None, remote: bool
         target = torch.tensor([answer_ids[ep.query[1]] for ep in episodes])
         return episodes, theta, queries, target
 
-    def accuracy(predicted, target) -> list[float]:  # per column: greedy answers scored as text
-        return hits(model.tokenizer, predicted.cpu(), target[:, None]).double().mean(0).tolist()
+    def scored(predicted, target) -> torch.Tensor:  # hits per episode (and layer): greedy answers scored as text
+        return hits(model.tokenizer, predicted.cpu(), target[:, None])
 
     _, theta, queries, target = split("dev", p.n_dev)
-    dev_acc = accuracy(patched_answers(model, queries, theta, range(model.n_layers), **run), target)  # f(x; θ)
-    best = dev_acc.index(max(dev_acc))
+    dev_hits = scored(patched_answers(model, queries, theta, range(model.n_layers), **run), target)  # f(x; θ)
+    dev_acc = dev_hits.double().mean(0).tolist()
+    best = best_of(list(range(model.n_layers)), dev_acc)
     episodes, theta, queries, target = split("test", p.n_test)
     icl = model.encode([fmt.episode_icl(ep) for ep in episodes])
-    return {"baseline": accuracy(patched_answers(model, queries, None, [None], **run), target)[0],
-            "icl": accuracy(patched_answers(model, icl, None, [None], **run), target)[0],
-            "tv": accuracy(patched_answers(model, queries, theta, [best], **run), target)[0],
-            "best_layer": best, "dev_acc": dev_acc}
+    out = {"baseline_hits": scored(patched_answers(model, queries, None, [None], **run), target)[:, 0],
+           "icl_hits": scored(patched_answers(model, icl, None, [None], **run), target)[:, 0],
+           "tv_hits": scored(patched_answers(model, queries, theta, [best], **run), target)[:, 0]}
+    accuracies = {m: out[f"{m}_hits"].double().mean().item() for m in ("baseline", "icl", "tv")}
+    return {**out, **accuracies, "best_layer": best, "dev_acc": dev_acc, "dev_hits": dev_hits}

@@ -41,6 +41,22 @@ def task_colour(task: str, index: int = 0) -> str:
     return TASK_COLOURS.get(task, OTHER_COLOURS[index % len(OTHER_COLOURS)])
 
 TOP_LEGEND = dict(orientation="h", yanchor="bottom", y=1.02, x=0)
+INTERVAL_NOTE = "bars: 95% intervals"
+BAND_NOTE = " (shaded: 95% interval)"
+
+
+def error_bars(df: pd.DataFrame, column: str) -> dict | None:
+    """Plotly error bars from a table's `<column>_lo` / `<column>_hi` (its 95% interval), if it has them."""
+    if f"{column}_lo" not in df or f"{column}_hi" not in df:
+        return None
+    return dict(type="data", symmetric=False, array=(df[f"{column}_hi"] - df[column]).clip(lower=0).tolist(),
+                arrayminus=(df[column] - df[f"{column}_lo"]).clip(lower=0).tolist(), thickness=1.2, width=3)
+
+
+def add_band(fig: go.Figure, x, lo, hi, colour: str, name: str, **kw) -> None:
+    """A shaded 95% band between lo and hi (drawn before its line, so the line stays on top)."""
+    fig.add_scatter(x=list(x) + list(x)[::-1], y=list(hi) + list(lo)[::-1], fill="toself", fillcolor=colour,
+                    opacity=0.18, line=dict(width=0), hoverinfo="skip", name=name, showlegend=False, **kw)
 
 
 def accuracy_bars(results: pd.DataFrame, title: str | None = None) -> go.Figure:
@@ -50,12 +66,13 @@ def accuracy_bars(results: pd.DataFrame, title: str | None = None) -> go.Figure:
     for method, colour in METHOD_COLOURS.items():
         fig.add_bar(
             x=[df["category"], df["task"].map(short_name)], y=df[method], name=METHOD_LABELS[method],
-            marker_color=colour, customdata=df["task"],
+            marker_color=colour, customdata=df["task"], error_y=error_bars(df, method),
             hovertemplate="%{customdata}<br>" + METHOD_LABELS[method] + ": %{y:.2f}<extra></extra>",
         )
     model = ", ".join(results["model"].unique())
+    note = f" ({INTERVAL_NOTE})" if error_bars(df, "tv") else ""
     fig.update_layout(
-        barmode="group", title=title or f"Accuracy per task ({model})", xaxis_title="task (by category)",
+        barmode="group", title=title or f"Accuracy per task ({model}){note}", xaxis_title="task (by category)",
         yaxis=dict(title="accuracy", range=[0, 1]), legend=TOP_LEGEND, height=480, margin=dict(t=100, b=120),
         xaxis_tickangle=-45,
     )
@@ -81,6 +98,8 @@ def layer_curves(per_layer: pd.DataFrame, highlight: int | None = None, relative
         for i, (model, df) in enumerate(per_layer.groupby("model", sort=False)):
             name = tasks[0] if len(models) == 1 else f"{tasks[0]} ({model})"
             colour = task_colour(tasks[0]) if len(models) == 1 else OTHER_COLOURS[i % len(OTHER_COLOURS)]
+            if "dev_acc_lo" in df:
+                add_band(fig, df[x], df["dev_acc_lo"], df["dev_acc_hi"], colour, f"{name}: 95% interval")
             fig.add_scatter(x=df[x], y=df["dev_acc"], mode="lines+markers", line=dict(width=3, color=colour),
                             marker_color=colour, name=name, hovertemplate=hover(name))
     else:
@@ -97,8 +116,11 @@ def layer_curves(per_layer: pd.DataFrame, highlight: int | None = None, relative
                     fig.add_scatter(x=df[x], y=df["dev_acc"], mode="lines", name=f"{task} ({model})",
                                     line=dict(width=1, color=colour), opacity=0.35, legendgroup=model,
                                     showlegend=False, hovertemplate=hover(f"{task} ({model})"))
-            mean = per_layer[per_layer.model == model].groupby(x, as_index=False)["dev_acc"].mean()
+            mean = mean_curve(per_layer[per_layer.model == model], x)
             name = f"mean over {len(tasks)} tasks" if len(models) == 1 else f"{model}: mean over tasks"
+            if "lo" in mean:
+                add_band(fig, mean[x], mean["lo"], mean["hi"], "black" if len(models) == 1 else colour,
+                         f"{name}: 95% interval", legendgroup=model)
             fig.add_scatter(x=mean[x], y=mean["dev_acc"], mode="lines+markers", name=name, legendgroup=model,
                             legendrank=1,
                             line=dict(width=4, color="black" if len(models) == 1 else colour),
@@ -108,10 +130,25 @@ def layer_curves(per_layer: pd.DataFrame, highlight: int | None = None, relative
     many = len(models) == 1 and len(tasks) > 1
     fig.update_layout(
         title=title or "Task-vector accuracy by layer (dev)", xaxis_title="relative depth" if relative else "layer",
-        yaxis=dict(title="accuracy", range=[0, 1]), height=660 if many else 450,
+        yaxis=dict(title="accuracy" + (BAND_NOTE if "dev_acc_lo" in per_layer else ""), range=[0, 1]), height=660 if many else 450,
         legend=dict(font=dict(size=10), tracegroupgap=4) if many else None,
     )
     return fig
+
+
+def mean_curve(per_layer: pd.DataFrame, x: str = "layer") -> pd.DataFrame:
+    """Mean dev accuracy over tasks at each layer, with a 95% interval when the table says how many episodes each
+    accuracy rests on: for one task its Wilson interval, for several `protocol.mean_of_proportions`."""
+    from .protocol import mean_of_proportions
+
+    if "n_dev" not in per_layer:
+        return per_layer.groupby(x, as_index=False)["dev_acc"].mean()
+    if per_layer.task.nunique() == 1 and "dev_acc_lo" in per_layer:
+        return per_layer[[x, "dev_acc", "dev_acc_lo", "dev_acc_hi"]].rename(columns={"dev_acc_lo": "lo",
+                                                                                     "dev_acc_hi": "hi"})
+    rows = [{x: at, "dev_acc": part.dev_acc.mean(), **dict(zip(("lo", "hi"), mean_of_proportions(part.dev_acc, part.n_dev)))}
+            for at, part in per_layer.groupby(x, sort=True)]
+    return pd.DataFrame(rows)
 
 
 def mark_layer(fig: go.Figure, layer: int) -> go.Figure:
@@ -190,10 +227,11 @@ def conflict_bars(table: pd.DataFrame) -> go.Figure:
     labels = [pairs, methods]
     hover = "%{x}: %{y:.2f}<extra>%{fullData.name}</extra>"
     fig.add_bar(x=labels, y=table.acc_a, name="accuracy on task A (the demonstrations)", marker_color="#1f77b4",
-                hovertemplate=hover)
+                hovertemplate=hover, error_y=error_bars(table, "acc_a"))
     fig.add_bar(x=labels, y=table.acc_b, name="accuracy on task B (the patched θ)", marker_color="#ff7f0e",
-                hovertemplate=hover)
-    fig.update_layout(barmode="group", title="Conflicting tasks: demonstrations of A, task vector of B",
+                hovertemplate=hover, error_y=error_bars(table, "acc_b"))
+    note = f"<br><sup>{INTERVAL_NOTE}</sup>" if error_bars(table, "acc_b") else ""
+    fig.update_layout(barmode="group", title="Conflicting tasks: demonstrations of A, task vector of B" + note,
                       xaxis=dict(title="task A (demonstrations) → task B (θ), without and with θ(B)",
                                  tickfont=dict(size=11)),
                       yaxis=dict(title="accuracy", range=[0, 1]), height=520, margin=dict(t=110, b=120),
@@ -241,8 +279,10 @@ def interpolation_curves(table: pd.DataFrame) -> go.Figure:
     df = table[table.kind == "alpha"]
     a, b = df.task_a.iloc[0], df.task_b.iloc[0]
     fig = go.Figure()
-    fig.add_scatter(x=df.value, y=df.acc_a, mode="lines+markers", name=f"accuracy on {a} (A)")
-    fig.add_scatter(x=df.value, y=df.acc_b, mode="lines+markers", name=f"accuracy on {b} (B)")
+    for col, task, colour in (("acc_a", f"{a} (A)", OTHER_COLOURS[0]), ("acc_b", f"{b} (B)", OTHER_COLOURS[1])):
+        if f"{col}_lo" in df:
+            add_band(fig, df.value, df[f"{col}_lo"], df[f"{col}_hi"], colour, f"accuracy on {task}: 95% interval")
+        fig.add_scatter(x=df.value, y=df[col], mode="lines+markers", name=f"accuracy on {task}", line_color=colour)
     fig.update_layout(title=f"α·θ(A) + (1−α)·θ(B) at layer {df.layer.iloc[0]}", xaxis_title="α",
                       yaxis=dict(title="accuracy", range=[0, 1]), legend=TOP_LEGEND, height=440,
                       margin=dict(t=100))
@@ -253,7 +293,9 @@ def method_bars(table: pd.DataFrame, x: str, y: str, colour: str, title: str, y_
     """Grouped bars of one measure (accuracy, cost) by task and method or condition."""
     fig = go.Figure()
     for value, part in table.groupby(colour, sort=False):
-        fig.add_bar(x=part[x], y=part[y], name=str(value))
+        fig.add_bar(x=part[x], y=part[y], name=str(value), error_y=error_bars(part, y))
+    if error_bars(table, y):
+        title += f"<br><sup>{INTERVAL_NOTE}</sup>"
     fig.update_layout(barmode="group", title=title, xaxis_title=x,
                       yaxis=dict(title=y, range=list(y_range) if y_range else None),
                       legend=dict(title=colour), height=450)
@@ -284,10 +326,13 @@ def vector_layer_curves(per_layer: pd.DataFrame, title: str) -> go.Figure:
     """Dev accuracy per layer of the task vector and the function vector (one task, or the mean over tasks)."""
     fig = go.Figure()
     for method, (label, colour) in VECTOR_METHODS.items():
-        curve = per_layer[per_layer.method == method].groupby("layer")["dev_acc"].mean()
-        fig.add_scatter(x=curve.index, y=curve.to_numpy(), mode="lines+markers", name=label,
+        curve = mean_curve(per_layer[per_layer.method == method])
+        if "lo" in curve:
+            add_band(fig, curve.layer, curve.lo, curve.hi, colour, f"{label}: 95% interval")
+        fig.add_scatter(x=curve.layer, y=curve.dev_acc, mode="lines+markers", name=label,
                         line=dict(color=colour, width=3))
-    fig.update_layout(title=title, xaxis_title="layer", yaxis=dict(title="dev accuracy", range=[0, 1]),
+    note = BAND_NOTE if "n_dev" in per_layer else ""
+    fig.update_layout(title=title, xaxis_title="layer", yaxis=dict(title="dev accuracy" + note, range=[0, 1]),
                       legend=TOP_LEGEND, height=440, margin=dict(t=110))
     return fig
 
@@ -297,7 +342,11 @@ def k_curve(by_k: pd.DataFrame, chosen: int | None = None) -> go.Figure:
     mean = by_k.groupby("k")[["dev_accuracy", "accuracy"]].mean()
     fig = go.Figure()
     fig.add_scatter(x=mean.index, y=mean.dev_accuracy, mode="lines+markers", name="dev (best layer)")
-    fig.add_scatter(x=mean.index, y=mean.accuracy, mode="lines+markers", name="test (layer chosen on dev)")
+    test = mean_curve(by_k.rename(columns={"accuracy": "dev_acc", "n_test": "n_dev"}), "k")
+    if "lo" in test:
+        add_band(fig, test.k, test.lo, test.hi, OTHER_COLOURS[1], "test: 95% interval")
+    fig.add_scatter(x=mean.index, y=mean.accuracy, mode="lines+markers", name="test (layer chosen on dev)",
+                    line_color=OTHER_COLOURS[1])
     if chosen is not None:
         fig.add_vline(x=chosen, line_dash="dash", annotation_text=f"k = {chosen}")
     fig.update_layout(title=f"Function-vector accuracy by number of heads (mean over {by_k.task.nunique()} tasks)",
@@ -319,4 +368,35 @@ def mapping_rank_scatter(table: pd.DataFrame, methods=("icl", "tv", "fv")) -> go
     fig.update_layout(title="Accuracy per task, by mapping rank (distinct outputs per input, in brackets)",
                       xaxis=dict(title="test accuracy", range=[-0.02, 1.02]), yaxis_title="task (mapping rank)",
                       legend=TOP_LEGEND, height=620, margin=dict(t=110))
+    return fig
+
+
+def scorecard_figure(card: pd.DataFrame) -> go.Figure:
+    """The replication scorecard per task: our accuracy with its 95% interval against the paper's value, one
+    panel each for baseline, ICL and task vector (hover gives the verdict)."""
+    acc = card[card.section == "accuracy"]
+    metrics = [m for m in METHOD_COLOURS if m in set(acc.metric)]
+    rated = acc[acc.verdict != "not in paper"]
+    titles = [f"{METHOD_LABELS[m]}: paper's value within our interval on "
+              f"{(rated[rated.metric == m].verdict == 'within').sum()} of {(rated.metric == m).sum()} tasks"
+              for m in metrics]
+    fig = make_subplots(rows=len(metrics), cols=1, shared_xaxes=True, vertical_spacing=0.07,
+                        subplot_titles=titles)
+    for row, metric in enumerate(metrics, start=1):
+        df = acc[acc.metric == metric]
+        ticks = df.task.map(short_name)
+        fig.add_scatter(x=ticks, y=df.ours, mode="markers", name=f"ours: {METHOD_LABELS[metric]}",
+                        marker=dict(color=METHOD_COLOURS[metric], size=9), row=row, col=1,
+                        error_y=dict(type="data", symmetric=False, array=(df.ours_hi - df.ours).tolist(),
+                                     arrayminus=(df.ours - df.ours_lo).tolist(), thickness=1.5),
+                        customdata=df[["task", "verdict"]],
+                        hovertemplate="%{customdata[0]}: %{y:.2f}<br>verdict: %{customdata[1]}<extra>ours</extra>")
+        fig.add_scatter(x=ticks, y=df.paper, mode="markers", name=f"paper ({df.paper_model.iloc[0]})",
+                        marker=dict(color="black", symbol="diamond-open", size=10, line=dict(width=2)),
+                        showlegend=row == 1, legendgroup="paper", row=row, col=1,
+                        customdata=df[["task"]], hovertemplate="%{customdata[0]}: %{y:.2f}<extra>paper</extra>")
+    fig.update_yaxes(range=[-0.03, 1.03], title_text="accuracy")
+    fig.update_xaxes(tickangle=-45)
+    fig.update_layout(title=f"Replication scorecard: {acc.model.iloc[0]} per task (bars: 95% intervals) against "
+                            "the paper", legend=TOP_LEGEND, height=300 * len(metrics) + 220, margin=dict(t=120, b=110))
     return fig

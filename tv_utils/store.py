@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import tempfile
@@ -11,14 +12,15 @@ from pathlib import Path
 _PACKAGE = Path(__file__).resolve().parent
 SHIPPED = _PACKAGE / "results"  # figures/' tables as a built wheel holds them (pyproject.toml: tv_utils.results)
 INSTALLED = SHIPPED.is_dir()  # a non-editable install; a source checkout (editable or not) has no results/
-FIGURES = SHIPPED if INSTALLED else _PACKAGE.parent / "figures"  # the committed results (read-only when installed)
+# The committed reference results, which the course reads. Read-only: no run writes here unless named with --out
+# (`make reference` does, on purpose).
+FIGURES = SHIPPED if INSTALLED else _PACKAGE.parent / "figures"
 
 
 def results_folder(folder: str | Path | None = None) -> Path:
-    """Where results are written, and looked for before the committed ones: `folder` if given, else
-    $TV_UTILS_RESULTS, else figures/: the repository's in a source checkout (the committed results), the
-    current directory's in an installed package, which never writes inside itself."""
-    return Path(folder or os.environ.get("TV_UTILS_RESULTS") or (Path("figures") if INSTALLED else FIGURES))
+    """Where a run writes its results: `folder` if given, else $TV_UTILS_RESULTS, else ./results of the current
+    directory (ignored by git in a checkout). Never the committed reference, unless it is named explicitly."""
+    return Path(folder or os.environ.get("TV_UTILS_RESULTS") or "results")
 
 
 def results_stem(kind: str, model_name: str, folder: str | Path | None = None) -> Path:
@@ -41,21 +43,23 @@ def stem_of(path: str | Path, suffix: str) -> Path:
 
 
 def stored_file(name: str, folder: str | Path | None = None) -> Path | None:
-    """The file `name` from the results folder, else from the committed results (FIGURES); None if neither
-    has it."""
-    for path in (results_folder(folder) / name, FIGURES / name):
+    """The file `name` from your own results when you point at them (`folder`, else $TV_UTILS_RESULTS), else
+    from the committed reference (FIGURES); None if none has it. Without either, only the reference is read,
+    so a quick run of yours never changes what the notebooks show."""
+    own = folder or os.environ.get("TV_UTILS_RESULTS")
+    for path in ([Path(own) / name] if own else []) + [FIGURES / name]:
         if path.exists():
             return path
     return None
 
 
 def precomputed(name: str, folder: str | Path | None = None):
-    """A result table, e.g. precomputed("reproduce_gemma3-270m_per_layer"), from the results folder or else
-    the committed results; None if neither has it. Only empty cells are missing values: tokens such as
+    """A result table, e.g. precomputed("reproduce_gemma3-270m_per_layer"), from your results if you point at
+    them, else the committed reference (`stored_file`); None if neither has it. Only empty cells are missing values: tokens such as
     "None" or "NA" stay text."""
     import pandas as pd
 
-    path = stored_file(f"{name}.csv", folder)
+    path = stored_file(f"{name}.csv", folder) or stored_file(f"{name}.csv.gz", folder)
     return None if path is None else pd.read_csv(path, keep_default_na=False, na_values=[""])
 
 
@@ -82,8 +86,10 @@ def _umask() -> int:
 
 
 def save_table(df, path: str | Path) -> Path:
-    """A DataFrame as CSV (floats rounded to 4 places, so reruns diff cleanly)."""
-    return write_atomic(path, df.to_csv(index=False, float_format="%.4f"))
+    """A DataFrame as CSV (floats rounded to 4 places, so reruns diff cleanly); a path ending in .gz is
+    gzipped with no time stamp, so the same table gives the same bytes."""
+    text = df.to_csv(index=False, float_format="%.4f")
+    return write_atomic(path, gzip.compress(text.encode(), mtime=0) if str(path).endswith(".gz") else text)
 
 
 def versions(packages=("torch", "transformers", "nnsight")) -> dict[str, str]:

@@ -16,7 +16,7 @@ from IPython.display import HTML, display
 
 from . import plots
 from .analyses import conflict, icl
-from .experiments import best_mean_layer
+from .protocol import best_mean_layer
 
 
 class Explorer(w.VBox):
@@ -258,6 +258,13 @@ def conflict_widget(model, n: int = 10, layer: int | None = None, start=("en_es"
     return Explorer([w.HBox([a, b, run]), out])
 
 
+def _with_interval(row, column: str) -> str:
+    """An accuracy as text, with its 95% interval when the table has one: "0.76 [0.62, 0.86]"."""
+    if f"{column}_lo" not in row:
+        return f"{row[column]:.2f}"
+    return f"{row[column]:.2f} [{row[column + '_lo']:.2f}, {row[column + '_hi']:.2f}]"
+
+
 def results_explorer(results: pd.DataFrame, per_layer: pd.DataFrame) -> Explorer:
     """Pick a task: its Baseline / ICL / task-vector accuracy and its accuracy per layer (precomputed)."""
     task = w.Dropdown(options=list(results["task"]), description="task")
@@ -265,10 +272,12 @@ def results_explorer(results: pd.DataFrame, per_layer: pd.DataFrame) -> Explorer
 
     def redraw(_=None):
         row = results[results.task == task.value].iloc[0]
-        note.value = (f"<span class='tv-result'><b>{row.task}</b> ({row.category}): baseline {row.baseline:.2f}, "
-                      f"ICL {row.icl:.2f}, task vector {row.tv:.2f} at layer {row.best_layer}</span>")
+        verdict = f"; task vector vs ICL: {row.tv_vs_icl}" if "tv_vs_icl" in row else ""
+        note.value = (f"<span class='tv-result'><b>{row.task}</b> ({row.category}), test episodes: baseline "
+                      f"{_with_interval(row, 'baseline')}, ICL {_with_interval(row, 'icl')}, task vector "
+                      f"{_with_interval(row, 'tv')} at layer {row.best_layer} (chosen on dev){verdict}</span>")
         _redraw(figure, plots.layer_curves(per_layer[per_layer.task == task.value], highlight=int(row.best_layer),
-                                           title=f"{task.value}: task-vector accuracy by layer"))
+                                           title=f"{task.value}: task-vector accuracy by layer (dev episodes)"))
 
     task.observe(redraw, "value")
     redraw()

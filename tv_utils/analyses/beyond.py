@@ -13,7 +13,8 @@ import pandas as pd
 import torch
 
 from .. import engine, store
-from ..experiments import PAPER, Protocol, accuracy, default_layer, prepare_split
+from ..experiments import default_layer, prepare_split
+from ..protocol import PAPER, Protocol, accuracy, with_intervals
 from ..models import Model
 from ..prompts import DEFAULT_FORMAT, PromptFormat, answer_token_ids
 from ..tasks import Episode, Task, get_task
@@ -57,9 +58,9 @@ def interpolate(model: Model, task_a: str, task_b: str, alphas=np.linspace(0, 1,
     for kind, value, theta in mixes:
         pred = patch_shared(model, queries, theta, layer).cpu()
         rows.append({"model": model.name, "task_a": task_a, "task_b": task_b, "layer": layer, "kind": kind,
-                     "value": value, "acc_a": accuracy(model, pred, target_a),
+                     "value": value, "n": len(episodes), "acc_a": accuracy(model, pred, target_a),
                      "acc_b": accuracy(model, pred, target_b)})
-    return pd.DataFrame(rows)
+    return with_intervals(pd.DataFrame(rows), ["acc_a", "acc_b"], "n")
 
 
 # ---------------------------------------------------------------- a task-vector library
@@ -143,9 +144,9 @@ def reuse_cost(model: Model, library: Library, tasks, n: int = 50, protocol: Pro
                                             ("stored theta", s.queries, tv_pred, tv_seconds)):
             rows.append({"model": model.name, "task": name, "method": method,
                          "prompt_tokens": float(np.mean([len(q) for q in seqs])),
-                         "ms_per_query": 1000 * seconds / len(seqs),
+                         "ms_per_query": 1000 * seconds / len(seqs), "n": len(seqs),
                          "accuracy": accuracy(model, pred, s.target)})
-    return pd.DataFrame(rows)
+    return with_intervals(pd.DataFrame(rows), ["accuracy"], "n")
 
 
 # ---------------------------------------------------------------- robustness
@@ -168,16 +169,16 @@ def robustness(model: Model, task: Task | str, layer: int, n: int = 50, sizes=(1
         pred = engine.layer_sweep(model, test.queries, full.to(model.device), [layer])[:, 0]
         condition = "θ from 1 other episode" if size == 1 else f"mean θ of {size} other episodes"
         rows.append({"model": model.name, "task": name, "layer": layer, "condition": condition,
-                     "accuracy": accuracy(model, pred, test.target)})
+                     "n": len(test.target), "accuracy": accuracy(model, pred, test.target)})
     shuffled = [_shuffled(ep, rng) for ep in test.episodes]
     theta, _ = engine.episode_states(model, shuffled, fmt)
     pred = engine.layer_sweep(model, test.queries, theta, [layer])[:, 0]
     rows.append({"model": model.name, "task": name, "layer": layer, "condition": "demos with shuffled answers",
-                 "accuracy": accuracy(model, pred, test.target)})
+                 "n": len(test.target), "accuracy": accuracy(model, pred, test.target)})
     pred = engine.layer_sweep(model, test.queries, test.theta, [layer])[:, 0]
     rows.append({"model": model.name, "task": name, "layer": layer, "condition": "own episode (paper)",
-                 "accuracy": accuracy(model, pred, test.target)})
-    return pd.DataFrame(rows)
+                 "n": len(test.target), "accuracy": accuracy(model, pred, test.target)})
+    return with_intervals(pd.DataFrame(rows), ["accuracy"], "n")
 
 
 def _shuffled(ep: Episode, rng) -> Episode:

@@ -20,8 +20,8 @@ import torch
 
 from .. import engine, store
 from ..batches import chunks, layer_hidden, pad_left
-from ..experiments import (PAPER, Protocol, accuracy, best_of, encode_queries, prepare_split, run_tasks,
-                           sample_split)
+from ..experiments import encode_queries, prepare_split, run_tasks, sample_split
+from ..protocol import PAPER, Protocol, accuracy, best_of, compare, episode_hits, episode_table, with_intervals
 from ..models import Model
 from ..prompts import DEFAULT_FORMAT, PromptFormat
 from ..tasks import TASK_NAMES, Episode, get_task
@@ -212,14 +212,15 @@ def added_sweep(model: Model, seqs: list[list[int]], vector: torch.Tensor, layer
 
 def evaluate_vector(model: Model, task, vector: torch.Tensor, protocol: Protocol = PAPER,
                     fmt: PromptFormat = DEFAULT_FORMAT) -> dict:
-    """Zero-shot accuracy with `vector` added: the layer chosen on dev, the accuracy reported on test."""
+    """Zero-shot accuracy with `vector` added: the layer chosen on dev, the accuracy reported on test (with
+    each test episode's hit)."""
     _, dev, dev_target = sample_split(model, task, "dev", protocol.n_dev, protocol, fmt)
     layers = list(range(model.n_layers))
     dev_acc = accuracy(model, added_sweep(model, encode_queries(model, dev, fmt), vector), dev_target[:, None], dim=0)
     best = best_of(layers, dev_acc)
     _, test, test_target = sample_split(model, task, "test", protocol.n_test, protocol, fmt)
-    answers = added_sweep(model, encode_queries(model, test, fmt), vector, [best])[:, 0]
-    return {"accuracy": accuracy(model, answers, test_target), "layer": best, "dev_acc": dev_acc}
+    hits = episode_hits(model, added_sweep(model, encode_queries(model, test, fmt), vector, [best])[:, 0], test_target)
+    return {"accuracy": hits.double().mean().item(), "hits": hits.cpu(), "layer": best, "dev_acc": dev_acc}
 
 
 def mapping_rank(task) -> float:
@@ -230,14 +231,17 @@ def mapping_rank(task) -> float:
 
 
 METHODS = ("baseline", "icl", "tv", "tv_add", "fv")  # the comparison table's accuracy columns on plain prompts
+SHUFFLED = ("icl_shuffled", "icl_shuffled_tv", "icl_shuffled_fv")  # and on prompts with shuffled labels
+PAIRS = (("tv", "icl"), ("fv", "tv"), ("tv_add", "tv"))  # paired tests on the same test episodes
 K_CHOICES = (1, 2, 5, 10, 20)  # head counts tried for the function vector; the best mean dev accuracy wins
 
 
 @dataclass
 class Comparison:
-    """The side-by-side run: one row per task (`table`), every head's indirect effect per task (`effects`),
-    dev accuracy per task, method and layer (`per_layer`), function-vector accuracy per head count
-    (`by_k`), and the chosen head count `k` with its heads."""
+    """The side-by-side run: one row per task (`table`, with intervals and the paired tests of PAIRS), every
+    head's indirect effect per task (`effects`), dev accuracy per task, method and layer (`per_layer`),
+    function-vector accuracy per head count (`by_k`), the chosen head count `k` with its heads, and every test
+    episode's hit per task and method (`episodes`)."""
 
     table: pd.DataFrame
     effects: pd.DataFrame
@@ -245,11 +249,25 @@ class Comparison:
     by_k: pd.DataFrame
     k: int
     heads: list[tuple[int, int]]
+    episodes: pd.DataFrame
 
 
-def _curve(task, method: str, dev_acc) -> pd.DataFrame:
-    return pd.DataFrame({"task": task.name, "category": task.category, "method": method,
-                         "layer": range(len(dev_acc)), "dev_acc": dev_acc})
+def _curve(task, method: str, dev_acc, n_dev: int) -> pd.DataFrame:
+    curve = pd.DataFrame({"task": task.name, "category": task.category, "method": method,
+                          "layer": range(len(dev_acc)), "n_dev": n_dev, "dev_acc": dev_acc})
+    return with_intervals(curve, ["dev_acc"], "n_dev")
+
+
+def comparison_table(rows: pd.DataFrame, episodes: pd.DataFrame) -> pd.DataFrame:
+    """The per-task table with 95% Wilson intervals for every accuracy and, for each pair (a, b) of PAIRS, the
+    paired difference a - b on the same test episodes with its interval, exact McNemar p and verdict."""
+    table = with_intervals(rows, [*METHODS, *SHUFFLED], "n_test").set_index("task", drop=False)
+    for a, b in PAIRS:
+        test = compare(episodes, a, b).set_index("task").loc[table.index]
+        table[f"{a}_minus_{b}"] = test["diff"]
+        table[f"{a}_minus_{b}_lo"], table[f"{a}_minus_{b}_hi"] = test["diff_lo"], test["diff_hi"]
+        table[f"{a}_vs_{b}_p"], table[f"{a}_vs_{b}"] = test["p_value"], test["verdict"]
+    return table.reset_index(drop=True)
 
 
 def compare_methods(model: Model, tasks=TASK_NAMES, k: int | None = None, ks=K_CHOICES, n_effect: int = 10,
@@ -263,7 +281,8 @@ def compare_methods(model: Model, tasks=TASK_NAMES, k: int | None = None, ks=K_C
 
     tasks = [get_task(t) if isinstance(t, str) else t for t in tasks]
     ks = sorted(set(ks) | ({k} if k else set()))
-    results, tv_curves = run_tasks(model, tasks, protocol, fmt, progress=False)
+    tv_run = run_tasks(model, tasks, protocol, fmt, progress=False)
+    results, tv_curves = tv_run.results, tv_run.per_layer
     effects, head_means, task_theta = [], [], []
     for task in tqdm(tasks, desc="indirect effects and mean θ"):
         table, mean = indirect_effects(model, task, n_effect, protocol, fmt)
@@ -276,12 +295,14 @@ def compare_methods(model: Model, tasks=TASK_NAMES, k: int | None = None, ks=K_C
     runs = {n: [evaluate_vector(model, task, function_vector(model, mean, top_heads(effects, n)), protocol, fmt)
                 for task, mean in zip(tasks, head_means)]
             for n in tqdm(ks, desc="function vectors per head count")}
-    by_k = pd.DataFrame([{"task": task.name, "category": task.category, "k": n, "accuracy": run["accuracy"],
-                          "dev_accuracy": max(run["dev_acc"]), "layer": run["layer"]}
+    by_k = pd.DataFrame([{"task": task.name, "category": task.category, "k": n, "n_test": len(run["hits"]),
+                          "accuracy": run["accuracy"], "dev_accuracy": max(run["dev_acc"]), "layer": run["layer"]}
                          for n in ks for task, run in zip(tasks, runs[n])])
+    by_k = with_intervals(by_k, ["accuracy"], "n_test")
     k = k or int(best_of(ks, [by_k[by_k.k == n].dev_accuracy.mean() for n in ks]))
     heads = top_heads(effects, k)
-    rows, curves = [], []
+    tv_test = tv_run.episodes[tv_run.episodes.split == "test"]
+    rows, curves, episodes = [], [], [tv_test.drop(columns=["seed", "split"])]
     for task, mean, fv_run, theta_mean, (_, row) in tqdm(list(zip(tasks, head_means, runs[k], task_theta,
                                                                    results.iterrows())), desc="shuffled labels"):
         vector = function_vector(model, mean, heads)
@@ -290,17 +311,28 @@ def compare_methods(model: Model, tasks=TASK_NAMES, k: int | None = None, ks=K_C
         shuffled = model.encode([fmt.episode_icl(shuffled_labels(ep, protocol.seed)) for ep in test])
         theta, _ = engine.episode_states(model, test, fmt, icl=False)
         tv_layer = int(row["best_layer"])
+        hits = {"tv_add": (tv_add["hits"], tv_add["layer"]), "fv": (fv_run["hits"], fv_run["layer"]),
+                "icl_shuffled": (episode_hits(model, engine.next_tokens(model, shuffled), target), None),
+                "icl_shuffled_tv": (episode_hits(model, engine.layer_sweep(model, shuffled, theta, [tv_layer])[:, 0],
+                                                 target), tv_layer),
+                "icl_shuffled_fv": (episode_hits(model, added_sweep(model, shuffled, vector, [fv_run["layer"]])[:, 0],
+                                                 target), fv_run["layer"])}
+        episodes += [episode_table(task.name, "test", m, h.cpu().numpy(), layer).drop(columns="split")
+                     for m, (h, layer) in hits.items()]
         rows.append({
             "task": row["task"], "category": row["category"], "mapping_rank": round(mapping_rank(task), 4),
-            "baseline": row["baseline"], "icl": row["icl"], "tv": row["tv"], "tv_add": tv_add["accuracy"],
-            "fv": fv_run["accuracy"],
-            "icl_shuffled": accuracy(model, engine.next_tokens(model, shuffled), target),
-            "icl_shuffled_tv": accuracy(model, engine.layer_sweep(model, shuffled, theta, [tv_layer])[:, 0], target),
-            "icl_shuffled_fv": accuracy(model, added_sweep(model, shuffled, vector, [fv_run["layer"]])[:, 0], target),
+            "n_test": len(test), "baseline": row["baseline"], "icl": row["icl"], "tv": row["tv"],
+            **{m: h.double().mean().item() for m, (h, _) in hits.items()},
             "tv_layer": tv_layer, "tv_add_layer": tv_add["layer"], "fv_layer": fv_run["layer"]})
-        curves += [_curve(task, "tv", tv_curves[tv_curves.task == task.name].dev_acc.tolist()),
-                   _curve(task, "tv_add", tv_add["dev_acc"]), _curve(task, "fv", fv_run["dev_acc"])]
-    return Comparison(pd.DataFrame(rows), effects, pd.concat(curves, ignore_index=True), by_k, k, heads)
+        n_dev = protocol.n_dev
+        curves += [_curve(task, "tv", tv_curves[tv_curves.task == task.name].dev_acc.tolist(), n_dev),
+                   _curve(task, "tv_add", tv_add["dev_acc"], n_dev), _curve(task, "fv", fv_run["dev_acc"], n_dev)]
+    episodes = pd.concat(episodes, ignore_index=True)
+    return Comparison(comparison_table(pd.DataFrame(rows)[_ROW_ORDER], episodes), effects,
+                      pd.concat(curves, ignore_index=True), by_k, k, heads, episodes)
+
+
+_ROW_ORDER = ["task", "category", "mapping_rank", "n_test", *METHODS, *SHUFFLED, "tv_layer", "tv_add_layer", "fv_layer"]
 
 
 RESISTANT_TASKS = ("en_es", "next_letter", "prev_letter")  # one-to-one maps, said to resist a single vector
@@ -339,7 +371,7 @@ def several_vectors(model: Model, tasks=RESISTANT_TASKS, heads: list[tuple[int, 
 
         def row(method: str, layer: int, answers, add_layer=None) -> dict:
             return {"task": dev.task.name, "category": dev.task.category, "method": method, "layer": layer,
-                    "add_layer": add_layer, "accuracy": accuracy(model, answers, test.target)}
+                    "add_layer": add_layer, "n_test": len(test.target), "accuracy": accuracy(model, answers, test.target)}
 
         pooled = dev.theta.mean(0)  # [n_layers, H], shared by every query
         for method, dev_theta, test_theta in (("task vector", dev.theta, test.theta),
@@ -357,7 +389,15 @@ def several_vectors(model: Model, tasks=RESISTANT_TASKS, heads: list[tuple[int, 
             m = best_of(later, dev_acc)
             rows.append(row("task vector + function vector", layer,
                             replaced_then_added(model, test.queries, test.theta[:, layer], layer, vector, m), m))
-    return pd.DataFrame(rows).astype({"add_layer": "Int64"})  # empty where nothing is added
+    table = pd.DataFrame(rows).astype({"add_layer": "Int64"})  # empty where nothing is added
+    return with_intervals(table, ["accuracy"], "n_test")
+
+
+def method_long(table: pd.DataFrame, methods=METHODS) -> pd.DataFrame:
+    """The comparison table's accuracies as (task, method, accuracy, accuracy_lo, accuracy_hi) rows, for bars."""
+    parts = [table[["task"]].assign(method=m, accuracy=table[m], accuracy_lo=table.get(f"{m}_lo"),
+                                    accuracy_hi=table.get(f"{m}_hi")) for m in methods]
+    return pd.concat(parts, ignore_index=True)
 
 
 def run(model: Model, tasks=TASK_NAMES, k: int | None = None, n_effect: int = 10, protocol: Protocol = PAPER,
@@ -376,6 +416,7 @@ def run(model: Model, tasks=TASK_NAMES, k: int | None = None, n_effect: int = 10
     store.save_table(comparison.effects, f"{stem}_head_effects.csv")
     store.save_table(comparison.per_layer, f"{stem}_per_layer.csv")
     store.save_table(comparison.by_k, f"{stem}_by_k.csv")
+    store.save_table(comparison.episodes, f"{stem}_episodes.csv")
     if several is not None:
         store.save_table(several, f"{stem}_several_vectors.csv")
     store.save_json({"model": model.name, "k": comparison.k, "k_choices": sorted(comparison.by_k.k.unique().tolist()),
@@ -383,8 +424,7 @@ def run(model: Model, tasks=TASK_NAMES, k: int | None = None, n_effect: int = 10
     if figures:
         store.save_figure(plots.head_heatmap(comparison.effects, comparison.heads), f"{stem}_heads")
         store.save_figure(plots.k_curve(comparison.by_k, comparison.k), f"{stem}_by_k")
-        long = comparison.table.melt(id_vars=["task"], value_vars=list(METHODS), var_name="method",
-                                     value_name="accuracy")
+        long = method_long(comparison.table)
         store.save_figure(plots.method_bars(long, "task", "accuracy", "method", "Task vectors and function vectors"),
                           f"{stem}_accuracy")
     return {"comparison": comparison, "several_vectors": several}

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 
 from .. import engine
-from ..experiments import Protocol, accuracy, encode_queries, sample_split
+from ..experiments import encode_queries, sample_split
+from ..protocol import Protocol, accuracy
 from ..prompts import DEFAULT_FORMAT, usable_task
 from ..tasks import Episode, make_task, parse_pairs
 from .beyond import patch_shared

@@ -10,7 +10,8 @@ import pandas as pd
 import torch
 
 from .. import store
-from ..experiments import PAPER, Protocol, default_layer, prepare_split
+from ..experiments import default_layer, prepare_split
+from ..protocol import PAPER, Protocol
 from ..models import Model
 from ..tasks import TASK_NAMES
 
