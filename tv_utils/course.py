@@ -139,3 +139,14 @@ def function_vectors(model: Model):
     tasks, protocol = quick_tasks(model, 2), Protocol(n_dev=QUICK, n_test=QUICK)
     run = fv.compare_methods(model, tasks, ks=(2, 5), n_effect=5, protocol=protocol)
     return run, fv.several_vectors(model, tasks[:1], run.heads, n_effect=5, protocol=protocol)
+
+
+def scorecard(model: Model):
+    """(scorecard table, its printed verdict): this model's reproduce and conflict results (stored, else the
+    quick live versions above) beside the paper's published numbers."""
+    from . import scorecard as card
+
+    results, _ = reproduce_tables(model)
+    table = card.scorecard(results, conflict(model), episodes=_stored(model, "reproduce", "episodes"))
+    return table, card.verdict_text(table)
+

@@ -259,7 +259,7 @@ def answer_rank_curves(ranks: pd.DataFrame, highlight: int | None = None) -> go.
     fig.update_yaxes(type="log", autorange="reversed")
     fig.update_yaxes(title_text="median rank of the answer", col=1)
     fig.update_xaxes(title_text="layer", row=2)
-    fig.update_layout(title="Reading θ through the unembedding: rank of the true answer (1 = top token, log scale)",
+    fig.update_layout(title="Reading θ through the unembedding: rank of the true answer (0 = top token, log scale)",
                       legend=dict(font=dict(size=10), tracegroupgap=6), height=640)
     return fig
 
