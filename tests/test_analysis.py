@@ -15,7 +15,10 @@ P = Protocol(k=3, n_dev=6, n_test=6)
 
 def test_conflicting_tasks_table(tiny_llama):
     table = conflict.conflicting_tasks(tiny_llama, [("next_letter", "to_upper")], n=6, layer=1, protocol=P)
-    assert list(table.method) == ["ICL (demos of A)", "ICL + theta of B"]
+    assert list(table.method) == [conflict.REGULAR, conflict.CONFLICT, conflict.OVERRIDE]
+    quick = conflict.conflicting_tasks(tiny_llama, [("next_letter", "to_upper")], n=6, layer=1, protocol=P,
+                                       override=False)  # the live widget's table: the same rows but the override
+    pd.testing.assert_frame_equal(quick, table[table.method != conflict.OVERRIDE].reset_index(drop=True))
     assert table[["acc_a", "acc_b"]].apply(lambda c: c.between(0, 1)).all().all()
     with pytest.raises(KeyError, match="valid tasks"):
         conflict.conflicting_tasks(tiny_llama, [("next_letter", "to_uper")], n=6, layer=1, protocol=P)
@@ -30,15 +33,21 @@ def test_run_writes_the_table_it_returns(tiny_llama, tmp_path):
 
     table = conflict.run(tiny_llama, [("next_letter", "to_upper")], n=6, layer=1, out_dir=tmp_path, figures=False)
     stem = store.results_stem("conflict", tiny_llama.name, tmp_path)
-    path, episodes = store.suffixed(stem, ".csv"), store.suffixed(stem, "_episodes.csv")
-    assert sorted(tmp_path.iterdir()) == sorted([path, episodes])
+    path, by_layer, episodes = (store.suffixed(stem, s) for s in (".csv", "_by_layer.csv", "_episodes.csv"))
+    assert sorted(tmp_path.iterdir()) == sorted([path, by_layer, episodes])
     pd.testing.assert_frame_equal(pd.read_csv(path), table.round(4), check_dtype=False)
-    hits = pd.read_csv(episodes)  # every episode, scored on A and on B, without and with theta(B)
-    assert len(hits) == 6 * 2 * 2 and set(hits.hit) <= {0, 1}
-    for row in table.itertuples():  # the table's accuracies are the means of its episodes
-        mine = hits[hits.method == row.method]
+    hits, curves = pd.read_csv(episodes), pd.read_csv(by_layer)
+    assert set(hits.hit) <= {0, 1} and set(hits.split) == {"dev", "test"}
+    test = hits[hits.split == "test"]
+    for row in table.itertuples():  # each Table 2 row is the mean of its test episodes at its layer
+        method = conflict.CONFLICT if row.method == conflict.OVERRIDE else row.method
+        mine = test[(test.method == method) & ((test.layer == row.layer) | test.layer.isna())]
         assert row.acc_a == mine[mine.scored_on == "A"].hit.mean() and row.acc_b == mine[mine.scored_on == "B"].hit.mean()
         assert row.acc_a_lo <= row.acc_a <= row.acc_a_hi
+    assert table.loc[table.method == conflict.CONFLICT, "layer"].tolist() == [1]  # --layer replaces the paper's rule
+    override = curves.override_layer.iloc[0]  # the best override layer is the top *dev* accuracy on B
+    assert curves.dev_acc_b.max() == curves.loc[curves.layer == override, "dev_acc_b"].iloc[0]
+    assert list(curves.layer) == list(range(tiny_llama.n_layers)) and (curves.n == 6).all()
 
 
 def test_interpolation_endpoints_are_the_pure_vectors(tiny_llama):

@@ -33,6 +33,8 @@ def test_every_fallback_runs_on_a_model_without_results(tiny_llama, no_stored_re
     assert tv.saved_layers[1] == L or L in tv.saved_layers
     assert set(emb.layer) == {L} and len(nearest)
     table = course.conflict(tiny_llama)
+    by_layer = course.conflict_by_layer(tiny_llama)
+    assert set(by_layer.layer) == set(range(tiny_llama.n_layers)) and {"paper_layer", "override_layer"} <= set(by_layer)
     assert {"task_a", "task_b", "method", "acc_a", "acc_b"} <= set(table.columns)
     top, ranks = course.vocab(tiny_llama)
     assert set(ranks.task) == set(experiments.quick_tasks(tiny_llama)) and "token" in top  # no word tokens here

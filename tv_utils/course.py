@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from . import store
 from .analyses import beyond
-from .analyses.conflict import PAPER_CONFLICTS, conflicting_tasks
+from .analyses.conflict import PAPER_CONFLICTS, conflict_hits, conflicting_tasks
+from .analyses.conflict import conflict_by_layer as conflict_by_layer_table
 from .analyses.depth import best_depth
 from .analyses.geometry import TaskVectors, collect_task_vectors, embeddings, geometry_scores, nearest_tasks
 from .analyses.vocab import vocabulary_projection
@@ -75,6 +76,17 @@ def conflict(model: Model):
     if table is None:
         pairs = [p for p in PAPER_CONFLICTS if set(p) <= set(quick_tasks(model, 10, need=QUICK))]
         table = conflicting_tasks(model, pairs[:2] or PAPER_CONFLICTS[:1], n=QUICK)
+    return table
+
+
+def conflict_by_layer(model: Model):
+    """Demonstrations of A with θ of B written at each layer: accuracy on A and B per pair and layer, with the
+    paper's layer and the best override layer (the stored run, else two pairs live)."""
+    table = _stored(model, "conflict", "by_layer")
+    if table is None:
+        pairs = [p for p in PAPER_CONFLICTS if set(p) <= set(quick_tasks(model, 10, need=QUICK))]
+        hits = conflict_hits(model, pairs[:2] or PAPER_CONFLICTS[:1], n=QUICK)
+        table = conflict_by_layer_table(hits)
     return table
 
 

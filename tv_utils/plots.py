@@ -223,7 +223,9 @@ def conflict_bars(table: pd.DataFrame) -> go.Figure:
     """Paper Table 2 as bars: for each (A, B), accuracy on A's and B's answers, regular vs conflicting."""
     fig = go.Figure()
     pairs = [f"{short_name(a)} →<br>θ {short_name(b)}" for a, b in zip(table.task_a, table.task_b)]
-    methods = table.method.map({"ICL (demos of A)": "ICL", "ICL + theta of B": "ICL+θ(B)"}).fillna(table.method)
+    methods = table.method.map({"ICL (demos of A)": "ICL", "ICL + theta of B": "θ(B), B's layer",
+                                "ICL + theta of B, best override layer": "θ(B), best layer"}).fillna(table.method)
+    methods = methods + [f" ({layer})" if m != "ICL (demos of A)" else "" for m, layer in zip(table.method, table.layer)]
     labels = [pairs, methods]
     hover = "%{x}: %{y:.2f}<extra>%{fullData.name}</extra>"
     fig.add_bar(x=labels, y=table.acc_a, name="accuracy on task A (the demonstrations)", marker_color="#1f77b4",
@@ -236,6 +238,30 @@ def conflict_bars(table: pd.DataFrame) -> go.Figure:
                                  tickfont=dict(size=11)),
                       yaxis=dict(title="accuracy", range=[0, 1]), height=520, margin=dict(t=110, b=120),
                       legend=TOP_LEGEND)
+    return fig
+
+
+def conflict_layer_curves(by_layer: pd.DataFrame) -> go.Figure:
+    """Demonstrations of A with theta(B) written at each layer: accuracy on A's and on B's answers per layer, one
+    panel per pair, with B's own best layer (the paper's rule, dashed) and the best override layer (dotted)."""
+    pairs = list(dict.fromkeys(zip(by_layer.task_a, by_layer.task_b)))
+    fig = make_subplots(rows=len(pairs), cols=1, shared_xaxes=True, vertical_spacing=0.06,
+                        subplot_titles=[f"demos of {short_name(a)}, θ of {short_name(b)}" for a, b in pairs])
+    for row, (a, b) in enumerate(pairs, start=1):
+        part = by_layer[(by_layer.task_a == a) & (by_layer.task_b == b)]
+        for col, label, colour in (("acc_a", "on A (the demonstrations)", "#1f77b4"),
+                                   ("acc_b", "on B (the patched θ)", "#ff7f0e")):
+            add_band(fig, part.layer, part[f"{col}_lo"], part[f"{col}_hi"], colour, label, row=row, col=1)
+            fig.add_scatter(x=part.layer, y=part[col], mode="lines+markers", name=f"accuracy {label}",
+                            line_color=colour, marker_size=4, legendgroup=col, showlegend=row == 1,
+                            hovertemplate=f"layer %{{x}}: %{{y:.2f}}<extra>{label}</extra>", row=row, col=1)
+        for column, dash in (("paper_layer", "dash"), ("override_layer", "dot")):
+            fig.add_vline(x=int(part[column].iloc[0]), line_dash=dash, line_color="black", row=row, col=1)
+    fig.update_yaxes(range=[0, 1], title_text="accuracy", title_font_size=11)
+    fig.update_xaxes(title_text="layer θ(B) is written at", row=len(pairs), col=1)
+    fig.update_layout(title="Conflicting tasks, layer by layer (dashed: B's own best layer, the paper's rule; "
+                            "dotted: best override layer, chosen on dev)<br><sup>shaded: 95% intervals</sup>",
+                      height=180 + 190 * len(pairs), legend=TOP_LEGEND, margin=dict(t=120), title_font_size=14)
     return fig
 
 

@@ -243,7 +243,7 @@ def conflict_widget(model, n: int = 10, layer: int | None = None, start=("en_es"
         with out:
             out.clear_output(wait=True)
             try:
-                table = conflict.conflicting_tasks(model, [(a.value, b.value)], n=n, layer=layer)
+                table = conflict.conflicting_tasks(model, [(a.value, b.value)], n=n, layer=layer, override=False)
             except (KeyError, ValueError) as e:
                 display(HTML(f"<p class='tv-error' style='color:#b00'>{html.escape(str(e))}</p>"))
                 return

@@ -10,7 +10,7 @@ import torch
 
 from .. import engine, store
 from ..experiments import prepare_split
-from ..protocol import PAPER, Protocol, accuracy, best_of, compare, episode_hits, episode_table, with_intervals
+from ..protocol import PAPER, Protocol, best_of, compare, episode_hits, episode_table, tie_layers, with_intervals
 from ..models import Model
 from ..prompts import DEFAULT_FORMAT, PromptFormat, answer_token_ids
 from ..tasks import TASK_NAMES, Episode, get_task, make_task, sample_episodes
@@ -24,7 +24,7 @@ PAPER_CONFLICTS = (
 )
 
 
-def shared_queries(a: str, b: str, protocol: Protocol, n: int) -> list[Episode]:
+def shared_queries(a: str, b: str, protocol: Protocol, n: int, split: str = "test") -> list[Episode]:
     """Episodes of task A whose query input also has an answer under task B (so both can be scored)."""
     task_a, task_b = get_task(a), get_task(b)
     b_answers = dict(task_b.pairs)
@@ -32,7 +32,7 @@ def shared_queries(a: str, b: str, protocol: Protocol, n: int) -> list[Episode]:
     if len(shared) < protocol.k + protocol.n_dummies + 1:
         raise ValueError(f"tasks {a!r} and {b!r} share only {len(shared)} inputs; pick tasks over the same inputs, "
                          f"e.g. {', '.join(f'{p}/{q}' for p, q in PAPER_CONFLICTS)}")
-    return sample_episodes(make_task(a, shared, task_a.category), n, protocol.k, protocol.n_dummies, "test",
+    return sample_episodes(make_task(a, shared, task_a.category), n, protocol.k, protocol.n_dummies, split,
                            protocol.seed)
 
 
@@ -49,67 +49,123 @@ def followed_task(table: pd.DataFrame, task_a: str, task_b: str) -> str:
     return task_b if row.acc_b > row.acc_a else task_a
 
 
-def conflict_hits(model: Model, pairs=PAPER_CONFLICTS, n: int = 50, layer: int | None = None,
-                  protocol: Protocol = PAPER, fmt: PromptFormat = DEFAULT_FORMAT) -> pd.DataFrame:
-    """Every episode of demonstrations of A, without and with theta(B) patched in, scored on A's and on B's
-    answers: a tidy table (task_a, task_b, method, layer, episode, scored_on, hit).
+REGULAR, CONFLICT = "ICL (demos of A)", "ICL + theta of B"
+B_ALONE = "theta of B alone"  # B's own dev sweep, which sets the paper's layer
+OVERRIDE = "ICL + theta of B, best override layer"  # the layer where theta(B) wins most, chosen on dev
 
-    theta(B) comes from episodes of B; the layer is B's best dev layer unless given."""
+
+def conflict_hits(model: Model, pairs=PAPER_CONFLICTS, n: int = 50, protocol: Protocol = PAPER,
+                  fmt: PromptFormat = DEFAULT_FORMAT, splits=("dev", "test")) -> pd.DataFrame:
+    """Every episode behind the conflict tables, tidy (task_a, task_b, split, method, layer, episode, scored_on,
+    hit): B's own dev sweep (theta of B alone, scored on B); and episodes of demonstrations of A (`splits`: the
+    dev ones choose the best override layer), without theta and with theta(B) written at every layer, scored on
+    A's and on B's answers."""
     blocks = []
     for a, b in pairs:
         for name in (a, b):
             if name not in TASK_NAMES:
                 raise KeyError(f"unknown task {name!r} in pair ({a}, {b}); valid tasks: {', '.join(TASK_NAMES)}")
-        episodes = shared_queries(a, b, protocol, n)
-        answers_b = dict(get_task(b).pairs)
-        tok = model.tokenizer
-        target_a = torch.tensor([answer_token_ids(tok, ep.query[1], fmt)[0] for ep in episodes])
-        target_b = torch.tensor([answer_token_ids(tok, answers_b[ep.query[0]], fmt)[0] for ep in episodes])
+        keys = dict(task_a=a, task_b=b)
         b_split = prepare_split(model, b, "dev", n, protocol, fmt, icl=False)
-        if layer is None:
-            acc = accuracy(model, engine.layer_sweep(model, b_split.queries, b_split.theta), b_split.target[:, None], 0)
-            use_layer = best_of(list(range(model.n_layers)), acc)
-        else:
-            use_layer = model.check_layer(layer)
-        icl = model.encode([fmt.episode_icl(ep) for ep in episodes])
-        regular = engine.next_tokens(model, icl).cpu()
-        conflict = engine.layer_sweep(model, icl, b_split.theta, [use_layer])[:, 0].cpu()
-        for method, pred in ((REGULAR, regular), (CONFLICT, conflict)):
-            for scored_on, target in (("A", target_a), ("B", target_b)):
-                blocks.append(episode_table(f"{a}:{b}", "test", method, episode_hits(model, pred, target).numpy(),
-                                            use_layer, task_a=a, task_b=b, scored_on=scored_on))
-    return pd.concat(blocks, ignore_index=True).drop(columns=["task", "split"])
+        layers = list(range(model.n_layers))
+        alone = episode_hits(model, engine.layer_sweep(model, b_split.queries, b_split.theta), b_split.target[:, None])
+        blocks.append(episode_table("", "dev", B_ALONE, alone.cpu().numpy(), layers, **keys, scored_on="B"))
+        answers_b = dict(get_task(b).pairs)
+        for split in splits:
+            episodes = shared_queries(a, b, protocol, n, split)
+            tok = model.tokenizer
+            targets = {"A": torch.tensor([answer_token_ids(tok, ep.query[1], fmt)[0] for ep in episodes]),
+                       "B": torch.tensor([answer_token_ids(tok, answers_b[ep.query[0]], fmt)[0] for ep in episodes])}
+            icl = model.encode([fmt.episode_icl(ep) for ep in episodes])
+            regular = engine.next_tokens(model, icl).cpu()
+            patched = engine.layer_sweep(model, icl, b_split.theta).cpu()  # theta(B) of B's i-th dev episode
+            for scored_on, target in targets.items():
+                blocks.append(episode_table("", split, REGULAR, episode_hits(model, regular, target).numpy(), None,
+                                            **keys, scored_on=scored_on))
+                blocks.append(episode_table("", split, CONFLICT, episode_hits(model, patched, target[:, None]).numpy(),
+                                            layers, **keys, scored_on=scored_on))
+    return pd.concat(blocks, ignore_index=True).drop(columns="task")
 
 
-REGULAR, CONFLICT = "ICL (demos of A)", "ICL + theta of B"
+def chosen_layers(hits: pd.DataFrame, layer: int | None = None) -> pd.DataFrame:
+    """Per pair, the layers the conflict tables use: the paper's (B's best dev layer, first maximum, with its
+    tie set; or `layer` when given) and the best override layer (top dev accuracy on B with theta(B) written
+    over demonstrations of A)."""
+    rows = []
+    for (a, b), pair in hits.groupby(["task_a", "task_b"], sort=False):
+        alone = pair[pair.method == B_ALONE].groupby("layer").hit.agg(["mean", "size"])
+        override = pair[(pair.method == CONFLICT) & (pair.split == "dev") & (pair.scored_on == "B")]
+        override = override.groupby("layer").hit.mean()
+        n_dev = int(alone["size"].iloc[0])
+        rows.append({"task_a": a, "task_b": b,
+                     "paper_layer": best_of(list(alone.index), alone["mean"].tolist()) if layer is None else layer,
+                     "b_dev_ties": " ".join(map(str, tie_layers(list(alone.index), alone["mean"].tolist(), n_dev))),
+                     "override_layer": best_of(list(override.index), override.tolist()) if len(override) else None})
+    return pd.DataFrame(rows)
 
 
-def conflict_table(hits: pd.DataFrame) -> pd.DataFrame:
-    """Paper Table 2 from `conflict_hits`: accuracy on A's and B's answers per pair and method with 95% Wilson
-    intervals; the conflict row also gives, for A and for B, its change against plain ICL on the same
-    episodes (paired bootstrap interval, exact McNemar p, verdict)."""
+def conflict_table(hits: pd.DataFrame, layer: int | None = None) -> pd.DataFrame:
+    """Paper Table 2 from `conflict_hits`, on the test episodes: per pair, plain ICL, theta(B) at the paper's
+    layer, and theta(B) at the best override layer, each with accuracy on A's and B's answers (95% Wilson
+    intervals) and, for the two with theta, the change against plain ICL on the same episodes (McNemar). Without
+    dev episodes of the conflict there is no override row."""
+    choice = chosen_layers(hits, layer).set_index(["task_a", "task_b"])
+    test = hits[hits.split == "test"]
+    picked = []
+    for (a, b), pair in test.groupby(["task_a", "task_b"], sort=False):
+        paper, override = choice.loc[(a, b), "paper_layer"], choice.loc[(a, b), "override_layer"]
+        picked += [pair[pair.method == REGULAR].assign(layer=paper),
+                   pair[(pair.method == CONFLICT) & (pair.layer == paper)]]
+        if pd.notna(override):
+            picked.append(pair[(pair.method == CONFLICT) & (pair.layer == override)].assign(method=OVERRIDE))
+    picked = pd.concat(picked, ignore_index=True)
     keys = ["task_a", "task_b", "method", "layer"]
-    wide = hits.pivot_table(index=[*keys, "episode"], columns="scored_on", values="hit", sort=False).reset_index()
+    wide = picked.pivot_table(index=[*keys, "episode"], columns="scored_on", values="hit", sort=False).reset_index()
     table = wide.groupby(keys, sort=False).agg(n=("episode", "size"), acc_a=("A", "mean"), acc_b=("B", "mean"))
     table = with_intervals(table.reset_index(), ["acc_a", "acc_b"], "n")
-    changes = compare(hits.assign(task=hits.task_a + ":" + hits.task_b), CONFLICT, REGULAR, by=("task", "scored_on"))
-    for scored_on in ("A", "B"):
-        change = changes[changes.scored_on == scored_on].set_index("task")
-        pair = table.task_a + ":" + table.task_b
-        at = table.method == CONFLICT
-        col = f"change_{scored_on.lower()}"
-        for suffix, source in (("", "diff"), ("_lo", "diff_lo"), ("_hi", "diff_hi"), ("_p", "p_value"),
-                               ("_verdict", "verdict")):
-            table.loc[at, col + suffix] = pair[at].map(change[source])
+    table["b_dev_ties"] = [choice.loc[(a, b), "b_dev_ties"] if m == CONFLICT else None
+                           for a, b, m in zip(table.task_a, table.task_b, table.method)]
+    pair_of = picked.task_a + ":" + picked.task_b
+    for method in [m for m in (CONFLICT, OVERRIDE) if m in set(table.method)]:
+        changes = compare(picked.assign(task=pair_of), method, REGULAR, by=("task", "scored_on"))
+        at = table.method == method
+        for scored_on in ("A", "B"):
+            change = changes[changes.scored_on == scored_on].set_index("task")
+            col = f"change_{scored_on.lower()}"
+            for suffix, source in (("", "diff"), ("_lo", "diff_lo"), ("_hi", "diff_hi"), ("_p", "p_value"),
+                                   ("_verdict", "verdict")):
+                table.loc[at, col + suffix] = (table.task_a + ":" + table.task_b)[at].map(change[source])
     table.insert(0, "model", hits.attrs.get("model", ""))
     return table
 
 
+def conflict_by_layer(hits: pd.DataFrame, layer: int | None = None) -> pd.DataFrame:
+    """Accuracy on A and on B with theta(B) written at each layer over demonstrations of A (test episodes, 95%
+    Wilson intervals), the dev accuracy on B that picks the override layer, and each pair's chosen layers."""
+    patched = hits[hits.method == CONFLICT]
+    rows = patched.groupby(["task_a", "task_b", "layer", "split", "scored_on"], sort=False).hit.agg(["mean", "size"])
+    rows = rows.reset_index()
+    test = rows[rows.split == "test"].pivot_table(index=["task_a", "task_b", "layer"], columns="scored_on",
+                                                  values=["mean", "size"], sort=False)
+    table = pd.DataFrame({"n": test[("size", "A")].astype(int), "acc_a": test[("mean", "A")],
+                          "acc_b": test[("mean", "B")]}).reset_index()
+    dev = rows[(rows.split == "dev") & (rows.scored_on == "B")].set_index(["task_a", "task_b", "layer"])["mean"]
+    table["dev_acc_b"] = dev.loc[list(zip(table.task_a, table.task_b, table.layer))].to_numpy()
+    table = with_intervals(table, ["acc_a", "acc_b"], "n")
+    table.insert(0, "model", hits.attrs.get("model", ""))
+    return table.merge(chosen_layers(hits, layer), on=["task_a", "task_b"])
+
+
 def conflicting_tasks(model: Model, pairs=PAPER_CONFLICTS, n: int = 50, layer: int | None = None,
-                      protocol: Protocol = PAPER, fmt: PromptFormat = DEFAULT_FORMAT) -> pd.DataFrame:
+                      protocol: Protocol = PAPER, fmt: PromptFormat = DEFAULT_FORMAT,
+                      override: bool = True) -> pd.DataFrame:
     """Demonstrations of A with theta(B) patched in: accuracy on A's and B's answers (paper Table 2), with
-    intervals and the paired change against plain ICL (`conflict_table`)."""
-    return conflict_table(_named(conflict_hits(model, pairs, n, layer, protocol, fmt), model))
+    intervals and the paired change against plain ICL (`conflict_table`); override=False skips the dev
+    episodes that choose the best override layer (about half the work, for live widgets)."""
+    if layer is not None:
+        model.check_layer(layer)
+    splits = ("dev", "test") if override else ("test",)
+    return conflict_table(_named(conflict_hits(model, pairs, n, protocol, fmt, splits), model), layer)
 
 
 def _named(hits: pd.DataFrame, model: Model) -> pd.DataFrame:
@@ -119,15 +175,19 @@ def _named(hits: pd.DataFrame, model: Model) -> pd.DataFrame:
 
 def run(model: Model, pairs=PAPER_CONFLICTS, n: int = 50, layer: int | None = None,
         out_dir: str | Path | None = None, figures: bool = True) -> pd.DataFrame:
-    """Writes conflict_<model>.csv (the table), conflict_<model>_episodes.csv (every hit) and, with `figures`,
-    the bar chart; returns the table."""
+    """Writes conflict_<model>.csv (Table 2), conflict_<model>_by_layer.csv (every layer), ..._episodes.csv
+    (every hit) and, with `figures`, their charts; returns the table."""
     from .. import plots
 
-    hits = _named(conflict_hits(model, pairs, n=n, layer=layer), model)
-    table = conflict_table(hits)
+    if layer is not None:
+        model.check_layer(layer)
+    hits = _named(conflict_hits(model, pairs, n=n), model)
+    table, by_layer = conflict_table(hits, layer), conflict_by_layer(hits, layer)
     stem = store.results_stem("conflict", model.name, out_dir)
     store.save_table(table, f"{stem}.csv")
+    store.save_table(by_layer, f"{stem}_by_layer.csv")
     store.save_table(hits, f"{stem}_episodes.csv")
     if figures:
         store.save_figure(plots.conflict_bars(table), stem)
+        store.save_figure(plots.conflict_layer_curves(by_layer), f"{stem}_by_layer")
     return table
