@@ -11,6 +11,12 @@ setup:
 reproduce: setup  # into ./results, then compared with the committed reference
 	$(PY) -m tv_utils reproduce
 
+test: setup
+	$(PY) -m pytest
+
+lock:  # re-resolve pyproject.toml's ranges into requirements-lock.txt; run `make test` after it
+	bash scripts/lock.sh
+
 # The committed reference (figures/), which the course reads, is written only here, on purpose. On 2 CPU cores:
 # reproduce ~15 min (5 seeds), function-vectors ~40 min; depth needs the models of `python -m tv_utils depth -h`
 # installed (install-model). Review `git diff --stat figures` before committing.

@@ -42,3 +42,15 @@ def test_installed_wheel_finds_the_committed_results(tmp_path):
     assert Path(results_folder) == Path("results")  # new results go to ./results, never into the installed package
     assert table == store.precomputed("reproduce_gemma3-270m_results").to_csv()
     assert list(work.iterdir()) == []
+
+
+def test_readme_make_commands_are_makefile_targets_and_make_test_runs_pytest():
+    """`make X` in the README exists, and `make test` (what CI runs) really runs pytest: a Makefile edit once
+    dropped the target and CI passed in 5 s having run nothing."""
+    import re
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    targets = set(re.findall(r"^([a-z][\w-]*):", (ROOT / "Makefile").read_text(encoding="utf-8"), re.M))
+    used = set(re.findall(r"`make ([a-z][\w-]*)", readme)) | set(re.findall(r"^make ([a-z][\w-]*)", readme, re.M))
+    assert used and used <= targets, f"README uses make targets the Makefile lacks: {sorted(used - targets)}"
+    dry = subprocess.run(["make", "-n", "test"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert "-m pytest" in dry
