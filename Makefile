@@ -3,7 +3,7 @@
 VENV ?= $(if $(VIRTUAL_ENV)$(CONDA_PREFIX),,.venv)
 PY := $(if $(VENV),$(VENV)/bin/python,python3)
 
-.PHONY: setup reproduce test lock reference
+.PHONY: setup reproduce test lock course reference reference-qwen
 setup:
 	$(if $(VENV),test -x $(PY) || python3 -m venv $(VENV))
 	PYTHON=$(PY) bash scripts/setup.sh
@@ -13,6 +13,10 @@ reproduce: setup  # into ./results, then compared with the committed reference
 
 test: setup
 	$(PY) -m pytest
+
+# The course in JupyterLab, from the environment `make setup` made; it prints the URL to open (as root too).
+course:
+	$(PY) -m jupyter lab --notebook-dir=notebooks --ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 lock:  # re-resolve pyproject.toml's ranges into requirements-lock.txt; run `make test` after it
 	bash scripts/lock.sh
@@ -29,3 +33,12 @@ reference: setup
 	$(PY) -m tv_utils function-vectors --out figures
 	$(PY) -m tv_utils depth --out figures
 	$(PY) -m tv_utils scorecard --out figures
+
+# The second model's reference (README "Two models"): about 90 minutes in float32 on 2 CPU cores, see the README.
+reference-qwen: setup
+	$(PY) -m tv_utils install-model qwen2.5-coder-1.5b
+	$(PY) -m tv_utils reproduce --model qwen2.5-coder-1.5b --out figures
+	$(PY) -m tv_utils conflict --model qwen2.5-coder-1.5b --out figures
+	$(PY) -m tv_utils geometry --model qwen2.5-coder-1.5b --out figures
+	$(PY) -m tv_utils vocab --model qwen2.5-coder-1.5b --out figures
+	$(PY) -m tv_utils scorecard --model qwen2.5-coder-1.5b --out figures

@@ -7,12 +7,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
-if ! command -v chromium >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ]; then
+# Debian's Chromium, and an emoji font so that the course's screenshots show its emoji (ratings also read as text)
+need=()
+command -v chromium >/dev/null 2>&1 || need+=(chromium chromium-driver fonts-dejavu-core)
+if command -v dpkg >/dev/null 2>&1 && ! dpkg -s fonts-noto-color-emoji >/dev/null 2>&1; then need+=(fonts-noto-color-emoji); fi
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver fonts-dejavu-core >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
   else
-    echo "note: Debian's chromium is not installed (needed for PNG figures and browser tests): sudo apt-get install chromium chromium-driver" >&2
+    echo "note: missing Debian packages (chromium: PNG figures and browser tests; the emoji font: screenshots): sudo apt-get install ${need[*]}" >&2
   fi
 fi
 

@@ -2,7 +2,7 @@
 
 Every notebook is run top to bottom in a 1280-px window with the file browser open; the test asserts no
 error, no stderr output and no widget error, that every figure fits its output area, and that one
-interaction changes the output. It records that interaction's latency (input -> changed output, measured
+interaction changes the output; 02's and 03's explorers are checked again after a page reload. It records that interaction's latency (input -> changed output, measured
 in the page) in test-output/browser/latency.json, without asserting on it (timings belong to benchmarks),
 and saves a screenshot of the widget. JupyterLab runs from a temporary copy of notebooks/ on a free
 loopback port with a fresh token; the committed notebooks are never touched.
@@ -166,7 +166,7 @@ def _assert_clean_run(page, name: str):
     wide as its output area."""
     stderr = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
     assert stderr.count() == 0, f"{name}: stderr output: {stderr.first.inner_text()[:500]}"
-    # a figure's output element is the plot itself (plotly's renderer) or holds it (a FigureWidget)
+    # a figure's output element is the plot itself, or holds it (an explorer's Output widget)
     figures = page.locator(".jp-OutputArea-output.js-plotly-plot, .jp-OutputArea-output .js-plotly-plot")
     for i in range(figures.count()):
         figures.nth(i).scroll_into_view_if_needed(timeout=30_000)
@@ -211,6 +211,17 @@ def _text(selector: str, needle: str) -> str:
             f".some(e => e.textContent.includes({json.dumps(needle)}))")
 
 
+def _reloaded(page, name: str, marker: str, title: str):
+    """Reload the page while the kernel runs: the explorer is drawn again from the kernel's widget state, its
+    figure with its traces and the title of the state it was left in (not empty axes)."""
+    page.reload(timeout=120_000)
+    page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=120_000)
+    box = _widget(page, name, marker)
+    expect(box.locator(".gtitle").first).to_contain_text(title, timeout=60_000)
+    assert box.locator(".js-plotly-plot .scatterlayer .trace").count() > 0, f"{name}: no traces after a reload"
+    return box
+
+
 def test_01_icl_playground_runs_a_task(browser, lab):
     with _run_all(browser, lab, "01_icl_basics") as page:
         box = _widget(page, "01_icl_basics", "button:has-text('Run')")
@@ -238,6 +249,9 @@ def test_02_results_dropdown_switches_task(browser, lab):
         assert note.inner_text() != before, "the result line did not change with the dropdown"
         _record_latency("02_task_vectors", "results explorer (task dropdown)", ms)
         _shot(page, "02_task_vectors")
+        explorer = _reloaded(page, "02_task_vectors", ".tv-result", f"{other}:")
+        explorer.locator("select").first.select_option(current)  # and it still answers after the reload
+        expect(explorer.locator(".gtitle").first).to_contain_text(f"{current}:")
 
 
 def test_03_layer_slider_updates_figure_and_table(browser, lab):
@@ -260,6 +274,11 @@ def test_03_layer_slider_updates_figure_and_table(browser, lab):
         assert after[0] != before[0] or after[1] != before[1], "the per-task table did not change with the slider"
         _record_latency("03_layer_sweep", "layer explorer (slider)", ms)
         _shot(page, "03_layer_sweep")
+        explorer = _reloaded(page, "03_layer_sweep", ".tv-layer-table", f"layer {layer - 1} marked")
+        explorer.locator(".widget-slider .noUi-handle").first.focus()
+        page.keyboard.press("ArrowLeft")  # the plot, not only the title and the table, follows the slider
+        expect(explorer.locator(".gtitle").first).to_contain_text(f"layer {layer - 2} marked")
+        assert explorer.locator(".js-plotly-plot .scatterlayer .trace").count() > 0
 
 
 def test_04_geometry_layer_dropdown_redraws(browser, lab):

@@ -66,3 +66,19 @@ def test_results_stem_keeps_dots_in_model_names(tmp_path):
     assert stem == tmp_path / "reproduce_Qwen_Qwen2.5-0.5B"
     assert store.suffixed(stem, ".csv").name == "reproduce_Qwen_Qwen2.5-0.5B.csv"
     assert store.stem_of(store.suffixed(stem, ".safetensors"), ".safetensors") == stem
+
+
+def test_the_two_model_comparison_reads_the_committed_tables():
+    summary = course.compare_models("summary")
+    assert set(summary.index.get_level_values(0)) == set(course.COMPARED)
+    for cell in summary.to_numpy().ravel():  # "value [lo, hi]": every value inside its own interval
+        value, lo, hi = map(float, cell.replace("[", "").replace("]", "").replace(",", "").split())
+        assert lo <= value <= hi, cell
+    layers = course.compare_models("layers")
+    assert len(layers) == 18 and set(layers.columns.get_level_values(0)) == set(course.COMPARED)
+    conflict = course.compare_models("conflict")
+    assert len(conflict) == 10 and conflict.stack().str.contains(r"\] @\d+$").all()
+    with pytest.raises(ValueError, match="valid: summary, layers, conflict"):
+        course.compare_models("claims")
+    with pytest.raises(ValueError, match="no stored reproduce results for nobody"):
+        course.compare_models("summary", models=["nobody"])

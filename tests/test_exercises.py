@@ -12,35 +12,19 @@ import numpy as np
 import pytest
 import torch
 
+from tv_utils import answer_key
 from tv_utils import exercises as ex
 from tv_utils.interventions import pad_left
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
-EXERCISE = re.compile(r"^### Exercise (\d+)\.(\d+) · .+\n\*\*Difficulty\*\* (🔴+)⚪* · \*\*Importance\*\* (🔵+)⚪*\n")
-STUB = re.compile(r"^def (\w+)\(.*\):\n    raise NotImplementedError  # YOUR CODE HERE$")
-CHECK = re.compile(r"^exercises\.(check_\w+)\((\w+)(, .*)?\);$")
-SOLUTION = re.compile(r"^<details><summary>✅ Solution</summary>\n\n```python\n(.*)\n```\n\n</details>$", re.S)
+NOTEBOOKS = answer_key.notebook_paths()
 
 
 def notebook_exercises():
-    """(notebook, number, checker name, function name, solution code) for every exercise, in the fixed shape:
-    task + hint (markdown), stub, check call, folded solution."""
-    found = []
-    for path in NOTEBOOKS:
-        cells = json.loads(path.read_text())["cells"]
-        text = ["".join(c["source"]) for c in cells]
-        for i, source in enumerate(text):
-            head = EXERCISE.match(source)
-            if not head:
-                continue
-            assert "<details><summary>💡 Hint</summary>" in source, f"{path.name} {head[0]}: no hint"
-            assert [c["cell_type"] for c in cells[i + 1:i + 4]] == ["code", "code", "markdown"], path.name
-            stub, check, solution = (STUB.match(text[i + 1]), CHECK.match(text[i + 2]), SOLUTION.match(text[i + 3]))
-            assert stub and check and solution, f"{path.name} exercise {head[1]}.{head[2]} is not in the shape"
-            assert stub[1] == check[2] and f"def {stub[1]}(" in solution[1], path.name
-            assert int(head[1]) == int(path.name[:2]) and 1 <= len(head[3]) <= 5 and 1 <= len(head[4]) <= 5
-            found.append((path.stem, f"{head[1]}.{head[2]}", check[1], stub[1], solution[1]))
-    return found
+    """(notebook, number, checker name, function name, solution code) for every exercise; `answer_key.exercises`
+    rejects one not in the course's shape (ratings as text with an estimated time, a hint and a stronger hint
+    that do not give the solution's code, stub, check call, folded solution)."""
+    return [(e.notebook, e.number, e.checker, e.function, e.solution) for path in NOTEBOOKS
+            for e in answer_key.exercises(path)]
 
 
 EXERCISES = notebook_exercises()
@@ -212,6 +196,21 @@ def read_first_row(model, seqs, layer):
     return theta.expand(len(seqs), -1)
 
 
+def read_row_zero_positions(model, seqs, layer):
+    batch = pad_left(model, seqs)
+    with model.nn.trace(batch, logits_to_keep=1):
+        hidden = model.nn_layers()[layer].output[0]  # a tuple habit on a tensor: [seq, hidden] of prompt 0
+        theta = hidden[:, -1].save()
+    return theta
+
+
+def read_without_save(model, seqs, layer):
+    batch = pad_left(model, seqs)
+    with model.nn.trace(batch, logits_to_keep=1):
+        theta = model.nn_layers()[layer].output[:, -1]  # no .save(): gone after the trace
+    return theta
+
+
 def read_next_layer(model, seqs, layer):
     return solution("read_theta")(model, seqs, layer + 1)
 
@@ -248,6 +247,8 @@ def demos_as_dummies(model, pairs, queries, layer):
 @pytest.mark.parametrize("checker, wrong, why", [
     (ex.check_read_theta, read_first_row, "batch row 0"),
     (ex.check_read_theta, read_next_layer, "you returned the output of layer"),
+    (ex.check_read_theta, read_row_zero_positions, "out[0] took batch row 0"),
+    (ex.check_read_theta, read_without_save, "Did you forget .save()?"),
     (ex.check_mean_theta, first_dummy_only, "single dummy prompt"),
     (ex.check_conflict_logits, theta_on_query_alone, "query alone"),
     (ex.check_own_task, demos_as_dummies, "the last two inputs"),
@@ -287,3 +288,8 @@ def test_function_vector_checkers_explain_common_mistakes(capsys, tiny_llama):
     assert not ok and "sign is flipped" in out, out
     ok, out = _verdict(capsys, ex.check_function_vector, ranked_by_first_task)
     assert not ok and "not by one task's effects" in out, out
+
+
+def test_checker_messages_are_plain_text():
+    """The messages print as plain text: markdown emphasis would show its asterisks."""
+    assert not re.search(r"\*\w[\w ]*\*", Path(ex.__file__).read_text(encoding="utf-8"))

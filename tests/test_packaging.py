@@ -1,7 +1,9 @@
 """A built wheel ships the committed result tables, and the kit installed from it reads them from there."""
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -54,3 +56,49 @@ def test_readme_make_commands_are_makefile_targets_and_make_test_runs_pytest():
     assert used and used <= targets, f"README uses make targets the Makefile lacks: {sorted(used - targets)}"
     dry = subprocess.run(["make", "-n", "test"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert "-m pytest" in dry
+
+
+def test_make_course_opens_jupyterlab_and_prints_its_url():
+    """The README's way into the course: `make course` starts JupyterLab on the notebooks (as root too) and
+    prints the URL to open. Output is read on a thread, so a silent server fails the test at the deadline."""
+    import queue
+    import signal
+    import socket
+    import threading
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = re.compile(rf"http://127\.0\.0\.1:{port}/lab\?token=[0-9a-f]{{16,}}")  # the token a student pastes
+    proc = subprocess.Popen(["make", "course", f"LAB_ARGS=--port={port} --no-browser"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    seen, deadline = [], time.monotonic() + 90
+    try:
+        while time.monotonic() < deadline and not any(url.search(line) for line in seen):
+            with contextlib.suppress(queue.Empty):
+                seen.append(lines.get(timeout=1))
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert any(url.search(line) for line in seen), "".join(seen)[-2000:]
+
+
+def test_committed_notebooks_are_light_and_their_widgets_render_without_a_kernel():
+    """Each notebook under 500 KB (all under 2 MB): no saved widget carries plotly.js. Every widget a notebook
+    displays is in its saved widget state, so JupyterLab shows it (figures included) before any cell runs."""
+    notebooks = sorted((ROOT / "notebooks").glob("*.ipynb"))
+    sizes = {p.name: p.stat().st_size for p in notebooks}
+    assert len(sizes) == 8 and max(sizes.values()) < 500_000 and sum(sizes.values()) < 2_000_000, sizes
+    for path in notebooks:
+        nb = json.loads(path.read_text())
+        state = nb["metadata"].get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
+        shown = [o["data"]["application/vnd.jupyter.widget-view+json"]["model_id"] for c in nb["cells"]
+                 for o in c.get("outputs", []) if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+        assert all(model in state for model in shown), path.name
+        assert "FigureWidget" not in json.dumps(state), path.name
+        code = " ".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+        if re.search(r"(results|layer|geometry|alpha|vector)_explorer\(", code):  # the explorers with a figure
+            assert "application/vnd.plotly.v1+json" in json.dumps(state), f"{path.name}: an explorer saved no figure"

@@ -48,7 +48,8 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-
 # (pattern, reason): numbers inside a match of the pattern are not results. Patterns are case-insensitive, are
 # matched against the prose (code spans already blanked out), and a space in a pattern matches any whitespace.
 ALLOWED_EVERYWHERE = [
-    (r"\((?:🔴|🔵), 1–5\b", "the exercises' rating scale"),
+    (r"\((?:🔴|🔵), 1–5\b|\b(?:Difficulty|Importance) [1-5]/5\b|\babout \d+ min\b",
+     "the exercises' rating scale, ratings and estimated times"),
     (r"\b(?:5|five)\b(?: [\w-]+)? demonstrations|\bk = 5\b", "protocol: k = 5 demonstrations per episode"),
     (r"\b(?:2|two) \*?dummy quer(?:y|ies)|over \*\*two\*\* dummy", "protocol: θ averaged over 2 dummy queries"),
     (r"\b50 (?:dev |test )?(?:episodes|queries)", "protocol: 50 dev and 50 test episodes per task"),

@@ -85,6 +85,7 @@ def test_holm_adjusts_in_input_order():
 def test_ties_and_layer_stability():
     assert P.tie_layers([0, 1, 2, 3], [0.5, 0.9, 0.88, 0.7], 50) == [1, 2]  # 0.88 is one episode below 0.9
     assert P.best_of([0, 1, 2, 3], [0.5, 0.9, 0.9, 0.7]) == 1  # the paper's rule: the first maximum
+    assert P.tie_span("11") == 1 and P.tie_span("2 5 7") == 6 and P.tie_span(11) == 1  # first to last layer
     clear = np.zeros((50, 4), dtype=int)
     clear[:, 2] = 1  # layer 2 right on every episode: every resample chooses it
     assert P.layer_stability(clear, [0, 1, 2, 3]) == {2: 1.0}
@@ -106,3 +107,20 @@ def test_compare_and_episode_tables_are_tidy():
 def test_newcombe_interval_of_two_runs():
     lo, hi = P.newcombe(0.5, 50, 0.5, 50)
     assert lo == pytest.approx(-hi) and 0.15 < hi < 0.25
+
+
+def test_the_main_seed_alone_gives_the_summary_intervals():
+    """A multi-seed episode table (as `reproduce --seeds` stores it) summarizes as its first seed: an interval
+    built from every seed's episodes would not contain the first seed's means, which the results report."""
+    from tv_utils.experiments import summarize
+
+    rng = np.random.default_rng(0)
+    results = pd.DataFrame({"task": ["a", "b"], "category": "x", "baseline": 0.1, "icl": 0.9, "tv": 0.5})
+    episodes = pd.concat([pd.DataFrame({"task": t, "split": "test", "method": m, "episode": range(50),
+                                        "hit": rng.random(50) < p, "seed": seed})
+                          for seed, shift in ((3, 0.0), (4, 0.3)) for t in ("a", "b")
+                          for m, p in (("baseline", 0.1), ("icl", 0.9 - shift), ("tv", 0.5 + shift))],
+                         ignore_index=True)
+    assert set(P.main_seed(episodes).seed) == {3} and P.main_seed(episodes.drop(columns="seed")).equals(
+        episodes.drop(columns="seed"))
+    assert summarize(results, episodes).equals(summarize(results, P.main_seed(episodes)))

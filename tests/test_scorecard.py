@@ -128,3 +128,59 @@ def test_cli_without_a_stored_run_fails_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["scorecard", "--model", "no-such-model", "--results", str(tmp_path), "--no-figures"])
     assert exit_.value.code == 1 and "no reproduce_no-such-model_results.csv" in capsys.readouterr().err
+
+
+def claim_tables(tv=0.85, icl=0.9, baseline=0.1, best=9, knn=0.95, raised=4, acc_b=0.7, rank=10, n=50):
+    """Stored tables of a three-task run, built so that each claim's verdict is known: per-episode hits
+    with the given accuracies, a per-layer curve peaking at `best` of 18, geometry scores, five conflict
+    pairs of which `raised` are raised significantly, and the answer's median rank at the best layers."""
+    tasks = ["next_letter", "en_es", "antonyms"]
+    hits = lambda p: (np.arange(n) < round(p * n)).astype(int)
+    episodes = pd.concat([pd.DataFrame({"task": t, "split": "test", "method": m, "episode": range(n), "hit": hits(p),
+                                        "seed": 0}) for t in tasks for m, p in
+                          (("baseline", baseline), ("icl", icl), ("tv", tv))], ignore_index=True)
+    table = pd.DataFrame({"model": "toy", "task": tasks, "category": "algorithmic", "baseline": baseline,
+                          "icl": icl, "tv": tv, "best_layer": best, "n_layers": 18})
+    per_layer = pd.DataFrame([{"task": t, "layer": l, "dev_acc": 0.9 if l == best else 0.1}
+                              for t in tasks for l in range(18)])
+    geometry = pd.DataFrame({"layer": range(18), "knn_accuracy": [knn if l == best else 0.3 for l in range(18)],
+                             "silhouette": 0.2})
+    pairs = []
+    for i in range(5):
+        for method, b in (("ICL (demos of A)", 0.0), ("ICL + theta of B", acc_b)):
+            pairs.append({"task_a": f"a{i}", "task_b": f"b{i}", "method": method, "layer": best, "n": n,
+                          "acc_b": b, "change_b_verdict": "better" if i < raised and b else None})
+    vocab = pd.DataFrame([{"task": t, "layer": best, "median_rank": rank} for t in tasks])
+    return table, episodes, per_layer, geometry, pd.DataFrame(pairs), vocab
+
+
+def verdicts(**kw) -> list[str]:
+    return list(scorecard.claims(*claim_tables(**kw)).verdict)
+
+
+def test_claims_follow_their_rules():
+    assert verdicts() == ["holds", "partly", "holds", "holds", "holds"]  # depth 9/18 = 0.5: middle, not the paper's
+    assert verdicts(best=6)[1] == "holds"  # 6/18 = 0.33, inside the paper's 0.30-0.44
+    assert verdicts(best=17)[1] == "does not hold"
+    assert verdicts(tv=0.6)[0] == "partly"  # above the baseline, but TV/ICL's interval reaches below 0.80
+    assert verdicts(tv=0.1)[0] == "does not hold"
+    assert verdicts(knn=0.6)[2] == "partly" and verdicts(knn=0.2)[2] == "does not hold"
+    assert verdicts(raised=1)[3] == "partly" and verdicts(raised=0)[3] == "does not hold"
+    assert verdicts(acc_b=0.4)[3] == "partly"  # raised on 4 pairs, but the mean stays below 0.50
+    assert verdicts(rank=500)[4] == "does not hold"
+
+
+def test_claims_without_their_tables_say_not_run_and_the_text_fits():
+    table, *_ = claim_tables()
+    claims = scorecard.claims(table)
+    assert list(claims.verdict) == ["not run"] * 5
+    assert set(claims.rule) == set(scorecard.CLAIM_RULES.values())
+    text = scorecard.claims_text(scorecard.claims(*claim_tables()))
+    assert text.count("HOLDS") == 4 and all(len(line) <= 100 for line in text.splitlines())
+
+
+def test_committed_claims_of_both_models():
+    """The verdicts the README and notebook 02 state, from the committed tables."""
+    for name in ("gemma3-270m", "qwen2.5-coder-1.5b"):
+        claims = scorecard.stored_claims(name)
+        assert list(claims.verdict) == ["holds", "partly", "holds", "partly", "partly"], name

@@ -216,7 +216,7 @@ def cmd_reproduce(args) -> None:
 
     from .experiments import reference_diff, reproduce, summarize
     from .models import load_remote
-    from .protocol import Protocol
+    from .protocol import INTERVALS, WIDE_TIE, Protocol
     from .store import FIGURES, precomputed, results_folder, results_stem, suffixed
 
     model = load_remote(args.model) if args.remote is True else _load(args)
@@ -228,8 +228,11 @@ def cmd_reproduce(args) -> None:
     print(results[cols].to_string(index=False, float_format="%.2f"))
     print()
     print(summarize(results, run.episodes).to_string(index=False, float_format="%.3f"))
-    print("\n(95% intervals: Wilson per task; bootstrap over episodes within tasks for means and TV/ICL; "
-          "tv_vs_icl: exact McNemar test at p < 0.05)")
+    print(f"\n({INTERVALS})")
+    wide = results[results.tie_span > WIDE_TIE]
+    if len(wide):
+        print(f"dev cannot locate the best layer of {', '.join(wide.task)}: its tie set (layers within one dev "
+              f"episode of the top) spans more than {WIDE_TIE} layers")
     if args.seeds and len(args.seeds) > 1:
         seeds = precomputed(results_stem("reproduce", model.name).name + "_seeds_summary", results_folder(args.out))
         print(f"\nacross seeds {' '.join(map(str, args.seeds))} (mean ± sd):")
@@ -339,6 +342,17 @@ def cmd_scorecard(args) -> None:
     print(f"scorecard written to {result['paths'][0]}")
 
 
+def cmd_course(args) -> None:
+    from . import answer_key
+
+    if args.solutions is None:
+        print(answer_key.course_map(args.notebooks))
+        return
+    paths = answer_key.answer_key(args.solutions, args.notebooks, args.only)
+    print(f"answer key: {len(paths)} notebooks with their solutions filled in, run top to bottom, every check "
+          f"correct, written to {Path(args.solutions)}")
+
+
 def main(argv=None) -> None:
     from .analyses import beyond, depth  # their default models and tasks
 
@@ -436,6 +450,13 @@ def main(argv=None) -> None:
                    help="where to read the run (default: the committed reference results)")
     _add_out_args(p)
     p.set_defaults(func=cmd_scorecard)
+
+    p = sub.add_parser("course", help="for instructors: the course map (default), or the answer key (--solutions)")
+    p.add_argument("--solutions", metavar="DIR", default=None,
+                   help="write the notebooks with every exercise solved to DIR, run them, and check every exercise")
+    p.add_argument("--notebooks", metavar="DIR", default=None, help="the course's notebooks (default: the checkout's)")
+    p.add_argument("--only", nargs="+", metavar="NN", default=None, help="only these notebooks, e.g. 02 03")
+    p.set_defaults(func=cmd_course)
 
     args = parser.parse_args(argv)
     from .models import NonFiniteError

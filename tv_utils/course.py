@@ -7,6 +7,8 @@ notebook works with any model. The tests run every live fallback once on a tiny 
 
 from __future__ import annotations
 
+from functools import partial
+
 from . import store
 from .analyses import beyond
 from .analyses.conflict import PAPER_CONFLICTS, conflict_hits, conflicting_tasks
@@ -162,3 +164,49 @@ def scorecard(model: Model):
     table = card.scorecard(results, conflict(model), episodes=_stored(model, "reproduce", "episodes"))
     return table, card.verdict_text(table)
 
+
+def stored_table(model_name: str, kind: str, part: str = ""):
+    """A stored table `<kind>_<model>[_<part>]` (your results folder first, then the committed reference), or a
+    clear error if there is none."""
+    table = store.precomputed(f"{kind}_{model_name}" + (f"_{part}" if part else ""))
+    if table is None:
+        raise ValueError(f"no stored {kind} results for {model_name}; "
+                         f"`python -m tv_utils {kind} --model {model_name}` writes them")
+    return table
+
+
+COMPARED = ("gemma3-270m", "qwen2.5-coder-1.5b")  # the models whose full reference results are committed
+
+
+def compare_models(what: str, models=COMPARED):
+    """The stored tables of several models (by default the committed reference), read only (no model loads, no compute): "summary" (mean
+    accuracies with 95% intervals, a block per model), "layers" (each task's best dev layer and tie set, the
+    models side by side), "conflict" (accuracy on B with its interval @ the layer θ(B) was written at, under
+    the paper's rule and at the best override layer, a block per model)."""
+    import pandas as pd
+
+    from .analyses.conflict import CONFLICT, OVERRIDE
+    from .experiments import summarize
+
+    if what not in ("summary", "layers", "conflict"):
+        raise ValueError(f"unknown comparison {what!r}; valid: summary, layers, conflict")
+    tables = {}
+    for name in models:
+        read = partial(stored_table, name)
+        if what == "summary":
+            s = summarize(read("reproduce", "results"), read("reproduce", "episodes")).set_index("category")
+            tables[name] = pd.DataFrame({m: [f"{v:.2f} [{lo:.2f}, {hi:.2f}]" for v, lo, hi in
+                                             zip(s[m], s[f"{m}_lo"], s[f"{m}_hi"])]
+                                         for m in ("baseline", "icl", "tv", "tv_over_icl")}, index=s.index)
+        elif what == "layers":
+            r = read("reproduce", "results").set_index("task")
+            tables[name] = pd.DataFrame({"best layer": r.best_layer, "depth": (r.best_layer / r.n_layers).round(2),
+                                         "tie set": r.tie_layers, "span": r.tie_span})
+        else:
+            c = read("conflict")
+            c = c[c.method.isin([CONFLICT, OVERRIDE])].assign(pair=lambda d: d.task_a + " → " + d.task_b)
+            c["cell"] = [f"{v:.2f} [{lo:.2f}, {hi:.2f}] @{layer}" for v, lo, hi, layer in
+                         zip(c.acc_b, c.acc_b_lo, c.acc_b_hi, c.layer)]
+            tables[name] = c.pivot(index="pair", columns="method", values="cell")[[CONFLICT, OVERRIDE]].rename(
+                columns={CONFLICT: "paper's rule", OVERRIDE: "best override layer"}).loc[c.pair.unique()]
+    return pd.concat(tables, axis=1 if what == "layers" else 0)

@@ -29,11 +29,27 @@ def _call(fn, *args, **kwargs):
         out = fn(*args, **kwargs)
     except NotImplementedError:
         raise _NotAttempted from None
+    except NameError as e:  # UnboundLocalError too: a value of the trace read after it without .save()
+        raise _Raised(f"your function raised {type(e).__name__}: {e}{_save_hint(fn)}") from None
     except Exception as e:  # noqa: BLE001 - any error in student code becomes a message
         raise _Raised(f"your function raised {type(e).__name__}: {e}") from None
     if out is None:
         raise _NotAttempted
     return out
+
+
+def _save_hint(fn) -> str:
+    """Why a name can be missing after an nnsight trace: values made inside it survive only if saved."""
+    import inspect
+
+    try:
+        source = inspect.getsource(fn)
+    except (OSError, TypeError):
+        source = ""
+    if "trace(" not in source:
+        return ""
+    return (". Did you forget .save()? Inside `with model.nn.trace(...)` a value is a proxy, and after the block "
+            "only the values you called .save() on exist")
 
 
 def _checker(check):
@@ -117,9 +133,15 @@ def check_read_theta(read_theta, model):
     seqs = model.encode([F.icl(_COLOURS, "Plum"), F.icl(_COLOURS[:1], "Corn"), F.query("Sky")])
     states = iv.capture(model, seqs)  # [prompts, layers, hidden]
     layers = sorted({model.n_layers // 2, model.n_layers // 4})
+    padded = max(len(s) for s in seqs)  # pad_left's length: out[0] on [batch, seq, hidden] keeps [seq, hidden]
     for layer in layers:
         ref = states[:, layer].float().cpu()
         got = _tensor(_call(read_theta, model, seqs, layer), "hidden states")
+        if got.shape != ref.shape and len(seqs) != padded and got.dim() in (1, 2) and got.shape[0] == padded:
+            return False, (f"your states have shape {tuple(got.shape)}, with the padded prompt length ({padded}) "
+                           f"first: out[0] took batch row 0. On this model a layer's output is a tensor "
+                           f"[batch, seq, hidden]; only some models (GPT-J) return a tuple, so write "
+                           f"`out[0] if isinstance(out, tuple) else out`")
         if got.shape != ref.shape:
             extra = " (keep only the last position: hidden[:, -1])" if got.dim() == 3 else ""
             return False, f"expected states of shape {tuple(ref.shape)} (prompts, hidden), got {tuple(got.shape)}{extra}"
@@ -128,7 +150,7 @@ def check_read_theta(read_theta, model):
         for other in range(model.n_layers):
             if _close(got, states[:, other].float().cpu(), model):
                 return False, (f"asked for layer {layer}, you returned the output of layer {other} "
-                               f"(model.nn_layers()[layer].output is the state *after* layer `layer`)")
+                               f"(model.nn_layers()[layer].output is the state after layer `layer`)")
         if _close(got[:1].expand_as(ref), ref, model) or _close(got, ref[:1].expand_as(got), model):
             return False, "every row holds the first prompt's state: out[0] on a tensor takes batch row 0"
         return False, (f"at layer {layer} your states differ from `capture` by up to {(got - ref).abs().max():.3g}: "
@@ -221,14 +243,15 @@ def check_choose_layer(choose_layer, model, n: int = 8):
     if layer != best:
         why = ""
         if layer == best_of(layers, test_acc) and test_acc[layer] > test_acc[best]:
-            why = " (that is the best layer on *test*: choose on dev, then only report test)"
+            why = " (that is the best layer on test: choose on dev, then only report test)"
         elif dev_acc[layer] == dev_acc[best]:
             why = " (a tie: take the first layer with the best dev accuracy)"
         return False, f"the best dev layer is {best} (dev accuracy {dev_acc[best]:.2f}), you chose {layer}{why}"
     if abs(acc - test_acc[best]) > 1e-6:
         why = " (that is the dev accuracy: report the test split)" if abs(acc - dev_acc[best]) < 1e-6 else ""
         return False, f"at layer {best} the test accuracy is {test_acc[best]:.2f}, you reported {acc:.2f}{why}"
-    return True, (f"{task} on {n} + {n} episodes: layer {best} chosen on dev ({dev_acc[best]:.2f}), "
+    return True, (f"{task} on the checker's own {n} dev + {n} test episodes (fewer than the notebook's, for "
+                  f"speed, so its accuracies differ): layer {best} chosen on dev ({dev_acc[best]:.2f}), "
                   f"test accuracy {test_acc[best]:.2f}")
 
 
@@ -339,7 +362,7 @@ def check_silhouette(silhouette, X=None, labels=None):
     def mistake(x, y, got):
         if abs(got - silhouette_score(x, y, metric="euclidean")) < 1e-4:
             return " (that is the Euclidean silhouette: use cosine distance, 1 - cosine similarity)"
-        return ("; a(i) is the mean distance to the *other* members of i's task, b(i) the smallest mean distance "
+        return ("; a(i) is the mean distance to the other members of i's task, b(i) the smallest mean distance "
                 "to another task")
 
     return _score_cases(silhouette, lambda x, y: float(silhouette_score(x.astype(np.float64), y, metric="cosine")),
@@ -583,6 +606,6 @@ def check_function_vector(build_function_vector, effects=None, contributions=Non
             continue
         one_task = effects[effects.task == effects.task.iloc[0]].nlargest(k, "effect")
         if torch.allclose(got, sum(contributions[r.layer, r.head] for r in one_task.itertuples()), atol=1e-5):
-            return False, "rank the heads by their mean effect over *all* tasks, not by one task's effects"
+            return False, "rank the heads by their mean effect over all tasks, not by one task's effects"
         return False, f"k={k}: expected the sum over heads {heads} (the largest mean effects), got another vector"
     return True, "your function vector sums the top heads by mean indirect effect, for k = 1 and 3"

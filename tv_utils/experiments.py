@@ -17,8 +17,8 @@ import torch
 from . import engine, store
 from .models import Model
 from .prompts import DEFAULT_FORMAT, PromptFormat, usable_task
-from .protocol import (PAPER, Protocol, best_mean_layer, best_of, compare, episode_hits, episode_table,
-                       layer_stability, mean_interval, ratio_interval, tie_layers, with_intervals)
+from .protocol import (INTERVALS, PAPER, Protocol, best_mean_layer, best_of, compare, episode_hits, episode_table,
+                       layer_stability, main_seed, mean_interval, ratio_interval, tie_layers, tie_span, with_intervals)
 from .tasks import TASK_NAMES, Task, get_task, sample_episodes
 
 
@@ -185,10 +185,11 @@ def _tables(model: Model, tasks, layers, dev_hits, test_hits, protocol: Protocol
     for task, dev, test in zip(tasks, dev_hits, test_hits):
         dev_acc = dev.double().mean(0).tolist()
         best = best_of(layers, dev_acc)
+        ties = " ".join(map(str, tie_layers(layers, dev_acc, len(dev))))
         shares = layer_stability(dev, layers, f"{task.name}/{protocol.seed}")
         rows.append({"model": model.name, "task": task.name, "category": task.category, "n_pairs": len(task.pairs),
                      "n_test": len(test["tv"]), **{m: test[m].double().mean().item() for m in METHODS},
-                     "best_layer": best, "tie_layers": " ".join(map(str, tie_layers(layers, dev_acc, len(dev)))),
+                     "best_layer": best, "tie_layers": ties, "tie_span": tie_span(ties),
                      "layer_share": shares.get(best, 0.0), "n_layers": model.n_layers})
         curves.append(_curve(model, task, layers, dev))
         episodes += [episode_table(task.name, "dev", "tv", dev.numpy(), layers, seed=protocol.seed)]
@@ -224,14 +225,15 @@ def traced_tasks(model: Model, task_names=TASK_NAMES, protocol: Protocol = PAPER
 
 def summarize(results: pd.DataFrame, episodes: pd.DataFrame | None = None) -> pd.DataFrame:
     """Means per category and overall, with the TV/ICL ratio of the means; given the run's episodes, each with
-    its 95% bootstrap interval (episodes resampled within tasks)."""
+    its 95% bootstrap interval (episodes of the main seed resampled within tasks)."""
     by_cat = results.groupby("category", sort=False)[list(METHODS)].mean()
     by_cat.loc["all"] = results[list(METHODS)].mean()
     by_cat["tv_over_icl"] = by_cat["tv"] / by_cat["icl"]
     by_cat = by_cat.reset_index()
     if episodes is None:
         return by_cat
-    test = episodes[episodes.split == "test"]
+    test = main_seed(episodes)
+    test = test[test.split == "test"]
     hits = {(task, m): g.hit.to_numpy() for (task, m), g in test.groupby(["task", "method"], sort=False)}
     for i, category in enumerate(by_cat.category):
         tasks = results.task if category == "all" else results.task[results.category == category]
@@ -288,8 +290,7 @@ def reproduce(model: Model, task_names=TASK_NAMES, out_dir: str | Path | None = 
         rec["dev_acc_by_layer"] = run.per_layer.loc[run.per_layer.task == rec["task"], "dev_acc"].round(4).tolist()
     report = {"model": model.name, "dtype": model.info["dtype"], "device": model.info["device"],
               "versions": store.versions(), "protocol": asdict(protocol), "seeds": seeds,
-              "intervals": "95%: Wilson per task; bootstrap over episodes within tasks for means and TV/ICL; "
-                           "TV vs ICL: exact McNemar and paired bootstrap",
+              "intervals": INTERVALS,
               "summary": summary.round(4).to_dict("records"), "tasks": records}
     if len(seeds) > 1:
         by_seed = pd.concat([r.results.assign(seed=s) for s, r in zip(seeds, runs)], ignore_index=True)

@@ -152,13 +152,8 @@ def mean_curve(per_layer: pd.DataFrame, x: str = "layer") -> pd.DataFrame:
 
 
 def mark_layer(fig: go.Figure, layer: int) -> go.Figure:
-    """Mark `layer` with a dashed line and a label, or move the figure's mark there (on a FigureWidget that is
-    a relayout in the browser, not a new plot)."""
-    if fig.layout.shapes:
-        fig.layout.shapes[0].update(x0=layer, x1=layer)
-        fig.layout.annotations[0].update(x=layer, text=f"layer {layer}")
-    else:
-        fig.add_vline(x=layer, line_dash="dash", line_color="black", annotation_text=f"layer {layer}")
+    """Mark `layer` with a dashed line and a label."""
+    fig.add_vline(x=layer, line_dash="dash", line_color="black", annotation_text=f"layer {layer}")
     return fig
 
 

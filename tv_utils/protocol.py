@@ -29,6 +29,8 @@ N_BOOT = 2000  # bootstrap resamples for intervals of means and ratios
 N_BOOT_LAYER = 1000  # resamples of the dev episodes for the stability of the chosen layer
 ALPHA = 0.05
 VERDICTS = ("better", "worse", "no detectable difference")
+INTERVALS = ("95%: Wilson per task; bootstrap over episodes within tasks for means and TV/ICL; paired "
+             "comparisons (TV vs ICL): McNemar score test at p < 0.05 with Tango's interval")
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,15 @@ def tie_layers(layers, accuracy, n: int) -> list[int]:
     """The layers within one episode (1/n) of the top accuracy: those the dev set cannot tell apart from the best."""
     top = max(accuracy)
     return [layer for layer, acc in zip(layers, accuracy) if acc >= top - 1 / n - 1e-12]
+
+
+WIDE_TIE = 3  # a tie set spanning more layers than this is flagged: dev cannot locate the best layer
+
+
+def tie_span(ties: str) -> int:
+    """How many layers a tie set spans, first to last ("2 5 7" spans 6): wide spans mean a flat dev curve."""
+    layers = [int(x) for x in str(ties).split()]
+    return max(layers) - min(layers) + 1
 
 
 def best_mean_layer(per_layer: pd.DataFrame) -> int:
@@ -239,6 +250,11 @@ def compare(episodes: pd.DataFrame, a: str, b: str, by=("task",)) -> pd.DataFram
     table = pd.DataFrame(rows)
     table["p_holm"] = holm(table.p_value)
     return table
+
+
+def main_seed(episodes: pd.DataFrame) -> pd.DataFrame:
+    """The episodes of a run's main seed, the first in its table: the one its results tables report."""
+    return episodes[episodes.seed == episodes.seed.iloc[0]] if "seed" in episodes else episodes
 
 
 def episode_table(task: str, split: str, method: str, hits, layers=None, **keys) -> pd.DataFrame:

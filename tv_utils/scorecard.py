@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from . import store
-from .protocol import mean_interval, ratio_interval
+from .protocol import best_mean_layer, main_seed, mean_interval, mean_of_proportions, ratio_interval
 
 METRICS = ("baseline", "icl", "tv")
 LABELS = {"baseline": "Baseline", "icl": "ICL", "tv": "TV"}
@@ -139,7 +139,8 @@ def scorecard(results: pd.DataFrame, conflict: pd.DataFrame | None = None, paper
 
 def _test_hits(episodes: pd.DataFrame, tasks) -> dict:
     """{(task, method): test hits} of the run's main seed (the first in its episode table)."""
-    test = episodes[(episodes.split == "test") & (episodes.seed == episodes.seed.iloc[0]) & episodes.task.isin(tasks)]
+    episodes = main_seed(episodes)
+    test = episodes[(episodes.split == "test") & episodes.task.isin(tasks)]
     return {(t, m): g.hit.to_numpy() for (t, m), g in test.groupby(["task", "method"], sort=False)}
 
 
@@ -183,6 +184,144 @@ def verdict_text(card: pd.DataFrame) -> str:
     return "\n".join(textwrap.fill(line, 100, subsequent_indent="  ") for line in lines)
 
 
+# ----- the paper's five claims, one verdict each -----
+
+HOLDS, PARTLY, FAILS, NOT_RUN = "holds", "partly", "does not hold", "not run"
+TV_OVER_ICL_MIN = 0.80  # "TV ≈ ICL": the paper's 7 models keep 0.83-0.91 of ICL (paper_results.csv)
+MIDDLE = (0.25, 0.75)  # an intermediate layer, if not within the paper's range of relative depths
+KNN_HOLDS, KNN_PARTLY = 0.90, 0.50  # leave-one-out kNN task identification from theta (chance: 1/18)
+TOP_RANK = 100  # "shows task tokens": the answer token among theta's top 100 of the whole vocabulary
+CLAIM_RULES = {
+    "TV ≈ ICL ≫ baseline": f"holds: TV's mean interval above the baseline's and TV/ICL's lower bound ≥ "
+                           f"{TV_OVER_ICL_MIN:.2f}; partly: TV above the baseline only; else does not hold",
+    "best layer in the middle": f"holds: L/depth (L: best mean dev layer) within the paper's range; partly: "
+                                f"within {MIDDLE[0]:.2f}-{MIDDLE[1]:.2f}; else does not hold",
+    "θs cluster by task": f"leave-one-out 5-NN task identification at L: holds ≥ {KNN_HOLDS:.2f}; partly ≥ "
+                          f"{KNN_PARTLY:.2f}; else does not hold",
+    "θ(B) overrides demos of A": "θ(B) at B's best dev layer (the paper's rule) raises accuracy on B "
+                                 "significantly (McNemar, p < 0.05): holds on ≥ 4 of 5 pairs with mean ≥ 0.50; "
+                                 "partly on ≥ 1; else does not hold",
+    "θ through the unembedding shows task tokens": f"the answer token in θ's top {TOP_RANK} (median over "
+                                                   "episodes, at each task's best layer): holds on ≥ 2/3 of "
+                                                   "the tasks; partly on ≥ 1/6; else does not hold",
+}
+
+
+def _mean_ci(values, lo, hi) -> str:
+    return f"{values:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def claims(results: pd.DataFrame, episodes: pd.DataFrame | None = None, per_layer: pd.DataFrame | None = None,
+           geometry: pd.DataFrame | None = None, conflict: pd.DataFrame | None = None,
+           vocab_rank: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The paper's five claims for one model's stored tables: a verdict (holds / partly / does not hold / not
+    run) by the fixed rule of CLAIM_RULES, and the numbers it rests on, with their 95% intervals."""
+    from .analyses.conflict import CONFLICT, OVERRIDE
+    from .analyses.conflict import REGULAR as NO_THETA
+
+    model = results["model"].iloc[0]
+    rows = []
+
+    def add(claim, verdict_, evidence):
+        rows.append({"model": model, "claim": claim, "verdict": verdict_, "evidence": evidence,
+                     "rule": CLAIM_RULES[claim]})
+
+    claim = "TV ≈ ICL ≫ baseline"
+    if episodes is None:
+        add(claim, NOT_RUN, "the run kept no episodes")
+    else:
+        hits = _test_hits(episodes, results.task)
+        means = {m: (results[m].mean(), *mean_interval([hits[t, m] for t in results.task], f"all/{m}"))
+                 for m in METRICS}
+        ratio = (means["tv"][0] / means["icl"][0],
+                 *ratio_interval([hits[t, "tv"] for t in results.task], [hits[t, "icl"] for t in results.task], "all"))
+        above = means["tv"][1] > means["baseline"][2]
+        add(claim, HOLDS if above and ratio[1] >= TV_OVER_ICL_MIN else PARTLY if above else FAILS,
+            f"means over {len(results)} tasks: TV {_mean_ci(*means['tv'])}, ICL {_mean_ci(*means['icl'])}, "
+            f"baseline {_mean_ci(*means['baseline'])}; TV/ICL {_mean_ci(*ratio)}")
+
+    claim = "best layer in the middle"
+    paper = paper_results()
+    depth_lo, depth_hi = _fact(paper, "best_layer", "rel_depth_lo")[0], _fact(paper, "best_layer", "rel_depth_hi")[0]
+    n_layers = int(results["n_layers"].iloc[0])
+    if per_layer is None:
+        add(claim, NOT_RUN, "no per-layer dev accuracy stored")
+    else:
+        L = best_mean_layer(per_layer)
+        curve = per_layer.groupby("layer")["dev_acc"].mean()
+        depth, per_task = L / n_layers, results["best_layer"] / results["n_layers"]
+        add(claim, HOLDS if depth_lo <= depth <= depth_hi else PARTLY if MIDDLE[0] <= depth <= MIDDLE[1] else FAILS,
+            f"L = {L} of {n_layers} layers, depth {depth:.2f} (paper {depth_lo:.2f}-{depth_hi:.2f}); mean dev "
+            f"accuracy {curve[L]:.2f} at L, {curve.iloc[0]:.2f} at the first layer, {curve.iloc[-1]:.2f} at "
+            f"the last; per-task best layers at depth {per_task.min():.2f}-{per_task.max():.2f} "
+            f"(median {per_task.median():.2f})")
+
+    claim = "θs cluster by task"
+    if geometry is None or per_layer is None:
+        add(claim, NOT_RUN, "no geometry run stored")
+    else:
+        at = geometry.set_index("layer").loc[best_mean_layer(per_layer)]
+        best = geometry.loc[geometry.knn_accuracy.idxmax()]
+        knn = at.knn_accuracy
+        add(claim, HOLDS if knn >= KNN_HOLDS else PARTLY if knn >= KNN_PARTLY else FAILS,
+            f"at L: kNN task identification {knn:.2f} (chance {1 / len(results):.2f}), silhouette "
+            f"{at.silhouette:.2f}; best layer for kNN: {int(best.layer)} ({best.knn_accuracy:.2f}); "
+            f"no interval (leave-one-out over all stored θs)")
+
+    claim = "θ(B) overrides demos of A"
+    if conflict is None or "change_b_verdict" not in conflict:
+        add(claim, NOT_RUN, "no conflict run with paired verdicts stored")
+    else:
+        rule, best, plain = (conflict[conflict.method == m] for m in (CONFLICT, OVERRIDE, NO_THETA))
+        raised = int((rule.change_b_verdict == "better").sum())
+        mean = rule.acc_b.mean()
+        text = (f"accuracy on B, mean of {len(rule)} pairs: {_mean_ci(mean, *mean_of_proportions(rule.acc_b, rule.n))} "
+                f"with θ(B) at B's best layer (raised significantly on {raised} of {len(rule)}), "
+                f"{_mean_ci(plain.acc_b.mean(), *mean_of_proportions(plain.acc_b, plain.n))} without θ(B)")
+        if len(best):
+            text += (f", {_mean_ci(best.acc_b.mean(), *mean_of_proportions(best.acc_b, best.n))} at the best "
+                     f"override layer chosen on dev (layers {' '.join(map(str, best.layer))})")
+        add(claim, HOLDS if raised >= 4 and mean >= 0.5 else PARTLY if raised >= 1 else FAILS, text)
+
+    claim = "θ through the unembedding shows task tokens"
+    if vocab_rank is None:
+        add(claim, NOT_RUN, "no vocabulary run stored")
+    else:
+        ranks = vocab_rank.set_index(["task", "layer"]).median_rank
+        at_best = pd.Series([ranks.get((t, l), np.nan) for t, l in zip(results.task, results.best_layer)],
+                            index=results.task).dropna()
+        top = at_best[at_best < TOP_RANK]
+        share = len(top) / len(at_best)
+        add(claim, HOLDS if share >= 2 / 3 else PARTLY if share >= 1 / 6 else FAILS,
+            f"answer token in θ's top {TOP_RANK} at the task's best layer on {len(top)} of {len(at_best)} tasks "
+            f"({', '.join(top.index) or 'none'}); median rank over tasks {at_best.median():.0f}")
+    return pd.DataFrame(rows, columns=["model", "claim", "verdict", "evidence", "rule"])
+
+
+def stored_claims(model_name: str, folder: str | Path | None = None) -> pd.DataFrame:
+    """`claims` from a model's stored tables (default: the committed reference results)."""
+    name, folder = model_name.replace("/", "_"), folder or store.FIGURES
+
+    def read(kind: str, part: str = ""):
+        return store.precomputed(f"{kind}_{name}" + (f"_{part}" if part else ""), folder)
+
+    results = read("reproduce", "results")
+    if results is None:
+        raise ValueError(f"no reproduce_{name}_results.csv in {folder} or the committed results; "
+                         f"run `python -m tv_utils reproduce --model {model_name}` first")
+    return claims(results, read("reproduce", "episodes"), read("reproduce", "per_layer"), read("geometry", "scores"),
+                  read("conflict"), read("vocab", "answer_rank"))
+
+
+def claims_text(table: pd.DataFrame) -> str:
+    """The claims table as a few lines: verdict, then the numbers."""
+    lines = [f"The paper's claims on {table.model.iloc[0]}:"]
+    for row in table.itertuples():
+        lines.append(textwrap.fill(f"{row.claim}: {row.verdict.upper()}. {row.evidence}", 100,
+                                   initial_indent="  ", subsequent_indent="    "))
+    return "\n".join(lines)
+
+
 def run(model_name: str, results_folder: str | Path | None = None, out_dir: str | Path | None = None,
         figures: bool = True) -> dict:
     """Scorecard of a stored run (default: the committed reference results), written as
@@ -197,9 +336,12 @@ def run(model_name: str, results_folder: str | Path | None = None, out_dir: str 
                          f"run `python -m tv_utils reproduce --model {model_name}` first")
     card = scorecard(results, store.precomputed(f"conflict_{name}", folder),
                      episodes=store.precomputed(f"reproduce_{name}_episodes", folder))
+    claim_table = stored_claims(model_name, folder)
     stem = store.results_stem("scorecard", model_name, out_dir)
-    paths = [store.save_table(card, store.suffixed(stem, ".csv"))]
+    paths = [store.save_table(card, store.suffixed(stem, ".csv")),
+             store.save_table(claim_table, store.suffixed(stem, "_claims.csv"))]
     if figures:
         paths += store.save_figure(plots.scorecard_figure(card), stem)
-    return {"card": card, "text": verdict_text(card), "paths": paths,
+    return {"card": card, "claims": claim_table, "text": verdict_text(card) + "\n\n" + claims_text(claim_table),
+            "paths": paths,
             "results_file": store.stored_file(f"reproduce_{name}_results.csv", folder)}

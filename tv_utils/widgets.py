@@ -1,8 +1,9 @@
 """ipywidgets for the notebooks: they only display. Explorers show precomputed tables; the few that need
 the model (ICL playground, your own task, conflicting pair) call an `analyses` function on demand.
 
-Each builder returns the widget box. Figures are plotly FigureWidgets updated in place (a slider move only
-relayouts the plot in the browser); tables live in Output areas that are redrawn on change.
+Each builder returns the widget box. Figures and tables are drawn into Output widgets, redrawn on change. Not
+plotly's FigureWidget: its saved widget state holds the whole plotly.js bundle (5 MB per notebook), where an
+Output's holds only the figure (tens of KB), and a reloaded page redraws an Output from the kernel's state.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import html
 
 import ipywidgets as w
 import pandas as pd
-import plotly.graph_objects as go
 from IPython.display import HTML, display
 
 from . import plots
@@ -51,16 +51,6 @@ def _show(out: w.Output, *objects) -> None:
     out.outputs = tuple(outputs)
 
 
-def _redraw(view: go.FigureWidget, fig: go.Figure) -> None:
-    """Make the figure widget `view` show `fig`, in place: when only the layout differs (a moved marker, a new
-    title) the browser relayouts the plot it has instead of drawing a new one, which keeps explorers fast."""
-    with view.batch_update():
-        if [t.to_plotly_json() for t in view.data] != [t.to_plotly_json() for t in fig.data]:
-            view.data = ()
-            view.add_traces(fig.data)
-        view.layout = fig.layout
-
-
 def layer_explorer(per_layer: pd.DataFrame, start: int | None = None) -> Explorer:
     """Slider over layers and a task dropdown: the accuracy curves with the chosen layer marked, and the
     per-task accuracy at that layer (from a precomputed per-layer table)."""
@@ -70,21 +60,16 @@ def layer_explorer(per_layer: pd.DataFrame, start: int | None = None) -> Explore
                          description="layer", continuous_update=False)
     tasks = ["all tasks"] + list(dict.fromkeys(per_layer["task"]))
     task = w.Dropdown(options=tasks, description="task")
-    note, figure, table_out = w.HTML(), go.FigureWidget(), w.Output()
+    note, figure, table_out = w.HTML(), w.Output(), w.Output()
 
-    def redraw(change=None):
+    def redraw(_=None):
         df = per_layer if task.value == "all tasks" else per_layer[per_layer.task == task.value]
         layer = slider.value
         at_layer = df[df.layer == layer][["task", "category", "dev_acc"]].rename(columns={"dev_acc": "accuracy"})
         note.value = (f"<b>layer {layer}</b>: mean accuracy <b class='tv-layer-acc'>{at_layer.accuracy.mean():.2f}"
-                      f"</b> (best mean layer: {best})")
-        title = f"Task-vector accuracy by layer (layer {layer} marked)"
-        if change is not None and change.owner is slider:  # same curves: move the mark
-            with figure.batch_update():
-                plots.mark_layer(figure, layer)
-                figure.layout.title.text = title
-        else:
-            _redraw(figure, plots.layer_curves(df, highlight=layer, title=title))
+                      f"</b> on the dev episodes (best mean layer: {best})")
+        _show(figure, plots.layer_curves(df, highlight=layer,
+                                         title=f"Task-vector accuracy by layer (layer {layer} marked, dev episodes)"))
         _show(table_out, _table_html(at_layer.sort_values("accuracy", ascending=False), "tv-layer-table"))
 
     slider.observe(redraw, "value")
@@ -100,24 +85,14 @@ def geometry_explorer(emb: pd.DataFrame, scores: pd.DataFrame | None = None, sta
     layer = w.Dropdown(options=layers, value=layers[0] if start is None else start, description="layer")
     method = w.Dropdown(options=sorted(emb.method.unique()), description="method")
     colour = w.Dropdown(options=["task", "category"], description="colour by")
-    note, figure = w.HTML(), go.FigureWidget()
+    note, figure = w.HTML(), w.Output()
 
-    def redraw(change=None):
+    def redraw(_=None):
         if scores is not None:
             row = scores[scores.layer == layer.value].iloc[0]
             note.value = (f"layer {layer.value}: kNN task identification <b>{row.knn_accuracy:.2f}</b>, "
                           f"silhouette <b>{row.silhouette:.2f}</b>")
-        if change is not None and change.owner is not colour:  # same points, same colours: move them
-            df = emb[(emb.layer == layer.value) & (emb.method == method.value)]
-            groups = dict(tuple(df.groupby(colour.value, sort=False)))
-            with figure.batch_update():
-                for trace in figure.data:
-                    trace.x, trace.y = groups[trace.name].x.to_numpy(), groups[trace.name].y.to_numpy()
-                figure.layout.title.text = plots.geometry_title(layer.value, method.value, colour.value)
-                figure.layout.xaxis.title.text = f"{plots.method_label(method.value)} 1"
-                figure.layout.yaxis.title.text = f"{plots.method_label(method.value)} 2"
-        else:
-            _redraw(figure, plots.geometry_scatter(emb, layer.value, method.value, colour.value))
+        _show(figure, plots.geometry_scatter(emb, layer.value, method.value, colour.value))
 
     for control in (layer, method, colour):
         control.observe(redraw, "value")
@@ -149,30 +124,39 @@ def vocab_explorer(top: pd.DataFrame, n: int = 8, start: int | None = None) -> E
     return Explorer([w.HBox([slider, kind]), out])
 
 
+def crossing(table: pd.DataFrame) -> float:
+    """The first α of an interpolation table where accuracy on A exceeds accuracy on B (else the last α)."""
+    df = table[table.kind == "alpha"]
+    above = df.value[df.acc_a > df.acc_b]
+    return round(float(above.min() if len(above) else df.value.iloc[-1]), 2)
+
+
 def alpha_explorer(table: pd.DataFrame) -> Explorer:
-    """Slider over alpha on a precomputed interpolation table: accuracy on A and B at that mix."""
+    """Slider over alpha on a precomputed interpolation table: accuracy on A and B at that mix. It opens at
+    the crossing, where the mix starts to answer task A."""
     df = table[table.kind == "alpha"].reset_index(drop=True)
-    slider = w.SelectionSlider(options=[round(v, 2) for v in df.value], value=round(df.value.iloc[-1], 2),
+    slider = w.SelectionSlider(options=[round(v, 2) for v in df.value], value=crossing(table),
                                description="α", continuous_update=False)
-    note, figure = w.HTML(), go.FigureWidget()
+    note, figure = w.HTML(), w.Output()
     a, b = df.task_a.iloc[0], df.task_b.iloc[0]
 
     def redraw(_=None):
         row = df.iloc[(df.value - slider.value).abs().argmin()]
-        note.value = (f"α = {slider.value}: accuracy on {a} <b>{row.acc_a:.2f}</b>, on {b} <b>{row.acc_b:.2f}</b>")
+        note.value = (f"α = {slider.value}: accuracy on {a} <b>{row.acc_a:.2f}</b>, on {b} <b>{row.acc_b:.2f}</b> "
+                      f"({row.n} test queries; θs averaged over dev episodes)")
         fig = plots.interpolation_curves(table)
         fig.add_vline(x=slider.value, line_dash="dash")
-        _redraw(figure, fig)
+        _show(figure, fig)
 
     slider.observe(redraw, "value")
     redraw()
     return Explorer([slider, note, figure])
 
 
-def icl_playground(model, task_names, n: int = 10) -> Explorer:
-    """Pick a task and a number of demonstrations: see one prompt, the model's answer and the accuracy
-    over n episodes, with and without the demonstrations."""
-    task = w.Dropdown(options=list(task_names), description="task")
+def icl_playground(model, task_names, n: int = 10, start: str | None = None) -> Explorer:
+    """Pick a task (opening at `start` where offered, else the first) and a number of demonstrations: see one prompt, the
+    model's answer and the accuracy over n episodes, with and without the demonstrations."""
+    task = w.Dropdown(options=list(task_names), value=_opening(task_names, start), description="task")
     k = w.IntSlider(value=5, min=1, max=10, description="demos", continuous_update=False)
     run = w.Button(description="Run", button_style="primary")
     out = w.Output()
@@ -258,6 +242,13 @@ def conflict_widget(model, n: int = 10, layer: int | None = None, start=("en_es"
     return Explorer([w.HBox([a, b, run]), out])
 
 
+def _opening(options, start):
+    """The option an explorer opens on: `start` where it is offered (a live run may hold other tasks), else the
+    first."""
+    options = list(options)
+    return start if start in options else options[0]
+
+
 def _with_interval(row, column: str) -> str:
     """An accuracy as text, with its 95% interval when the table has one: "0.76 [0.62, 0.86]"."""
     if f"{column}_lo" not in row:
@@ -265,10 +256,11 @@ def _with_interval(row, column: str) -> str:
     return f"{row[column]:.2f} [{row[column + '_lo']:.2f}, {row[column + '_hi']:.2f}]"
 
 
-def results_explorer(results: pd.DataFrame, per_layer: pd.DataFrame) -> Explorer:
-    """Pick a task: its Baseline / ICL / task-vector accuracy and its accuracy per layer (precomputed)."""
-    task = w.Dropdown(options=list(results["task"]), description="task")
-    note, figure = w.HTML(), go.FigureWidget()
+def results_explorer(results: pd.DataFrame, per_layer: pd.DataFrame, start: str | None = None) -> Explorer:
+    """Pick a task (opening at `start` where offered, else the first): its Baseline / ICL / task-vector accuracy and its
+    accuracy per layer (precomputed)."""
+    task = w.Dropdown(options=list(results["task"]), value=_opening(results["task"], start), description="task")
+    note, figure = w.HTML(), w.Output()
 
     def redraw(_=None):
         row = results[results.task == task.value].iloc[0]
@@ -276,8 +268,8 @@ def results_explorer(results: pd.DataFrame, per_layer: pd.DataFrame) -> Explorer
         note.value = (f"<span class='tv-result'><b>{row.task}</b> ({row.category}), test episodes: baseline "
                       f"{_with_interval(row, 'baseline')}, ICL {_with_interval(row, 'icl')}, task vector "
                       f"{_with_interval(row, 'tv')} at layer {row.best_layer} (chosen on dev){verdict}</span>")
-        _redraw(figure, plots.layer_curves(per_layer[per_layer.task == task.value], highlight=int(row.best_layer),
-                                           title=f"{task.value}: task-vector accuracy by layer (dev episodes)"))
+        _show(figure, plots.layer_curves(per_layer[per_layer.task == task.value], highlight=int(row.best_layer),
+                                         title=f"{task.value}: task-vector accuracy by layer (dev episodes)"))
 
     task.observe(redraw, "value")
     redraw()
@@ -289,7 +281,7 @@ def vector_explorer(run) -> Explorer:
     accuracies, dev accuracy per layer of the task vector and the function vector, and every head's indirect
     effect on it with the function vector's heads outlined."""
     task = w.Dropdown(options=["all tasks"] + list(run.table.task), description="task")
-    note, curves, heatmap = w.HTML(), go.FigureWidget(), w.Output()  # one FigureWidget: each saves plotly.js
+    note, curves, heatmap = w.HTML(), w.Output(), w.Output()
 
     def redraw(_=None):
         one = task.value != "all tasks"
@@ -300,14 +292,7 @@ def vector_explorer(run) -> Explorer:
                   if one else "")
         note.value = (f"<span class='tv-fv-note'><b>{html.escape(name)}</b>: test accuracy ICL {rows.icl.mean():.2f}, "
                       f"task vector {rows.tv.mean():.2f}, function vector {rows.fv.mean():.2f}{layers}</span>")
-        fig = plots.vector_layer_curves(pick(run.per_layer), f"{name}: dev accuracy by layer")
-        if len(curves.data) == len(fig.data):  # same three lines: move their points, keep the plot
-            with curves.batch_update():
-                for view, trace in zip(curves.data, fig.data):
-                    view.y = trace.y
-                curves.layout.title.text = fig.layout.title.text
-        else:
-            _redraw(curves, fig)
+        _show(curves, plots.vector_layer_curves(pick(run.per_layer), f"{name}: dev accuracy by layer"))
         _show(heatmap, plots.head_heatmap(pick(run.effects), run.heads,
                                           f"{name}: indirect effect of each head (the {run.k} FV heads outlined)"))
 

@@ -55,13 +55,15 @@ OVERRIDE = "ICL + theta of B, best override layer"  # the layer where theta(B) w
 
 
 def conflict_hits(model: Model, pairs=PAPER_CONFLICTS, n: int = 50, protocol: Protocol = PAPER,
-                  fmt: PromptFormat = DEFAULT_FORMAT, splits=("dev", "test")) -> pd.DataFrame:
+                  fmt: PromptFormat = DEFAULT_FORMAT, splits=("dev", "test"), progress: bool = False) -> pd.DataFrame:
     """Every episode behind the conflict tables, tidy (task_a, task_b, split, method, layer, episode, scored_on,
     hit): B's own dev sweep (theta of B alone, scored on B); and episodes of demonstrations of A (`splits`: the
     dev ones choose the best override layer), without theta and with theta(B) written at every layer, scored on
     A's and on B's answers."""
+    from tqdm.auto import tqdm
+
     blocks = []
-    for a, b in pairs:
+    for a, b in tqdm(pairs, desc=f"conflicting pairs ({model.name})", unit="pair", disable=not progress):
         for name in (a, b):
             if name not in TASK_NAMES:
                 raise KeyError(f"unknown task {name!r} in pair ({a}, {b}); valid tasks: {', '.join(TASK_NAMES)}")
@@ -181,7 +183,7 @@ def run(model: Model, pairs=PAPER_CONFLICTS, n: int = 50, layer: int | None = No
 
     if layer is not None:
         model.check_layer(layer)
-    hits = _named(conflict_hits(model, pairs, n=n), model)
+    hits = _named(conflict_hits(model, pairs, n=n, progress=True), model)
     table, by_layer = conflict_table(hits, layer), conflict_by_layer(hits, layer)
     stem = store.results_stem("conflict", model.name, out_dir)
     store.save_table(table, f"{stem}.csv")

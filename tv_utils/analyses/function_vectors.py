@@ -260,7 +260,7 @@ def _curve(task, method: str, dev_acc, n_dev: int) -> pd.DataFrame:
 
 def comparison_table(rows: pd.DataFrame, episodes: pd.DataFrame) -> pd.DataFrame:
     """The per-task table with 95% Wilson intervals for every accuracy and, for each pair (a, b) of PAIRS, the
-    paired difference a - b on the same test episodes with its interval, exact McNemar p and verdict."""
+    paired difference a - b on the same test episodes with its Tango interval, McNemar p and verdict."""
     table = with_intervals(rows, [*METHODS, *SHUFFLED], "n_test").set_index("task", drop=False)
     for a, b in PAIRS:
         test = compare(episodes, a, b).set_index("task").loc[table.index]
