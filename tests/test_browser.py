@@ -212,8 +212,13 @@ def _text(selector: str, needle: str) -> str:
 
 
 def _reloaded(page, name: str, marker: str, title: str):
-    """Reload the page while the kernel runs: the explorer is drawn again from the kernel's widget state, its
-    figure with its traces and the title of the state it was left in (not empty axes)."""
+    """Save (as JupyterLab's autosave would), then reload the page while the kernel runs: the explorer is drawn
+    again from the kernel's widget state, its figure with its traces and the title of the state it was left in
+    (not empty axes)."""
+    page.click(".jp-NotebookPanel .jp-Cell >> nth=0")
+    page.keyboard.press("Escape")
+    page.keyboard.press("Control+s")
+    page.wait_for_function("() => !document.querySelector('.jp-mod-dirty')", timeout=60_000)
     page.reload(timeout=120_000)
     page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=120_000)
     box = _widget(page, name, marker)
