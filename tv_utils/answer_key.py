@@ -104,8 +104,6 @@ def course_map(folder: str | Path | None = None) -> str:
     return "\n".join(rows)
 
 
-
-
 def with_solutions(path: str | Path):
     """The notebook with every exercise stub replaced by its solution (a new notebook node)."""
     import nbformat
