@@ -3,7 +3,7 @@
 VENV ?= $(if $(VIRTUAL_ENV)$(CONDA_PREFIX),,.venv)
 PY := $(if $(VENV),$(VENV)/bin/python,python3)
 
-.PHONY: setup reproduce test lock course reference reference-qwen
+.PHONY: setup reproduce test test-fast lint lock course wheel reference reference-qwen
 setup:
 	$(if $(VENV),test -x $(PY) || python3 -m venv $(VENV))
 	PYTHON=$(PY) bash scripts/setup.sh
@@ -14,9 +14,25 @@ reproduce: setup  # into ./results, then compared with the committed reference
 test: setup
 	$(PY) -m pytest
 
+# The edit-test loop (README "Tests"), in the environment `make setup` made: tests on tiny models and toy data,
+# none marked model (the real Gemma), notebooks, browser, gpu or cli (subprocesses; pyproject.toml's markers).
+test-fast:
+	$(PY) -m pytest -q -m "not (model or notebooks or browser or gpu or cli)" tests
+
+lint:  # ruff, with pyproject.toml's settings (CI runs it before the tests)
+	$(PY) -m ruff check tv_utils tests scripts conftest.py
+
 # The course in JupyterLab, from the environment `make setup` made; it prints the URL to open (as root too).
 course:
 	$(PY) -m jupyter lab --notebook-dir=notebooks --ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+
+# The kit as a wheel, dist/tv_utils-*.whl, for a hosted notebook service (README "On a hosted notebook service"):
+# upload it with the notebooks and their first cell installs it. It carries the committed result tables.
+wheel:
+	$(if $(VENV),test -x $(PY) || python3 -m venv $(VENV))
+	rm -rf build dist/tv_utils-*.whl
+	$(PY) -m pip wheel --no-deps --disable-pip-version-check -q -w dist .
+	@ls dist/tv_utils-*.whl
 
 lock:  # re-resolve pyproject.toml's ranges into requirements-lock.txt; run `make test` after it
 	bash scripts/lock.sh
@@ -27,6 +43,7 @@ lock:  # re-resolve pyproject.toml's ranges into requirements-lock.txt; run `mak
 reference: setup
 	$(PY) -m tv_utils reproduce --seeds 0 1 2 3 4 --out figures
 	$(PY) -m tv_utils conflict --out figures
+	$(PY) -m tv_utils widgets --out figures  # what the ICL playground and conflict widget show at once
 	$(PY) -m tv_utils geometry --out figures
 	$(PY) -m tv_utils vocab --out figures
 	$(PY) -m tv_utils beyond --out figures

@@ -10,6 +10,8 @@ from tv_utils.analyses import beyond, conflict, geometry, vocab
 from tv_utils.experiments import default_layer
 from tv_utils.protocol import Protocol
 
+pytestmark = pytest.mark.tiny
+
 P = Protocol(k=3, n_dev=6, n_test=6)
 
 
@@ -42,7 +44,8 @@ def test_run_writes_the_table_it_returns(tiny_llama, tmp_path):
     for row in table.itertuples():  # each Table 2 row is the mean of its test episodes at its layer
         method = conflict.CONFLICT if row.method == conflict.OVERRIDE else row.method
         mine = test[(test.method == method) & ((test.layer == row.layer) | test.layer.isna())]
-        assert row.acc_a == mine[mine.scored_on == "A"].hit.mean() and row.acc_b == mine[mine.scored_on == "B"].hit.mean()
+        assert row.acc_a == mine[mine.scored_on == "A"].hit.mean()
+        assert row.acc_b == mine[mine.scored_on == "B"].hit.mean()
         assert row.acc_a_lo <= row.acc_a <= row.acc_a_hi
     assert table.loc[table.method == conflict.CONFLICT, "layer"].tolist() == [1]  # --layer replaces the paper's rule
     override = curves.override_layer.iloc[0]  # the best override layer is the top *dev* accuracy on B
@@ -180,3 +183,141 @@ def test_default_layer_is_the_best_mean_dev_layer(tiny_llama, tmp_path):
     per_layer = pd.DataFrame({"layer": [0, 1, 2, 0, 1, 2], "dev_acc": [0.1, 0.3, 0.9, 0.2, 0.8, 0.1]})
     store.save_table(per_layer, tmp_path / f"reproduce_{tiny_llama.name.replace('/', '_')}_per_layer.csv")
     assert default_layer(tiny_llama, tmp_path) == 1  # means 0.15, 0.55, 0.50
+
+
+def test_own_task_answers_batched_equal_the_step_by_step_run(tiny_llama):
+    """The widget's batched own-task path (shared demonstrations run once, one pass for zero-shot and task vector,
+    one unembedding product) gives the answers of the plain steps: theta from engine.episode_states, the queries
+    patched by layer_sweep, ICL and zero-shot by next_tokens."""
+    from tv_utils import engine
+    from tv_utils.analyses import icl
+    from tv_utils.prompts import DEFAULT_FORMAT as F, usable_task
+    from tv_utils.tasks import Episode, make_task, parse_pairs
+    from tv_utils.widgets import EXAMPLE_TASK
+
+    for text, queries, layer in ((EXAMPLE_TASK, ["Corn", "Cherry", "Ocean"], 2),
+                                 ("ab -> ba\ncd -> dc\nxy -> yx\nmn -> nm\npq -> qp", ["gh", "st", "uv", "e"], 1)):
+        table, info = icl.own_task_answers(tiny_llama, text, ", ".join(queries), layer)
+        task = make_task("custom", parse_pairs(text))
+        demos, dummies = task.pairs[:-2], tuple(x for x, _ in task.pairs[-2:])
+        assert info == {"demos": demos, "dummies": dummies}
+        spaced = usable_task(task, tiny_llama.tokenizer)[0].spaced
+        theta, _ = engine.episode_states(tiny_llama, [Episode(demos, dummies, (dummies[0], ""), spaced=spaced)],
+                                         icl=False)
+        query_ids = tiny_llama.encode([F.query(q) for q in queries])
+        icl_ids = tiny_llama.encode([F.icl(demos, q, spaced) for q in queries])
+        expected = {"zero-shot": engine.next_tokens(tiny_llama, query_ids),
+                    "ICL": engine.next_tokens(tiny_llama, icl_ids),
+                    f"task vector (layer {layer})": beyond.patch_shared(tiny_llama, query_ids, theta[0, layer], layer)}
+        assert table["query"].tolist() == queries
+        for column, ids in expected.items():
+            assert table[column].tolist() == [tiny_llama.decode_token(i) for i in ids.tolist()], column
+
+
+def test_stored_widget_tables_read_back_as_written(tiny_llama, tmp_path, monkeypatch):
+    """`python -m tv_utils widgets` writes every playground setting and conflict pair; the widgets' readers give
+    back what was computed (text as text, also a number-like or empty answer), only at the stored episode count."""
+    from tv_utils import store
+    from tv_utils.analyses import icl
+
+    monkeypatch.setenv("TV_UTILS_RESULTS", str(tmp_path))
+    table = icl.run(tiny_llama, ["next_letter", "to_upper"], n=4, out_dir=tmp_path)
+    assert len(table) == 2 * len(icl.PLAYGROUND_KS) and (table.n == 4).all()
+    stored = icl.stored_examples(tiny_llama.name, n=4)
+    assert set(stored) == {(t, k) for t in ("next_letter", "to_upper") for k in icl.PLAYGROUND_KS}
+    assert stored[("to_upper", 3)] == icl.icl_example(tiny_llama, "to_upper", 3, 4)
+    assert icl.stored_examples(tiny_llama.name, n=10) == {} and icl.stored_examples("no-such-model", 4) == {}
+    odd = table.head(2).assign(answer=[" 7", ""], n=5)
+    store.save_table(odd, icl.playground_file(tiny_llama.name, tmp_path))
+    assert [r["answer"] for r in icl.stored_examples(tiny_llama.name, n=5).values()] == [" 7", ""]
+
+    pairs = [("next_letter", "to_upper"), ("to_upper", "next_letter")]
+    widget = conflict.run_widget(tiny_llama, pairs, n=6, out_dir=tmp_path)
+    back = conflict.stored_pairs(tiny_llama.name, n=6)
+    assert list(back) == pairs and conflict.stored_pairs(tiny_llama.name, n=10) == {}
+    sweep = conflict.b_dev_sweep(tiny_llama, "to_upper", 6)
+    live = conflict.conflict_pair(tiny_llama, "next_letter", "to_upper", n=6, b_sweep=sweep)
+    pd.testing.assert_frame_equal(back[pairs[0]], live.round(4), check_dtype=False)
+    assert len(widget) == 2 * len(live)
+    assert conflict.widget_pairs() == [(a, b) for a in conflict.TASK_NAMES for b in conflict.conflict_partners(a)]
+
+
+def test_widgets_show_a_stored_setting_without_the_model(tiny_llama, tmp_path, monkeypatch):
+    """A setting in the stored table shows at once ("stored run, n episodes") and never calls the model; one
+    outside it still runs live (and says how long it took)."""
+    from tv_utils import widgets
+    from tv_utils.analyses import icl
+
+    monkeypatch.setenv("TV_UTILS_RESULTS", str(tmp_path))
+    icl.run(tiny_llama, ["next_letter"], n=4, out_dir=tmp_path)
+    conflict.run_widget(tiny_llama, [("next_letter", "to_upper")], n=6, out_dir=tmp_path)
+    live = icl.icl_example
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model ran for a stored setting")
+
+    monkeypatch.setattr(icl, "icl_example", no_model)
+    box = widgets.icl_playground(tiny_llama, ["next_letter", "to_upper"], n=4, start="next_letter")
+    (task, k, run), status, out = box.children[0].children, box.children[1], box.children[2]
+    assert "stored run, 4 episodes" in status.value
+    run.click()
+    assert "next_letter with 5 demonstrations: stored run, 4 episodes" in status.value and out.outputs
+    k.value = 2
+    assert "next_letter with 2 demonstrations: stored run, 4 episodes" in status.value
+    monkeypatch.setattr(icl, "icl_example", live)
+    task.value = "to_upper"  # not stored: waits for Run, then runs the model
+    assert "press Run to run" in status.value and not out.outputs
+    run.click()
+    assert "to_upper with 2 demonstrations: ran in" in status.value and out.outputs
+
+    monkeypatch.setattr(conflict, "conflict_pair", no_model)
+    monkeypatch.setattr(conflict, "b_dev_sweep", no_model)
+    box = widgets.conflict_widget(tiny_llama, n=6, start=("next_letter", "to_upper"))
+    (_, b, run), status = box.children[0].children, box.children[1]
+    run.click()
+    assert "next_letter with θ(to_upper): stored run, 6 episodes" in status.value
+    b.value = "prev_letter"  # a pair not stored waits for Run
+    assert "press Run to run 6 episodes of next_letter with θ(prev_letter)" in status.value
+
+
+@pytest.mark.model
+def test_conflict_pair_is_conflicting_tasks_without_override(gemma):
+    """The conflict widget's fast path (theta(B) written only at B's best dev layer, the prompt prefix shared by
+    the plain and the patched run) gives exactly the table of conflicting_tasks(..., override=False), on the
+    notebook's opening pair."""
+    pair = ("antonyms", "present_simple_past_simple")
+    slow = conflict.conflicting_tasks(gemma, [pair], n=10, override=False)
+    pd.testing.assert_frame_equal(conflict.conflict_pair(gemma, *pair, n=10), slow)
+
+
+@pytest.mark.model
+def test_stored_widget_tables_match_a_live_run(gemma, tmp_path):
+    """A few random entries of the committed widget tables (`python -m tv_utils widgets --out figures`),
+    recomputed now by the code the widgets run when a setting is not stored, and written the same way: equal,
+    so the stored tables cannot drift from the live code."""
+    import random
+
+    from tv_utils import store
+    from tv_utils.analyses import icl
+
+    def read(path, columns):  # as written (4 decimals), every cell as text, so dtypes cannot differ
+        return store.precomputed(path.name[:-len(".csv")], path.parent, text=columns).astype(str)
+
+    rng = random.Random()
+    stored = read(icl.playground_file(gemma.name, store.FIGURES), ["prompt", "answer", "expected"])
+    stored = stored.set_index(["task", "k"], drop=False)
+    picks = rng.sample(sorted(stored.index), 3)
+    live = pd.concat([icl.playground_table(gemma, [task], [int(k)]) for task, k in picks], ignore_index=True)
+    store.save_table(live, icl.playground_file(gemma.name, tmp_path))
+    assert read(icl.playground_file(gemma.name, tmp_path), ["prompt", "answer", "expected"]).values.tolist() == \
+        stored.loc[picks].values.tolist(), f"stored playground settings {picks} differ from a live run"
+
+    text = ["model", "task_a", "task_b", "method", "b_dev_ties", "change_a_verdict", "change_b_verdict"]
+    table = read(conflict.widget_file(gemma.name, store.FIGURES), text)
+    offered = set(zip(table.task_a, table.task_b))
+    assert len(table) == 2 * len(offered) and offered <= set(conflict.widget_pairs())  # plain ICL, theta(B)
+    pairs = rng.sample(sorted(offered), 2)
+    store.save_table(conflict.widget_table(gemma, pairs), conflict.widget_file(gemma.name, tmp_path))
+    expected = pd.concat([table[(table.task_a == a) & (table.task_b == b)] for a, b in pairs])
+    assert read(conflict.widget_file(gemma.name, tmp_path), text).values.tolist() == expected.values.tolist(), \
+        f"stored conflict pairs {pairs} differ from a live run"

@@ -2,10 +2,18 @@
 
 Every notebook is run top to bottom in a 1280-px window with the file browser open; the test asserts no
 error, no stderr output and no widget error, that every figure fits its output area, and that one
-interaction changes the output; 02's and 03's explorers are checked again after a page reload. It records that interaction's latency (input -> changed output, measured
-in the page) in test-output/browser/latency.json, without asserting on it (timings belong to benchmarks),
-and saves a screenshot of the widget. JupyterLab runs from a temporary copy of notebooks/ on a free
-loopback port with a fresh token; the committed notebooks are never touched.
+interaction changes the output; 02's and 03's explorers are checked again after a page reload. It measures
+each live widget's update latency in the page (from the control change to the new output), asserts that
+every one is at most LIVE_LIMIT_MS, writes the table to test-output/browser/latency.json and prints it at the
+end, and saves a screenshot of the widget. The ICL playground and the conflict widget show every setting they
+offer from a stored table (`python -m tv_utils widgets`), so a new setting is a redraw too; the own-task
+widget takes free text, so new pairs run the model (batched, about half a second on 2 cores) behind a busy
+state (controls disabled, a status line saying what runs), which the test checks appears.
+
+JupyterLab runs from a temporary copy of notebooks/ on a free loopback port with a fresh token; the
+committed notebooks are never touched. It runs in a process group of its own and is sent SIGTERM when the
+pytest process dies, however it dies (Linux's parent-death signal), and its kernels exit when it does;
+test_killed_pytest_leaves_no_lab checks that with a SIGKILLed pytest.
 """
 
 import json
@@ -25,6 +33,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
+pytestmark = pytest.mark.browser
+
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "test-output" / "browser"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -32,6 +42,9 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-
                   "--disable-component-update", "--disable-sync", "--disable-quic"]
 WIDGET_ERRORS = ("Error displaying widget", "Model not found")
 CELL_TIMEOUT_MS = 600_000  # a whole notebook; generous, as a loaded 2-core machine can be 3x slower
+LIVE_LIMIT_MS = 1000  # a live widget's update, from the control change to the new output
+HOLD = "TV_BROWSER_HOLD_LAB"  # set by test_killed_pytest_leaves_no_lab for the pytest it kills
+LATENCY: dict = {}  # this run's measurements, printed as a table at the end of the module
 
 
 def _free_port() -> int:
@@ -60,7 +73,8 @@ def lab(tmp_path_factory):
          f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root / 'notebooks'}",
          "--ServerApp.open_browser=False", f"--LabApp.user_settings_dir={root / 'settings'}",
          f"--LabApp.workspaces_dir={root / 'workspaces'}", "--allow-root"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with(os.getpid()),
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(120):
@@ -79,8 +93,26 @@ def lab(tmp_path_factory):
         log.close()
 
 
+def _die_with(parent: int):
+    """A preexec_fn: the child gets SIGTERM when this (pytest) thread dies, even by SIGKILL (Linux's
+    PR_SET_PDEATHSIG); if the parent is already gone by then, it ends at once. JupyterLab stops on SIGTERM
+    and shuts its kernels down; a kernel also exits by itself when its server is gone (ipykernel's parent
+    poller)."""
+
+    def preexec():
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
 def _stop(proc):
-    """Stop the server and everything it started (kernels): its whole process group."""
+    """Stop the server and its process group. Kernels run in sessions of their own: SIGTERM makes the server
+    shut them down, and a kernel whose server is gone exits by itself."""
     for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 5)):
         try:
             os.killpg(proc.pid, sig)
@@ -191,13 +223,50 @@ def _timed(page, act, done: str, timeout_ms: int = 30_000) -> float:
     return page.evaluate("() => window.__tvEnd - window.__tvStart")
 
 
-def _record_latency(name: str, widget: str, ms: float):
+def _record_latency(name: str, widget: str, ms: float, runs_model: bool = False):
+    """Record one update's latency (in test-output/browser/latency.json and this run's table, with whether it
+    ran the model) and assert it is at most LIVE_LIMIT_MS."""
     SHOTS.mkdir(parents=True, exist_ok=True)
     path = SHOTS / "latency.json"
     table = json.loads(path.read_text()) if path.exists() else {}
-    table[name] = {"widget": widget, "ms": round(ms)}
-    path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+    key = f"{name}: {widget}"
+    table[key] = LATENCY[key] = {"notebook": name, "widget": widget, "ms": round(ms), "runs_model": runs_model}
+    path.write_text(json.dumps(table, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
     print(f"{name}: {widget} responded in {ms:.0f} ms")
+    assert ms <= LIVE_LIMIT_MS, f"{name}: {widget} took {ms:.0f} ms (limit {LIVE_LIMIT_MS} ms)"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def latency_table(request):
+    """Print this run's latencies as a table once the module's tests are done (also with -q or captured)."""
+    yield
+    if not LATENCY:
+        return
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    width = max(len(k) for k in LATENCY)
+    lines = ["", f"{'live widget update':{width}}  {'ms':>6}  limit"]
+    for key, row in LATENCY.items():
+        note = " (runs the model, busy state shown)" if row["runs_model"] else ""
+        lines.append(f"{key:{width}}  {row['ms']:>6}  <= {LIVE_LIMIT_MS} ms{note}")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else suppress():
+        for line in lines:
+            (reporter.write_line if reporter else print)(line)
+
+
+def _timed_busy(page, box, act, done: str, timeout_ms: int = 30_000) -> float:
+    """_timed for an update that runs the model: also asserts the busy state shows while it runs (a status
+    line saying what runs, and the widget's buttons disabled)."""
+    page.evaluate("() => { window.__tvStart = performance.now(); window.__tvEnd = undefined; }")
+    act()
+    page.wait_for_function("""() => [...document.querySelectorAll('.tv-busy')]
+            .some(e => e.textContent.includes('running'))
+        && [...document.querySelectorAll('.widget-button')].some(b => b.disabled)""", polling="raf", timeout=30_000)
+    page.wait_for_function(f"""() => {{ if (!({done})) return false;
+        window.__tvEnd = window.__tvEnd || performance.now(); return true; }}""", polling="raf", timeout=timeout_ms)
+    expect(box.locator(".tv-busy")).to_have_count(0)
+    assert box.locator("button:disabled").count() == 0, "controls still disabled after the run"
+    return page.evaluate("() => window.__tvEnd - window.__tvStart")
 
 
 def _shot(page, name: str):
@@ -231,10 +300,30 @@ def test_01_icl_playground_runs_a_task(browser, lab):
     with _run_all(browser, lab, "01_icl_basics") as page:
         box = _widget(page, "01_icl_basics", "button:has-text('Run')")
         _assert_clean_run(page, "01_icl_basics")
-        box.locator("select").first.select_option("country_capital")
-        ms = _timed(page, lambda: box.get_by_role("button", name="Run").click(), _text(".tv-answer", ""))
+        run = box.get_by_role("button", name="Run")
+        opening = box.locator("select").first.input_value()
+        expect(box.locator(".tv-status")).to_contain_text("press Run")
+        ms = _timed(page, run.click, _text(".tv-answer", ""))
         expect(box.locator(".tv-prompt")).to_contain_text("example:")
-        _record_latency("01_icl_basics", "ICL playground (runs the model on 10 episodes)", ms)
+        expect(box.locator(".tv-status")).to_contain_text(f"{opening} with 5 demonstrations: stored run, 10 episodes")
+        _record_latency("01_icl_basics", "ICL playground, Run on the opening setting", ms)
+
+        # every task and number of demonstrations is stored: a new one shows at once, without Run
+        ms = _timed(page, lambda: box.locator("select").first.select_option("country_capital"),
+                    _text(".tv-status", "country_capital with 5 demonstrations: stored run, 10 episodes"))
+        expect(box.locator(".tv-answer")).to_have_count(1)
+        expect(box.locator(".tv-prompt")).to_contain_text("example:")
+        _record_latency("01_icl_basics", "ICL playground, a new task (stored, 10 episodes)", ms)
+        box.locator(".widget-slider .noUi-handle").first.focus()
+        ms = _timed(page, lambda: page.keyboard.press("ArrowRight"),
+                    _text(".tv-status", "country_capital with 6 demonstrations: stored run, 10 episodes"))
+        assert box.locator(".tv-prompt").inner_text().count("->") == 7, "6 demonstrations and the query"
+        _record_latency("01_icl_basics", "ICL playground, demonstrations slider (stored)", ms)
+
+        ms = _timed(page, lambda: box.locator("select").first.select_option(opening),
+                    _text(".tv-status", f"{opening} with 6 demonstrations: stored run"))
+        expect(box.locator(".tv-prompt")).to_contain_text("example:")
+        _record_latency("01_icl_basics", "ICL playground, task back to the opening one", ms)
         _shot(page, "01_icl_basics")
 
 
@@ -304,14 +393,35 @@ def test_05_conflict_widget_runs_a_pair(browser, lab):
     with _run_all(browser, lab, "05_conflicting_tasks") as page:
         box = _widget(page, "05_conflicting_tasks", "button:has-text('Run')")
         _assert_clean_run(page, "05_conflicting_tasks")
-        ms = _timed(page, lambda: box.get_by_role("button", name="Run").click(), _text(".tv-followed", ""),
-                    timeout_ms=120_000)
+        run = box.get_by_role("button", name="Run")
+        expect(box.locator(".tv-status")).to_contain_text("press Run")
+        ms = _timed(page, run.click, _text(".tv-followed", ""))
         followed = box.locator(".tv-followed").inner_text()
         assert followed in ("antonyms", "present_simple_past_simple")
         expect(box.locator(".js-plotly-plot")).to_be_visible()
         _assert_clean_run(page, "05_conflicting_tasks")  # the widget's own figure fits too
-        _record_latency("05_conflicting_tasks", "conflict widget (runs the model on 10 episodes)", ms)
+        _record_latency("05_conflicting_tasks", "conflict widget, Run on the opening pair", ms)
         _shot(page, "05_conflicting_tasks")
+
+        task_b = box.locator("select").nth(1)
+        opening = task_b.input_value()
+        expect(box.locator(".tv-status")).to_contain_text(f"antonyms with θ({opening}): stored run, 10 episodes")
+        # every pair the dropdowns offer is stored: a new one shows at once, without Run
+        ms = _timed(page, lambda: task_b.select_option("en_fr"),
+                    _text(".tv-status", "antonyms with θ(en_fr): stored run, 10 episodes"))
+        expect(box.locator(".tv-followed")).to_have_count(1)
+        expect(box.locator(".tv-conflict-table")).to_be_visible()
+        _record_latency("05_conflicting_tasks", "conflict widget, a new pair (stored, 10 episodes)", ms)
+        task_a = box.locator("select").first
+        ms = _timed(page, lambda: task_a.select_option("country_capital"),  # B's list follows A
+                    _text(".tv-status", "country_capital with θ(location_continent): stored run, 10 episodes"))
+        expect(box.locator(".tv-followed")).to_have_count(1)
+        _record_latency("05_conflicting_tasks", "conflict widget, a new task A (stored, 10 episodes)", ms)
+        task_a.select_option("antonyms")
+        ms = _timed(page, lambda: task_b.select_option(opening),
+                    _text(".tv-status", f"antonyms with θ({opening}): stored run"))
+        expect(box.locator(".tv-followed")).to_have_text(followed)
+        _record_latency("05_conflicting_tasks", "conflict widget, pair back to the opening one", ms)
 
 
 def test_06_vocab_slider_shows_other_layer(browser, lab):
@@ -339,13 +449,17 @@ def test_07_alpha_slider_and_own_task(browser, lab):
         _record_latency("07_beyond", "interpolation explorer (α slider)", ms)
 
         box = _widget(page, "07_beyond", ".widget-textarea")
+        button = box.get_by_role("button", name="Build θ and answer")
+        ms = _timed(page, button.click, _text(".tv-custom-table", "Cherry"))
+        _record_latency("07_beyond", "your own task, the example pairs", ms)
         pairs = ["cat -> CAT", "dog -> DOG", "sun -> SUN", "red -> RED", "box -> BOX", "map -> MAP"]
         queries = ["pen", "cup"]
         box.locator(".widget-textarea textarea").fill("\n".join(pairs))
         box.locator(".widget-text:not(.widget-textarea) input").fill(", ".join(queries))
-        box.get_by_role("button", name="Build θ and answer").click()
+        ms = _timed_busy(page, box, button.click, _text(".tv-custom-table", "pen"))
+        _record_latency("07_beyond", "your own task, new pairs (runs the model)", ms, runs_model=True)
         table = box.locator(".tv-custom-table")
-        expect(table).to_be_visible(timeout=120_000)
+        expect(table).to_be_visible()
         # theta came from the typed pairs: their last two inputs are the dummy queries
         expect(box).to_contain_text("4 demonstrations, averaged over the dummy queries box, map")
         rows = table.locator("tbody tr")
@@ -365,3 +479,71 @@ def test_08_vector_explorer_switches_task(browser, lab):
         expect(explorer.locator(".gtitle").nth(1)).to_contain_text("en_es: indirect effect")
         _record_latency("08_function_vectors", "vector explorer (task dropdown)", ms)
         _shot(page, "08_function_vectors")
+
+
+def _alive(pid: int) -> bool:
+    """Whether process pid runs (a zombie, dead but not yet reaped, does not count)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except (OSError, IndexError):
+        return False
+
+
+def _pids_with(needle: str) -> list[int]:
+    """Running processes whose command line holds `needle`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with suppress(OSError):
+                if needle in (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    found.append(int(proc.name))
+    return [pid for pid in found if pid != os.getpid() and _alive(pid)]
+
+
+def test_lab_held_for_the_kill_test(request):
+    """Only inside test_killed_pytest_leaves_no_lab: start the lab fixture and a kernel, say so, and wait to
+    be killed."""
+    if not os.environ.get(HOLD):
+        pytest.skip(f"runs only in the pytest that test_killed_pytest_leaves_no_lab kills ({HOLD} set)")
+    base, token = request.getfixturevalue("lab")
+    request_ = urllib.request.Request(f"{base}/api/kernels?token={token}", data=b'{"name": "python3"}',
+                                      method="POST", headers={"Content-Type": "application/json"})
+    kernel = json.load(urllib.request.urlopen(request_, timeout=120))
+    Path(os.environ[HOLD]).write_text(json.dumps({"port": base.rsplit(":", 1)[1], "kernel": kernel["id"]}))
+    time.sleep(600)
+
+
+def test_killed_pytest_leaves_no_lab(tmp_path):
+    """SIGKILL a pytest that holds the lab fixture and a kernel (no teardown runs): the server and the kernel
+    end too."""
+    if os.environ.get(HOLD):
+        pytest.skip("this is the pytest being killed")
+    flag = tmp_path / "held.json"
+    inner = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+                              "-k", "test_lab_held_for_the_kill_test"], cwd=ROOT, env={**os.environ, HOLD: str(flag)},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    pids: list[int] = []
+    try:
+        for _ in range(300):
+            if flag.exists() or inner.poll() is not None:
+                break
+            time.sleep(0.5)
+        assert flag.exists(), f"the inner pytest did not start a lab and a kernel (exit code {inner.poll()})"
+        held = json.loads(flag.read_text())
+        server, kernel = _pids_with(f"--port={held['port']}"), _pids_with(f"kernel-{held['kernel']}.json")
+        pids = server + kernel
+        assert server and kernel, f"server {server} or kernel {kernel} not found running"
+        inner.kill()  # SIGKILL: no fixture teardown, no atexit
+        inner.wait(timeout=30)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+            time.sleep(0.5)
+        left = [pid for pid in pids if _alive(pid)]
+        assert not left, f"still running after pytest was killed: {left} (server {server}, kernel {kernel})"
+    finally:
+        if inner.poll() is None:
+            inner.kill()
+        for pid in pids:
+            if _alive(pid):
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)

@@ -16,11 +16,20 @@ import torch
 
 from tv_utils.tasks import TASK_NAMES
 
+pytestmark = pytest.mark.cli  # each test starts `python -m tv_utils`: ~2 s of imports
+
 ROOT = Path(__file__).resolve().parent.parent
 VALID_TASKS = f"valid tasks: {', '.join(TASK_NAMES)}"
 COLOURS = [("banana", "yellow"), ("sky", "blue"), ("grass", "green"), ("snow", "white"), ("coal", "black"),
            ("blood", "red"), ("carrot", "orange"), ("lemon", "yellow"), ("sea", "blue"), ("leaf", "green"),
            ("milk", "white"), ("night", "black"), ("cherry", "red"), ("pumpkin", "orange"), ("violet", "purple")]
+
+
+# The same colours as objects, as Todd et al.'s task files are, some accepting several answers (the first is the one
+# that demonstrations show).
+OTHER_NAMES = {"sky": ["azure"], "grass": ["emerald", "lime"], "snow": ["ivory"], "coal": ["ebony", "jet"],
+               "blood": ["crimson", "scarlet"], "violet": ["lilac", "mauve"]}
+SEVERAL = [{"input": x, "output": [y, *OTHER_NAMES[x]] if x in OTHER_NAMES else y} for x, y in COLOURS]
 
 
 REPRODUCE_FILES = ["_episodes.csv.gz", "_layer_stability.csv", "_per_layer.csv", "_results.csv", "_results.json"]
@@ -57,7 +66,8 @@ def assert_refused(proc, seconds: float, status: int, message: str, workdir: Pat
 @pytest.mark.parametrize("args, status, message", [
     (["geometry", "--layer", "999"], 2, "--layer 999 is out of range for gemma3-270m: valid layers are 0..17"),
     (["vocab", "--layer", "999"], 2, "--layer 999 is out of range for gemma3-270m: valid layers are 0..17"),
-    (["reproduce", "--dtype", "float33"], 2, "invalid choice: 'float33' (choose from 'float32', 'bfloat16', 'float16')"),
+    (["reproduce", "--dtype", "float33"], 2, "invalid choice: 'float33' "
+                                             "(choose from 'float32', 'bfloat16', 'float16')"),
     (["bench", "--compare-dtypes", "float33"], 2, "(choose from 'float32', 'bfloat16', 'float16')"),
     (["bench", "--before", "/no/such/checkout"], 2, "argument --before: '/no/such/checkout' holds no tv_utils package"),
     (["conflict", "--pairs", "en_fr"], 2, "argument --pairs: expected A:B with two task names, e.g. en_es:en_fr"),
@@ -71,7 +81,8 @@ def assert_refused(proc, seconds: float, status: int, message: str, workdir: Pat
     (["function-vectors", "--tasks", "en_xx"], 2, f"unknown task(s) en_xx; {VALID_TASKS}"),
     (["geometry", "--tasks", "en_fr"], 2, "geometry compares tasks: give at least 2"),
     (["reproduce", "--model", "no/such-model"], 2, "cannot load model 'no/such-model': not an embedded model "
-                                                   "(gemma3-270m, smollm2-135m, qwen2.5-coder-0.5b, qwen2.5-coder-1.5b)"),
+                                                   "(gemma3-270m, smollm2-135m, qwen2.5-coder-0.5b, "
+                                                   "qwen2.5-coder-1.5b)"),
     (["depth", "--models", "gemma3-270m", "no/such-model"], 2, "cannot load model 'no/such-model'"),
     (["reproduce", "--remote"], 2, "--remote needs --model with a model id that NDIF hosts"),
     (["reproduce", "--device", "cpu", "--device-map", "auto"], 2, "argument --device-map: not allowed with argument "
@@ -103,6 +114,12 @@ def test_bad_input_is_refused_in_one_line_before_loading(tmp_path, args, status,
     ("colours.txt", "banana -> yellow\n", "unknown format '.txt'; valid formats: .csv"),
     ("colours.json", json.dumps(COLOURS[:4]), "has 4 usable pairs; an episode needs 8"),
     ("en_fr.json", json.dumps(COLOURS), "the task file is named like the paper's task 'en_fr'; rename the file"),
+    ("colours.json", "[]", "task file 'colours.json' holds an empty JSON list; a task needs at least 2"),
+    ("colours.json", json.dumps([{"input": "sky"}, *SEVERAL]), "item 1 has no 'output' key (its keys: 'input')"),
+    ("colours.json", json.dumps([*SEVERAL, {"input": "sun", "output": 1}]), "item 16: output must be a string or a "
+                                                                            "non-empty list of strings"),
+    ("colours.json", json.dumps([*SEVERAL, {"input": "sun", "output": ["yellow", None]}]),
+     'item 16: output must be a string or a non-empty list of strings (accepted answers), got ["yellow", null]'),
 ])
 def test_bad_task_file_is_refused_in_one_line(tmp_path, name, content, message):
     (tmp_path / name).write_text(content)
@@ -110,11 +127,33 @@ def test_bad_task_file_is_refused_in_one_line(tmp_path, name, content, message):
     assert_refused(proc, seconds, 2, message, tmp_path, inputs=[name])
 
 
+@pytest.mark.parametrize("command", ["vocab", "function-vectors", "beyond"])
+def test_commands_scoring_one_answer_refuse_tasks_with_several(tmp_path, command):
+    (tmp_path / "colours.json").write_text(json.dumps(SEVERAL))
+    proc, seconds = run_cli(tmp_path, command, "--task-file", "colours.json")
+    assert_refused(proc, seconds, 2, f"{command} scores one answer per input, and task(s) colours accept several "
+                                     f"for some inputs; reproduce, depth, geometry take such tasks", tmp_path,
+                   inputs=["colours.json"])
+
+
+def test_bad_task_dir_is_refused_in_one_line(tmp_path):
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "notes.txt").write_text("no task here")
+    proc, seconds = run_cli(tmp_path, "reproduce", "--task-dir", "tasks")
+    assert_refused(proc, seconds, 2, "argument --task-dir: task directory 'tasks' holds no task files (.json or .csv)",
+                   tmp_path, inputs=["tasks/notes.txt"])
+    (tmp_path / "tasks" / "en_fr.json").write_text(json.dumps(SEVERAL))
+    proc, seconds = run_cli(tmp_path, "geometry", "--task-dir", "tasks")
+    assert_refused(proc, seconds, 2, "the task file en_fr.json in --task-dir is named like the paper's task 'en_fr'",
+                   tmp_path, inputs=["tasks/en_fr.json", "tasks/notes.txt"])
+
+
 def test_missing_task_file_is_refused(tmp_path):
     proc, seconds = run_cli(tmp_path, "vocab", "--task-file", "absent.csv")
     assert_refused(proc, seconds, 2, "cannot read task file 'absent.csv': No such file or directory", tmp_path)
 
 
+@pytest.mark.model
 def test_ctrl_c_exits_130_in_one_line_and_writes_nothing(tmp_path):
     # The child gets the default SIGINT disposition, as in a terminal, whatever launched the suite: a suite started
     # from a background job inherits SIGINT ignored, and the run would then finish with status 0.
@@ -151,6 +190,26 @@ def test_custom_task_file_runs_end_to_end(tmp_path, tiny_llama_folder):
     assert "colours" in proc.stdout
 
 
+@pytest.mark.parametrize("where", ["--task-file", "--task-dir"])
+def test_task_of_objects_with_several_answers_runs_end_to_end(tmp_path, tiny_llama_folder, where):
+    """Todd et al.'s shape: a list of {"input", "output"} objects, outputs that accept several answers."""
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "colours.json").write_text(json.dumps(SEVERAL))
+    shout = [{"input": c, "output": c.upper()} for c in "abcdefghij"]
+    (tmp_path / "tasks" / "shout.json").write_text(json.dumps(shout))
+    source = ["--task-file", "tasks/colours.json"] if where == "--task-file" else ["--task-dir", "tasks"]
+    proc, _ = run_cli(tmp_path, "reproduce", *source, "--model", str(tiny_llama_folder), "--n-dev", "3",
+                      "--n-test", "4", "--no-figures")
+    assert proc.returncode == 0, proc.stderr
+    stem = "reproduce_" + str(tiny_llama_folder).replace("/", "_")
+    assert files_in(tmp_path / "results") == [f"{stem}{s}" for s in REPRODUCE_FILES]
+    results = pd.read_csv(tmp_path / "results" / f"{stem}_results.csv")
+    expected = [["colours", "custom", len(COLOURS)]] + ([["shout", "custom", 10]] if where == "--task-dir" else [])
+    assert results[["task", "category", "n_pairs"]].values.tolist() == expected
+    episodes = pd.read_csv(tmp_path / "results" / f"{stem}_episodes.csv.gz")
+    assert len(episodes[(episodes.task == "colours") & (episodes.split == "test")]) == 3 * 4  # 3 methods
+
+
 @pytest.mark.parametrize("args, outputs", [
     (["reproduce", "--tasks", "next_letter", "--n-dev", "3", "--n-test", "3", "--remote", "local"], REPRODUCE_FILES),
     (["function-vectors", "--tasks", "next_letter", "to_upper", "--n-dev", "3", "--n-test", "3", "--n-effect", "1",
@@ -168,6 +227,7 @@ def test_subcommands_added_on_main_run_on_a_local_model(tmp_path, tiny_llama_fol
         assert heads["k"] == 2 and len(heads["top_heads"]) == 2
 
 
+@pytest.mark.model
 def test_a_run_in_the_checkout_leaves_the_reference_alone(tmp_path):
     """The README's quick run, as a user types it in the checkout's root (no --out, no $TV_UTILS_RESULTS): results
     go to ./results (ignored by git), the committed reference and what the notebooks load stay as they are, and

@@ -6,6 +6,8 @@ import pytest
 from tv_utils import course, experiments, store
 from tv_utils.protocol import best_mean_layer
 
+pytestmark = pytest.mark.tiny
+
 
 @pytest.fixture
 def no_stored_results(monkeypatch, tmp_path):
@@ -56,7 +58,8 @@ def test_function_vectors_read_the_stored_run(gemma):
 
 
 def test_quick_tasks_say_when_the_tokenizer_scores_none(tiny_llama, monkeypatch):
-    monkeypatch.setattr(experiments, "usable_task", lambda task, tok: (task.__class__(task.name, task.category, ()), {}))
+    monkeypatch.setattr(experiments, "usable_task",
+                        lambda task, tok: (task.__class__(task.name, task.category, ()), {}))
     with pytest.raises(ValueError, match="scores none of the tasks"):
         experiments.quick_tasks(tiny_llama)
 

@@ -10,14 +10,16 @@ from tv_utils.experiments import evaluate_task
 from tv_utils.protocol import Protocol
 from tv_utils.models import NonFiniteError, load_model, resolve_dtype
 
+pytestmark = pytest.mark.tiny
+
 
 def test_default_dtype_is_fixed_per_device(monkeypatch):
     monkeypatch.delenv("TV_UTILS_DTYPE", raising=False)
     assert [resolve_dtype(None, "cpu") for _ in range(3)] == [torch.float32] * 3
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert resolve_dtype(None, "cuda") == torch.bfloat16
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # a T4 or V100: not float16
-    assert resolve_dtype(None, "cuda:0") == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert resolve_dtype(None, "cuda:0") == torch.float32  # a T4 or V100: bf16 only emulated (slow), and not float16
     assert resolve_dtype("float16", "cuda") == torch.float16  # only on request
     monkeypatch.setenv("TV_UTILS_DTYPE", "bfloat16")
     assert resolve_dtype(None, "cpu") == torch.bfloat16 and resolve_dtype("float32", "cpu") == torch.float32
@@ -45,6 +47,7 @@ def test_three_loads_of_the_default_model_are_float32(gemma, monkeypatch):
     assert dtypes == ["float32"] * 3
 
 
+@pytest.mark.model
 def test_float16_gives_a_clear_error_or_real_results():
     """Gemma 3 overflows float16: the protocol must stop with an error naming the dtype and the fix,
     or (on hardware where it happens to stay finite) give real, non-zero accuracy."""
@@ -57,6 +60,7 @@ def test_float16_gives_a_clear_error_or_real_results():
         assert summary["icl"] > 0, summary
 
 
+@pytest.mark.model
 def test_public_functions_run_in_bfloat16():
     """The same calls the notebooks make, on the real model in bfloat16 (slow on AVX2-only CPUs: tiny counts)."""
     model = load_model(device="cpu", dtype="bfloat16")
@@ -69,6 +73,7 @@ def test_public_functions_run_in_bfloat16():
     assert model.decode_token(patched.argmax(-1)[0]).strip() == "Madrid"  # the task from θ, the query's own answer
 
 
+@pytest.mark.model
 def test_cli_reports_float16_overflow_in_one_line(tmp_path, capsys):
     """The CLI stops with the NonFiniteError's message as one line (as for bad input), not a traceback."""
     from tv_utils.__main__ import main

@@ -1,12 +1,15 @@
 """Function vectors: head outputs add up to the attention block's output, and the indirect-effect patch
 touches exactly one head."""
 
+import pytest
 import torch
 
 from tv_utils.analyses import function_vectors as fv
 from tv_utils.batches import pad_left
 from tv_utils.protocol import Protocol
 from tv_utils.tasks import make_task
+
+pytestmark = pytest.mark.tiny
 
 PROMPTS = ["example:ab-> c\nexample:q->", "example:hello->", "x->"]
 
@@ -39,7 +42,9 @@ def test_heads_add_up_to_the_attention_output(tiny):
     if hasattr(block, "pre_feedforward_layernorm") and proj.bias is None:  # Gemma: normed before the residual
         added = fv.residual_contributions(tiny, states[:, layer], layer).sum(1)
         normed = block.post_attention_layernorm(seen["out"])
-        torch.testing.assert_close(added, normed, atol=1e-5 if tiny.dtype == torch.float32 else 3e-2 * normed.abs().max().item(), rtol=0)
+        torch.testing.assert_close(added, normed,
+                                   atol=1e-5 if tiny.dtype == torch.float32 else 3e-2 * normed.abs().max().item(),
+                                   rtol=0)
 
 
 def test_indirect_effects_cover_every_head(tiny_llama):
@@ -73,9 +78,11 @@ def test_comparison_table_has_every_method(tiny_llama):
     assert len(run.effects) == 2 * tiny_llama.n_layers * fv.n_heads(tiny_llama)
     assert sorted(run.by_k.k.unique()) == [1, 3] and len(run.by_k) == 4
     chosen = run.by_k[run.by_k.k == run.k].set_index("task")
-    assert (chosen.accuracy == table.set_index("task").fv).all() and (chosen.layer == table.set_index("task").fv_layer).all()
+    assert (chosen.accuracy == table.set_index("task").fv).all() and \
+        (chosen.layer == table.set_index("task").fv_layer).all()
     assert set(run.per_layer.method) == {"tv", "tv_add", "fv"} and len(run.per_layer) == 2 * 3 * tiny_llama.n_layers
-    fixed = fv.compare_methods(tiny_llama, tasks[:1], k=2, ks=(1,), n_effect=3, protocol=Protocol(k=3, n_dev=4, n_test=4))
+    fixed = fv.compare_methods(tiny_llama, tasks[:1], k=2, ks=(1,), n_effect=3,
+                               protocol=Protocol(k=3, n_dev=4, n_test=4))
     assert fixed.k == 2 and sorted(fixed.by_k.k.unique()) == [1, 2]
 
 

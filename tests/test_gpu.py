@@ -15,7 +15,8 @@ from tv_utils.models import from_config
 from tv_utils.prompts import DEFAULT_FORMAT
 from tv_utils.tasks import get_task, sample_episodes
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; CI machines have none")
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; CI machines have none")]
 
 
 @pytest.fixture(scope="module")

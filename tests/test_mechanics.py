@@ -10,6 +10,8 @@ from tv_utils import interventions as iv
 from tv_utils.prompts import DEFAULT_FORMAT
 from tv_utils.tasks import make_task, sample_episodes
 
+pytestmark = pytest.mark.tiny
+
 PROMPTS = ["example:ab-> c\nexample:q->", "example:hello->", "x->", "example:abc-> d\nexample:e-> f\nexample:gh->"]
 ATOL = 1e-4
 
@@ -169,3 +171,29 @@ def test_bench_child_reproduce_gets_the_device_and_dtype():
     assert "--model" not in cmd  # the default model, as in the parent
     cpu_default = reproduce_command("out", "smollm2-135m", ["en_fr"], None, None)
     assert "--device" not in cpu_default and cpu_default[cpu_default.index("--model") + 1] == "smollm2-135m"
+
+
+def test_hooks_are_removed_after_an_error_and_layer_stand_ins_are_not_nested(tiny_llama):
+    from tv_utils.hooks import hooked, stand_in
+
+    layer = tiny_llama.layers[0]
+    with pytest.raises(ZeroDivisionError), hooked([(layer, lambda m, a, o: None)] * 2):
+        assert len(layer._forward_hooks) == 2
+        1 / 0
+    assert not layer._forward_hooks  # both removed although the block raised
+    originals = list(tiny_llama.layers)
+    with stand_in(tiny_llama.layers, 1, torch.nn.Identity()):
+        assert tiny_llama.layers[0] is tiny_llama.layers[1] is not originals[0]
+        with pytest.raises(RuntimeError, match="not re-entrant"), stand_in(tiny_llama.layers, 2, torch.nn.Identity()):
+            pass
+    assert list(tiny_llama.layers) == originals
+
+
+def test_the_one_nnsight_workaround_finds_the_wrapped_module(tiny_llama):
+    """models.nnsight_wrapper_module reads nnsight's private `_module` (no public accessor in 0.8): this fails
+    first when nnsight renames it."""
+    from tv_utils.models import nnsight_wrapper_module
+
+    assert nnsight_wrapper_module(tiny_llama.nn) is tiny_llama.hf
+    with pytest.raises(RuntimeError, match="nnsight_wrapper_module"):
+        nnsight_wrapper_module(object())

@@ -13,7 +13,7 @@ from pathlib import Path
 from tv_utils import store
 
 ROOT = Path(__file__).resolve().parent.parent
-TABLES = (".csv", ".json", ".safetensors")  # what the notebooks read; the PNG and HTML figures stay out
+TABLES = (".csv", ".csv.gz", ".json", ".safetensors")  # what the notebooks read; the PNG and HTML figures stay out
 
 
 def test_installed_wheel_finds_the_committed_results(tmp_path):
@@ -28,7 +28,7 @@ def test_installed_wheel_finds_the_committed_results(tmp_path):
     wheel, = (tmp_path / "dist").glob("tv_utils-*.whl")
     shipped = sorted(n.removeprefix("tv_utils/results/") for n in zipfile.ZipFile(wheel).namelist()
                      if n.startswith("tv_utils/results/"))
-    assert shipped == sorted(p.name for p in (ROOT / "figures").iterdir() if p.suffix in TABLES)
+    assert shipped == sorted(p.name for p in (ROOT / "figures").iterdir() if p.name.endswith(TABLES))
 
     site = tmp_path / "site"
     subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", site, wheel], check=True)

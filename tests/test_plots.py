@@ -8,6 +8,8 @@ import pytest
 from tv_utils import plots, widgets
 from tv_utils.store import precomputed
 
+pytestmark = pytest.mark.tiny
+
 M = "gemma3-270m"
 
 
@@ -71,14 +73,16 @@ def test_explorers_redraw_what_a_fresh_figure_draws():
     per_layer = precomputed(f"reproduce_{M}_per_layer")
     explorer = widgets.layer_explorer(per_layer, start=11)
     explorer.children[0].children[0].value = 8
-    fresh = plots.layer_curves(per_layer, highlight=8, title="Task-vector accuracy by layer (layer 8 marked, dev episodes)")
+    fresh = plots.layer_curves(per_layer, highlight=8,
+                               title="Task-vector accuracy by layer (layer 8 marked, dev episodes)")
     assert _drawn(explorer.children[2]) == fresh._repr_mimebundle_()[PLOTLY_MIME]
 
     emb, scores = precomputed(f"geometry_{M}_embeddings"), precomputed(f"geometry_{M}_scores")
     explorer = widgets.geometry_explorer(emb, scores, start=11)
     explorer.children[0].children[1].value = "umap"
     explorer.children[0].children[0].value = 7
-    assert _drawn(explorer.children[2]) == plots.geometry_scatter(emb, 7, "umap", "task")._repr_mimebundle_()[PLOTLY_MIME]
+    assert _drawn(explorer.children[2]) == \
+        plots.geometry_scatter(emb, 7, "umap", "task")._repr_mimebundle_()[PLOTLY_MIME]
 
 
 def test_explorer_state_holds_its_figure_not_plotly_js():
@@ -120,7 +124,8 @@ def test_explorers_open_where_the_prose_points():
     mix = precomputed(f"beyond_{M}_interpolation")
     explorer = widgets.alpha_explorer(mix)
     cells = json.loads((folder / "07_beyond.ipynb").read_text())["cells"]
-    printed = "".join("".join(o.get("text", "")) for c in cells if c["cell_type"] == "code" for o in c.get("outputs", []))
+    printed = "".join("".join(o.get("text", "")) for c in cells if c["cell_type"] == "code"
+                      for o in c.get("outputs", []))
     crossing = float(re.search(r"first exceeds B at α = ([\d.]+)", printed)[1])
     assert explorer.children[0].value == widgets.crossing(mix) == crossing
     alpha = mix[mix.kind == "alpha"]

@@ -43,6 +43,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.tiny
+
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 # (pattern, reason): numbers inside a match of the pattern are not results. Patterns are case-insensitive, are
@@ -254,11 +256,13 @@ def test_every_allowlist_entry_is_used():
         text = " ".join(prose("".join(c["source"])).replace("\n", " ") for c in nb["cells"]
                         if c["cell_type"] == "markdown")
         for pattern, reason in ALLOWED.get(path.stem, []):
-            assert re.search(pattern.replace(" ", r"\s+"), text, re.IGNORECASE), f"{path.stem}: stale allowlist entry {pattern!r} ({reason})"
+            assert re.search(pattern.replace(" ", r"\s+"), text, re.IGNORECASE), \
+                f"{path.stem}: stale allowlist entry {pattern!r} ({reason})"
     everything = " ".join(prose("".join(c["source"])).replace("\n", " ") for p in NOTEBOOKS
                           for c in json.loads(p.read_text())["cells"] if c["cell_type"] == "markdown")
     for pattern, reason in ALLOWED_EVERYWHERE:
-        assert re.search(pattern.replace(" ", r"\s+"), everything, re.IGNORECASE), f"stale allowlist entry {pattern!r} ({reason})"
+        assert re.search(pattern.replace(" ", r"\s+"), everything, re.IGNORECASE), \
+            f"stale allowlist entry {pattern!r} ({reason})"
 
 
 def test_the_scanner_finds_what_it_should():

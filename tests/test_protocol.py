@@ -8,6 +8,8 @@ import pytest
 
 from tv_utils import protocol as P
 
+pytestmark = pytest.mark.tiny
+
 
 def test_wilson_matches_the_textbook_values():
     assert P.wilson(25, 50) == pytest.approx((0.3664, 0.6336), abs=1e-4)  # ±0.14 at p = 0.5, as the README says

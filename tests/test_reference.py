@@ -8,6 +8,8 @@ from tv_utils.protocol import Protocol
 from tv_utils.interventions import reference_protocol
 from tv_utils.tasks import make_task
 
+pytestmark = pytest.mark.tiny
+
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 

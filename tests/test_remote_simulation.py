@@ -1,12 +1,15 @@
 """The protocol through nnsight traces only (the NDIF path), in nnsight's local simulation of remote execution
 (each trace serialized, our modules hidden, then run), gives the same tables as the local engine."""
 
+import pytest
 import torch
 
 from tv_utils.experiments import run_tasks
 from tv_utils.protocol import Protocol
 from tv_utils.interventions import patched_answers, patched_logits
 from tv_utils.tasks import make_task
+
+pytestmark = pytest.mark.tiny
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 

@@ -5,6 +5,8 @@ import pytest
 from tv_utils.experiments import evaluate_task
 from tv_utils.protocol import Protocol
 
+pytestmark = pytest.mark.model
+
 PROTO = Protocol(n_dev=20, n_test=30, seed=0)
 
 

@@ -8,6 +8,8 @@ import pytest
 from tv_utils import scorecard
 from tv_utils.scorecard import paper_results, verdict_text
 
+pytestmark = pytest.mark.tiny
+
 PAPER = paper_results()
 MEAN_TV = PAPER[(PAPER.claim == "per_task") & (PAPER.metric == "tv")].groupby("task").value.mean()
 
@@ -135,7 +137,10 @@ def claim_tables(tv=0.85, icl=0.9, baseline=0.1, best=9, knn=0.95, raised=4, acc
     with the given accuracies, a per-layer curve peaking at `best` of 18, geometry scores, five conflict
     pairs of which `raised` are raised significantly, and the answer's median rank at the best layers."""
     tasks = ["next_letter", "en_es", "antonyms"]
-    hits = lambda p: (np.arange(n) < round(p * n)).astype(int)
+
+    def hits(p):
+        return (np.arange(n) < round(p * n)).astype(int)
+
     episodes = pd.concat([pd.DataFrame({"task": t, "split": "test", "method": m, "episode": range(n), "hit": hits(p),
                                         "seed": 0}) for t in tasks for m, p in
                           (("baseline", baseline), ("icl", icl), ("tv", tv))], ignore_index=True)

@@ -1,6 +1,7 @@
 """A model split by accelerate (some decoder layers offloaded to disk, run through accelerate's hooks) gives
 the same θ, logits and protocol tables as the same model in one piece."""
 
+import pytest
 import torch
 
 from tv_utils import interventions as iv
@@ -8,6 +9,8 @@ from tv_utils.experiments import run_tasks
 from tv_utils.protocol import Protocol
 from tv_utils.models import load_model
 from tv_utils.tasks import make_task
+
+pytestmark = pytest.mark.tiny
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
@@ -26,5 +29,6 @@ def test_layers_offloaded_to_disk_give_the_same_answers(tiny_llama_folder, tmp_p
                                iv.patched_logits(whole, seqs, states[0, 2], 2), atol=1e-5, rtol=0)
     tasks = [make_task("shift", list(zip(LETTERS[:-1], LETTERS[1:])))]
     protocol = Protocol(k=3, n_dev=5, n_test=4)
-    for a, b in zip(run_tasks(sharded, tasks, protocol, progress=False), run_tasks(whole, tasks, protocol, progress=False)):
+    for a, b in zip(run_tasks(sharded, tasks, protocol, progress=False),
+                    run_tasks(whole, tasks, protocol, progress=False)):
         assert a.equals(b)

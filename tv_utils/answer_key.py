@@ -14,6 +14,9 @@ from pathlib import Path
 
 from . import store
 
+__all__ = ["answer_key", "CHECK", "CORRECT", "course_map", "Exercise", "exercises", "HEADING", "HINTS", "NEEDS",
+           "notebook_paths", "NOTEBOOKS", "READING_MINUTES", "SOLUTION", "STUB", "with_solutions"]
+
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"  # a source checkout's course
 HEADING = re.compile(r"^### Exercise (\d+)\.(\d+) · (.+)\n\*\*Difficulty ([1-5])/5\*\* (🔴+)⚪* · "
                      r"\*\*Importance ([1-5])/5\*\* (🔵+)⚪* · about (\d+) min\n")
@@ -71,7 +74,8 @@ def exercises(path: str | Path) -> list[Exercise]:
         after = cells[i + 1:i + 4]
         if [c.cell_type for c in after] != ["code", "code", "markdown"]:
             raise ValueError(f"{where}: must be followed by the stub, the check call and the solution")
-        stub, check, solution = STUB.match(after[0].source), CHECK.match(after[1].source), SOLUTION.match(after[2].source)
+        stub, check, solution = (STUB.match(after[0].source), CHECK.match(after[1].source),
+                                 SOLUTION.match(after[2].source))
         if not (stub and check and solution) or stub[1] != check[2] or f"def {stub[1]}(" not in solution[1]:
             raise ValueError(f"{where}: stub, check call or solution not in the shape")
         leaked = [line.strip() for line in solution[1].splitlines()[1:] if len(line.strip()) >= 20
@@ -116,7 +120,11 @@ def with_solutions(path: str | Path):
 
 def answer_key(out_dir: str | Path, folder: str | Path | None = None, only=None, timeout: int = 600) -> list[Path]:
     """Write each notebook with its solutions filled in to `out_dir`, executed top to bottom (kernel started
-    in the notebooks' folder); ValueError naming every check that did not print "Correct"."""
+    in the notebooks' folder); ValueError naming every check that did not print "Correct". The solutions that
+    pass are kept in a folder of this run (not yours), so later notebooks run the key's own pipeline."""
+    import os
+    import tempfile
+
     import nbformat
     from nbclient import NotebookClient
     from tqdm.auto import tqdm
@@ -125,14 +133,22 @@ def answer_key(out_dir: str | Path, folder: str | Path | None = None, only=None,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written, failed = [], []
-    for path in tqdm(paths, desc="answer key", unit="notebook"):
-        nb = with_solutions(path)
-        NotebookClient(nb, timeout=timeout, resources={"metadata": {"path": str(path.parent)}}).execute()
-        for exercise in exercises(path):
-            printed = "".join(o.get("text", "") for o in nb.cells[exercise.cell + 1].get("outputs", []))
-            if not printed.startswith(CORRECT):
-                failed.append(f"{exercise.number} ({exercise.function}): {printed.strip() or 'no output'}")
-        written.append(store.write_atomic(out_dir / path.name, nbformat.writes(nb) + "\n"))
+    before = os.environ.get("TV_UTILS_MINE")
+    os.environ["TV_UTILS_MINE"] = tempfile.mkdtemp(prefix="answer_key_mine_")  # the kernels inherit it
+    try:
+        for path in tqdm(paths, desc="answer key", unit="notebook"):
+            nb = with_solutions(path)
+            NotebookClient(nb, timeout=timeout, resources={"metadata": {"path": str(path.parent)}}).execute()
+            for exercise in exercises(path):
+                printed = "".join(o.get("text", "") for o in nb.cells[exercise.cell + 1].get("outputs", []))
+                if not printed.startswith(CORRECT):
+                    failed.append(f"{exercise.number} ({exercise.function}): {printed.strip() or 'no output'}")
+            written.append(store.write_atomic(out_dir / path.name, nbformat.writes(nb) + "\n"))
+    finally:
+        if before is None:
+            os.environ.pop("TV_UTILS_MINE")
+        else:
+            os.environ["TV_UTILS_MINE"] = before
     if failed:
         raise ValueError(f"{len(failed)} solutions did not pass their checks in context: " + "; ".join(failed))
     return written

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import torch
 
+__all__ = ["chunks", "layer_hidden", "pad_left", "PREDICT_ROWS", "ROWS"]
+
+ROWS = 32  # prompts per batch of a trace or an engine pass on a CPU (engine.device_rows scales it on a GPU)
+PREDICT_ROWS = 64  # prompts per batch of a plain next-token pass (no states kept, so twice as many)
+
 
 def layer_hidden(output):
     """A decoder layer's hidden states, whether the layer returns a tensor or a tuple (GPT-J). Never

@@ -32,12 +32,18 @@ import torch
 
 from . import engine
 from . import interventions as iv
-from .batches import chunks, layer_hidden, pad_left
+from .batches import ROWS, chunks, layer_hidden, pad_left
+from .hooks import hooked
 from .experiments import summarize
 from .protocol import PAPER, Protocol
 from .models import Model
 from .prompts import DEFAULT_FORMAT, usable_task
 from .tasks import TASK_NAMES, get_task, sample_episodes
+
+__all__ = ["bench_before_after", "bench_dtypes", "bench_nnsight_overhead", "bench_random_7b", "bench_reproduce",
+           "bench_sharded", "bench_sweeps", "compute_floor", "cpu_flags", "LLAMA_13B", "LLAMA_7B", "main",
+           "matmul_rates", "processor", "protocol_stages", "random_llama_7b", "reproduce_command", "sweep_engine",
+           "sweep_engine_all_layers", "sweep_kv_cache", "sweep_straightforward", "SWEEPS", "timed", "word_tokenizer"]
 
 
 def _sync(model: Model) -> None:
@@ -126,36 +132,27 @@ def bench_sweeps(model: Model, tasks, protocol: Protocol = PAPER, methods=tuple(
     return total.reset_index()
 
 
-def _hook_capture(model: Model, seqs, batch_size: int = 32) -> torch.Tensor:
+def _hook_capture(model: Model, seqs, batch_size: int = ROWS) -> torch.Tensor:
     """iv.capture's work with plain forward hooks instead of nnsight."""
     out = []
     for part in chunks(len(seqs), batch_size):
         states = []
-        handles = [layer.register_forward_hook(lambda m, a, o: states.append(layer_hidden(o)[:, -1]))
-                   for layer in model.layers]
-        try:
-            with torch.no_grad():
-                model.hf(**pad_left(model, seqs[part]), logits_to_keep=1)
-        finally:
-            for h in handles:
-                h.remove()
+        save = lambda m, a, o: states.append(layer_hidden(o)[:, -1])  # noqa: E731
+        with hooked([(layer, save) for layer in model.layers]), torch.no_grad():
+            model.hf(**pad_left(model, seqs[part]), logits_to_keep=1)
         out.append(torch.stack(states, dim=1))
     return torch.cat(out)
 
 
-def _hook_patch(model: Model, seqs, theta, layer: int, batch_size: int = 32) -> torch.Tensor:
+def _hook_patch(model: Model, seqs, theta, layer: int, batch_size: int = ROWS) -> torch.Tensor:
     """iv.patched_logits's work with a plain forward hook instead of nnsight."""
     out = []
     for part in chunks(len(seqs), batch_size):
         def write(m, a, o, values=theta[part]):
             layer_hidden(o)[:, -1] = values
 
-        handle = model.layers[layer].register_forward_hook(write)
-        try:
-            with torch.no_grad():
-                out.append(model.hf(**pad_left(model, seqs[part]), logits_to_keep=1).logits[:, -1].float())
-        finally:
-            handle.remove()
+        with hooked([(model.layers[layer], write)]), torch.no_grad():
+            out.append(model.hf(**pad_left(model, seqs[part]), logits_to_keep=1).logits[:, -1].float())
     return torch.cat(out)
 
 
@@ -382,10 +379,10 @@ def bench_random_7b(device: str = "cuda") -> dict:
     model = random_llama_7b(device)
     _sync(model)
     build = time.perf_counter() - start
-    protocol_stages(model, Protocol(n_dev=4, n_test=4), tv_layer=16)  # warm-up: kernels, allocator
+    protocol_stages(model, Protocol(n_dev=4, n_test=4), tv_layer=model.n_layers // 2)  # warm-up: kernels, allocator
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    stages, total = timed(model, protocol_stages, model, PAPER, 16)
+    stages, total = timed(model, protocol_stages, model, PAPER, model.n_layers // 2)
     info = {"model": model.name, "layers": model.n_layers, "tasks": len(TASK_NAMES), "build_s": round(build, 2),
             "protocol_s": round(total, 2), "stages_s": dict(zip(stages["stage"], stages["seconds"].round(2))),
             "device": torch.cuda.get_device_name() if device.startswith("cuda") else device}

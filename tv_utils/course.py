@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from . import store
+from . import exercises, store
 from .analyses import beyond
 from .analyses.conflict import PAPER_CONFLICTS, conflict_hits, conflicting_tasks
 from .analyses.conflict import conflict_by_layer as conflict_by_layer_table
@@ -18,12 +18,17 @@ from .analyses.geometry import TaskVectors, collect_task_vectors, embeddings, ge
 from .analyses.vocab import vocabulary_projection
 from .experiments import QUICK_EPISODES, default_layer, quick_tasks, run_tasks
 from .protocol import Protocol
+from .embedded import DEFAULT_MODEL
 from .models import Model, load_model
+
+__all__ = ["compare_models", "COMPARED", "conflict", "conflict_by_layer", "depth_tables", "function_vectors",
+           "Functions", "functions", "geometry", "interpolation", "library", "QUICK", "reproduce_tables",
+           "reuse_cost", "robustness", "scorecard", "setup", "stored_table", "use", "vocab"]
 
 QUICK = QUICK_EPISODES  # episodes per task in the live fallbacks
 
 
-def setup(model_name: str = "gemma3-270m", **load_kwargs) -> tuple[Model, int]:
+def setup(model_name: str = DEFAULT_MODEL, **load_kwargs) -> tuple[Model, int]:
     """Load the model and pick L, the layer with the best mean dev accuracy over the tasks (notebook 3);
     prints one line saying what was loaded and where L came from."""
     from transformers.utils import logging as hf_logging
@@ -36,6 +41,47 @@ def setup(model_name: str = "gemma3-270m", **load_kwargs) -> tuple[Model, int]:
     print(f"{model.name}: {model.n_layers} layers, hidden size {model.hf.config.hidden_size}, {model.info['dtype']} on "
           f"{model.info['device']}; L = {L} (best mean dev layer in {source})")
     return model, L
+
+
+_MINE = {"on": True}  # course.use: later cells run your functions (where their checks passed) or the kit's
+
+
+def use(mine: bool = True) -> None:
+    """Choose whose functions `functions` gives later cells: yours, once their checks passed (mine=True, the
+    default), or the kit's (mine=False), e.g. to compare the two."""
+    _MINE["on"] = bool(mine)
+    print("later cells run " + ("your functions where their checks passed, the kit's otherwise" if mine
+                                else "the kit's functions"))
+
+
+class Functions:
+    """The steps of the method by name (`fns.mean_theta(...)`), each resolved when called: yours or the kit's."""
+
+    def __init__(self, names):
+        unknown = [n for n in names if n not in exercises.KIT]
+        if unknown:
+            raise ValueError(f"no exercise step named {', '.join(unknown)}; steps: {', '.join(exercises.KIT)}")
+        self.names = tuple(names)
+
+    def __getattr__(self, name):
+        if name not in self.__dict__.get("names", ()):
+            raise AttributeError(f"{name} was not asked for: course.functions({', '.join(map(repr, self.names))})")
+        return (_MINE["on"] and exercises.yours(name)) or exercises.KIT[name]
+
+    def whose(self, name) -> str:
+        """"yours" or "the kit's": who wrote the function this step runs now."""
+        return "yours" if _MINE["on"] and exercises.yours(name) else "the kit's"
+
+    def __repr__(self):
+        return "\n".join(f"{name}: {self.whose(name)}" for name in self.names)
+
+
+def functions(*names) -> Functions:
+    """The steps `names` for later cells: yours once their checks passed (in this notebook or an earlier one),
+    the kit's otherwise; `course.use(mine=False)` switches all of them to the kit's. Prints whose each is."""
+    fns = Functions(names)
+    print(repr(fns))
+    return fns
 
 
 def _stored(model: Model, kind: str, part: str | None = None):
@@ -179,10 +225,10 @@ COMPARED = ("gemma3-270m", "qwen2.5-coder-1.5b")  # the models whose full refere
 
 
 def compare_models(what: str, models=COMPARED):
-    """The stored tables of several models (by default the committed reference), read only (no model loads, no compute): "summary" (mean
-    accuracies with 95% intervals, a block per model), "layers" (each task's best dev layer and tie set, the
-    models side by side), "conflict" (accuracy on B with its interval @ the layer θ(B) was written at, under
-    the paper's rule and at the best override layer, a block per model)."""
+    """The stored tables of several models (by default the committed reference), read only (no model loads,
+    no compute): "summary" (mean accuracies with 95% intervals, a block per model), "layers" (each task's best
+    dev layer and tie set, the models side by side), "conflict" (accuracy on B with its interval @ the layer θ(B)
+    was written at, under the paper's rule and at the best override layer, a block per model)."""
     import pandas as pd
 
     from .analyses.conflict import CONFLICT, OVERRIDE

@@ -21,9 +21,13 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
-from .batches import chunks, layer_hidden, pad_left
+from .batches import PREDICT_ROWS, ROWS, chunks, layer_hidden, pad_left
+from .hooks import hooked, stand_in
 from .models import Model, check_finite
 from .prompts import DEFAULT_FORMAT, PromptFormat
+
+__all__ = ["cached_prefix", "device_rows", "episode_states", "forward", "GPU_SCALE", "HEAD_ROWS", "layer_sweep",
+           "next_tokens", "predict", "run_after", "split_common_prefix", "suffix_batch", "SWEEP_ROWS", "sweep_states"]
 
 HEAD_ROWS = 256  # rows per unembedding product: large enough to stream the head's weights efficiently
 SWEEP_ROWS = int(os.environ.get("TV_UTILS_SWEEP_ROWS", 1024))  # queries per sweep chunk (rows per forward) on CPU
@@ -68,14 +72,9 @@ def forward(model: Model, batch: dict, cache=None, capture: bool = False, patch:
 
         return run
 
-    hooked = enumerate(model.layers) if patch or capture else []
-    handles = [layer.register_forward_hook(hook(i)) for i, layer in hooked]
-    try:
-        with _attention_backends(model):
-            out = model.base(**batch, **{model.cache_arg: cache}, use_cache=True)
-    finally:
-        for h in handles:
-            h.remove()
+    hooks = [(layer, hook(i)) for i, layer in enumerate(model.layers)] if patch or capture else []
+    with hooked(hooks), _attention_backends(model):
+        out = model.base(**batch, **{model.cache_arg: cache}, use_cache=True)
     states = torch.stack(captured, dim=1) if capture else None
     final = check_finite(model, out.last_hidden_state[:, -1], "hidden states")
     return final, states, getattr(out, model.cache_arg)
@@ -91,7 +90,7 @@ def predict(model: Model, final_states: torch.Tensor, done=lambda rows: None) ->
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
 
 
-def _split_common_prefix(seqs: list[list[int]]) -> int:
+def split_common_prefix(seqs: list[list[int]]) -> int:
     """Length of the token prefix shared by all seqs, leaving each at least one token of its own."""
     n = min(len(s) for s in seqs) - 1
     first = seqs[0]
@@ -118,7 +117,7 @@ def suffix_batch(model: Model, prefix_mask: torch.Tensor, suffixes: list[list[in
 
 
 @torch.no_grad()
-def episode_states(model: Model, episodes, fmt: PromptFormat = DEFAULT_FORMAT, batch_size: int = 32,
+def episode_states(model: Model, episodes, fmt: PromptFormat = DEFAULT_FORMAT, batch_size: int = ROWS,
                    icl: bool = True, progress: str | None = None):
     """theta [E, L, H] (mean over each episode's dummies) and the ICL prediction [E] for every episode
     (None when icl=False: then the ICL prompt is not run at all)."""
@@ -130,7 +129,7 @@ def episode_states(model: Model, episodes, fmt: PromptFormat = DEFAULT_FORMAT, b
         n_prompts = len(texts[0])
         flat = model.encode([t for group in texts for t in group])  # one tokenizer call per chunk
         per_episode = [flat[i:i + n_prompts] for i in range(0, len(flat), n_prompts)]
-        cuts = [_split_common_prefix(seqs) for seqs in per_episode]
+        cuts = [split_common_prefix(seqs) for seqs in per_episode]
         prefix_mask, cache = cached_prefix(model, [seqs[0][:c] for seqs, c in zip(per_episode, cuts)])
         cache.batch_repeat_interleave(n_prompts)
         suffixes = [s[c:] for seqs, c in zip(per_episode, cuts) for s in seqs]
@@ -196,23 +195,15 @@ def run_after(model: Model, batch: dict, cache, layer: int, states: torch.Tensor
     The layers up to `layer` are swapped for a stand-in in the model's layer list (not cut out of it), so each
     family's forward still finds its per-layer data at the right position (Gemma 3 and Qwen2 look up
     `config.layer_types[i]` by loop index; attention modules address the cache by their own layer_idx)."""
-    layers = model.layers
-    skipped = list(layers[:layer + 1])
-    given = _Given(states[:, None].contiguous())  # contiguous, as the patch hook writes it
-    for i in range(layer + 1):
-        layers[i] = given
-    try:
+    with stand_in(model.layers, layer, _Given(states[:, None].contiguous())):  # contiguous, as the patch hook writes it
         final, _, _ = forward(model, batch, cache=cache)
-    finally:
-        for i, original in enumerate(skipped):
-            layers[i] = original
     for kv in cache.layers[layer + 1:]:  # the layers that ran appended the token
         kv.crop(-1)
     return final
 
 
 @torch.no_grad()
-def next_tokens(model: Model, seqs: list[list[int]], batch_size: int = 64) -> torch.Tensor:
+def next_tokens(model: Model, seqs: list[list[int]], batch_size: int = PREDICT_ROWS) -> torch.Tensor:
     """Unpatched greedy next token per prompt (zero-shot baseline, or ICL without prefix sharing)."""
     preds = []
     for part in chunks(len(seqs), device_rows(model, batch_size)):

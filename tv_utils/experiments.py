@@ -16,10 +16,14 @@ import torch
 
 from . import engine, store
 from .models import Model
-from .prompts import DEFAULT_FORMAT, PromptFormat, usable_task
+from .prompts import DEFAULT_FORMAT, PromptFormat, accepted_ids, usable_task
 from .protocol import (INTERVALS, PAPER, Protocol, best_mean_layer, best_of, compare, episode_hits, episode_table,
                        layer_stability, main_seed, mean_interval, ratio_interval, tie_layers, tie_span, with_intervals)
 from .tasks import TASK_NAMES, Task, get_task, sample_episodes
+
+__all__ = ["default_layer", "encode_queries", "evaluate_task", "layer_accuracy", "METHODS", "per_layer_accuracy",
+           "prepare_split", "QUICK_EPISODES", "quick_tasks", "reference_diff", "reproduce", "Run", "run_tasks",
+           "sample_split", "seed_summary", "SEEDS_METRICS", "Split", "summarize", "traced_tasks"]
 
 
 def _targets(episodes, answer_ids: dict[str, int], device) -> torch.Tensor:
@@ -33,7 +37,9 @@ def encode_queries(model: Model, episodes, fmt: PromptFormat) -> list[list[int]]
 
 @dataclass
 class Split:
-    """Episodes of one task and split with their targets, theta at every layer and ICL predictions."""
+    """Episodes of one task and split with their targets, theta at every layer and ICL predictions; `accepted`:
+    every answer token each query accepts, for a task with several answers to some inputs (else None), to
+    score with: `accuracy(model, pred, s.target, accepted=s.accepted)`."""
 
     task: Task
     episodes: list
@@ -41,6 +47,7 @@ class Split:
     theta: torch.Tensor
     icl_pred: torch.Tensor
     queries: list[list[int]]
+    accepted: torch.Tensor | None = None
 
 
 def sample_split(model: Model, task: Task | str, split: str, n: int, protocol: Protocol, fmt: PromptFormat):
@@ -57,13 +64,15 @@ def prepare_split(model: Model, task: Task | str, split: str, n: int, protocol: 
     (icl=False skips the ICL prompts when only theta is needed)."""
     usable, episodes, target = sample_split(model, task, split, n, protocol, fmt)
     theta, icl_pred = engine.episode_states(model, episodes, fmt, icl=icl)
-    return Split(usable, episodes, target, theta, icl_pred, encode_queries(model, episodes, fmt))
+    return Split(usable, episodes, target, theta, icl_pred, encode_queries(model, episodes, fmt),
+                 accepted_ids(model.tokenizer, usable, episodes, fmt))
 
 
-def layer_accuracy(model: Model, task, n: int = 50, protocol: Protocol = PAPER, split: str = "dev") -> pd.DataFrame:
+def layer_accuracy(model: Model, task, n: int = PAPER.n_dev, protocol: Protocol = PAPER,
+                   split: str = "dev") -> pd.DataFrame:
     """Task-vector accuracy at every layer on one split (the dev half of `evaluate_task`), with 95% intervals."""
     s = prepare_split(model, task, split, n, protocol, icl=False)
-    dev_hits = episode_hits(model, engine.layer_sweep(model, s.queries, s.theta), s.target[:, None])
+    dev_hits = episode_hits(model, engine.layer_sweep(model, s.queries, s.theta), s.target[:, None], s.accepted)
     return _curve(model, s.task, list(range(model.n_layers)), dev_hits)
 
 
@@ -140,8 +149,10 @@ def run_tasks(model: Model, task_names=TASK_NAMES, protocol: Protocol = PAPER, f
     dev_hits = _dev_stage(model, dev, layers, fmt, say)
     best = [best_of(layers, hits.double().mean(0).tolist()) for hits in dev_hits]
     predictions = _test_stage(model, test, best, fmt, say)
-    test_hits = [{method: episode_hits(model, pred, target) for method, pred in predicted.items()}
-                 for predicted, (_, _, target) in zip(predictions, test)]
+    test_hits = []
+    for predicted, (task, episodes, target) in zip(predictions, test):
+        accepted = accepted_ids(model.tokenizer, task, episodes, fmt)  # None unless the task accepts several answers
+        test_hits.append({method: episode_hits(model, pred, target, accepted) for method, pred in predicted.items()})
     return _tables(model, [task for task, _, _ in dev], layers, dev_hits, test_hits, p)
 
 
@@ -159,7 +170,8 @@ def _dev_stage(model: Model, dev, layers, fmt, say) -> list[torch.Tensor]:
     theta, _ = engine.episode_states(model, _flat(dev), fmt, icl=False, progress=say("dev task vectors"))
     sweep = engine.layer_sweep(model, encode_queries(model, _flat(dev), fmt), theta, layers,
                                progress=say(f"dev sweep, {len(layers)} layers"))
-    return [episode_hits(model, answers, target[:, None]).cpu() for answers, (_, _, target) in zip(_per_task(sweep, dev), dev)]
+    return [episode_hits(model, answers, target[:, None], accepted_ids(model.tokenizer, task, episodes, fmt)).cpu()
+            for answers, (task, episodes, target) in zip(_per_task(sweep, dev), dev)]
 
 
 def _test_stage(model: Model, test, best: list[int], fmt, say) -> list[dict[str, torch.Tensor]]:
@@ -328,13 +340,15 @@ def reference_diff(results: pd.DataFrame, per_layer: pd.DataFrame, reference: pd
             rows.append({"task": task, "method": "best_layer", "reference": b.best_layer, "this_run": a.best_layer,
                          "difference": a.best_layer - b.best_layer})
     layers_same = reference_per_layer is not None and all(
-        per_layer[per_layer.task == t].dev_acc.tolist() == reference_per_layer[reference_per_layer.task == t].dev_acc.tolist()
+        per_layer[per_layer.task == t].dev_acc.tolist()
+        == reference_per_layer[reference_per_layer.task == t].dev_acc.tolist()
         for t in shared)
     same = len({r["task"] for r in rows})
     if not shared:
         return "no task of this run is in the committed reference", pd.DataFrame(rows)
     if not rows and layers_same and len(shared) == len(reference):
-        return f"identical to the committed reference ({len(shared)}/{len(reference)} tasks, every layer)", pd.DataFrame()
+        return (f"identical to the committed reference ({len(shared)}/{len(reference)} tasks, every layer)",
+                pd.DataFrame())
     text = (f"differs from the committed reference on {same} of {len(shared)} shared tasks "
             f"({len(reference)} in the reference); per-layer dev accuracy "
             f"{'identical' if layers_same else 'differs'} on the shared tasks")

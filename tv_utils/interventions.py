@@ -4,7 +4,8 @@
     answer  = next token of `x ->` with its layer-L last-token state replaced by theta  (f: apply)
 
 Layer outputs are `[batch, seq, hidden]` tensors in most transformers-5 models but tuples for some
-(GPT-J); `batches.layer_hidden` (and the same two lines inside each trace) takes the tensor either way. Prompts are left-padded, so the last token is at -1.
+(GPT-J); `batches.layer_hidden` (and the same two lines inside each trace) takes the tensor either way.
+Prompts are left-padded, so the last token is at -1.
 Each trace lives in its own small function whose locals are only nnsight envoys, the batch and tensors
 (remote execution pickles them), and loops are plain `for` loops (nnsight cannot trace comprehensions).
 
@@ -17,8 +18,10 @@ from __future__ import annotations
 
 import torch
 
-from .batches import chunks, pad_left
+from .batches import ROWS, chunks, pad_left
 from .models import Model, check_finite
+
+__all__ = ["capture", "patched_answers", "patched_logits", "reference_protocol", "task_vectors", "theta_device"]
 
 
 def _capture_trace(lm, layers, batch, remote, logits_to_keep):
@@ -62,7 +65,7 @@ def _answers_trace(lm, targets, values, batch, remote, logits_to_keep):
 
 
 @torch.no_grad()
-def capture(model: Model, seqs: list[list[int]], batch_size: int | None = 32, remote: bool | str = False,
+def capture(model: Model, seqs: list[list[int]], batch_size: int | None = ROWS, remote: bool | str = False,
             logits_to_keep: int = 1) -> torch.Tensor:
     """Last-token hidden state after every layer: [n_prompts, n_layers, hidden].
 
@@ -77,7 +80,7 @@ def capture(model: Model, seqs: list[list[int]], batch_size: int | None = 32, re
 
 @torch.no_grad()
 def patched_logits(model: Model, seqs: list[list[int]], theta: torch.Tensor, layer: int | None,
-                   batch_size: int = 32, remote: bool | str = False, logits_to_keep: int = 1) -> torch.Tensor:
+                   batch_size: int = ROWS, remote: bool | str = False, logits_to_keep: int = 1) -> torch.Tensor:
     """Next-token logits [n_prompts, vocab] with the last token's layer-`layer` state set to theta.
 
     theta is [hidden] (one vector for all prompts) or [n_prompts, hidden]; layer=None runs unpatched.
@@ -96,7 +99,7 @@ def patched_logits(model: Model, seqs: list[list[int]], theta: torch.Tensor, lay
 
 @torch.no_grad()
 def patched_answers(model: Model, seqs: list[list[int]], theta: torch.Tensor | None, layers,
-                    batch_size: int | None = 32, remote: bool | str = False) -> torch.Tensor:
+                    batch_size: int | None = ROWS, remote: bool | str = False) -> torch.Tensor:
     """Greedy next token [n_prompts, len(layers)] with theta [n_prompts, n_layers, hidden] written at each
     layer in turn (layers=[None]: unpatched). All layers of a batch go in one trace, one invoke each, and
     only token ids come back: one NDIF request per batch, a few bytes per answer instead of a vocabulary
@@ -129,12 +132,12 @@ def task_vectors(model: Model, seqs: list[list[int]], n_dummies: int, **kw) -> t
 
 @torch.no_grad()
 def reference_protocol(model: Model, task, protocol=None, fmt=None, remote: bool | str = False,
-                       batch_size: int | None = 32) -> dict:
+                       batch_size: int | None = ROWS) -> dict:
     """The paper's protocol for one task, spelled out with the traces above (`experiments.run_tasks` computes
     the same numbers with the fast engine): dummies -> theta -> patched sweep on dev -> best layer -> test.
     Returns each method's hits per episode (dev: [n_dev, n_layers]) and accuracies. It only uses nnsight
     traces, so it also runs on NDIF (remote=True) or in nnsight's simulation ("local")."""
-    from .prompts import DEFAULT_FORMAT, hits, usable_task
+    from .prompts import DEFAULT_FORMAT, accepted_ids, hits, usable_task
     from .protocol import PAPER, best_of
     from .tasks import get_task, sample_episodes
 
@@ -148,10 +151,11 @@ def reference_protocol(model: Model, task, protocol=None, fmt=None, remote: bool
         theta = task_vectors(model, dummies, p.n_dummies, **run)  # A(S): [episodes, layers, hidden]
         queries = model.encode([fmt.query(ep.query[0]) for ep in episodes])
         target = torch.tensor([answer_ids[ep.query[1]] for ep in episodes])
-        return episodes, theta, queries, target
+        return episodes, theta, queries, (target, accepted_ids(model.tokenizer, usable, episodes, fmt))
 
-    def scored(predicted, target) -> torch.Tensor:  # hits per episode (and layer): greedy answers scored as text
-        return hits(model.tokenizer, predicted.cpu(), target[:, None])
+    def scored(predicted, answers) -> torch.Tensor:  # hits per episode (and layer): greedy answers scored as text
+        target, accepted = answers  # accepted: further answers, for a task that accepts several (else None)
+        return hits(model.tokenizer, predicted.cpu(), target[:, None], accepted)
 
     _, theta, queries, target = split("dev", p.n_dev)
     dev_hits = scored(patched_answers(model, queries, theta, range(model.n_layers), **run), target)  # f(x; θ)

@@ -8,6 +8,14 @@ from plotly.subplots import make_subplots
 
 from .tasks import CATEGORIES, tasks_in
 
+__all__ = ["accuracy_bars", "add_band", "answer_rank_curves", "BAND_NOTE", "CATEGORY_COLOURS", "CATEGORY_SHADES",
+           "clustering_scores", "conflict_bars", "conflict_layer_curves", "distance_histogram", "error_bars",
+           "geometry_scatter", "geometry_title", "head_heatmap", "interpolation_curves", "INTERVAL_NOTE", "k_curve",
+           "layer_curves", "mapping_rank_scatter", "mark_layer", "mean_curve", "method_bars", "METHOD_COLOURS",
+           "method_label", "METHOD_LABELS", "OTHER_COLOURS", "scorecard_figure", "short_name", "SHORT_TASK_NAMES",
+           "TASK_CATEGORY", "task_colour", "TASK_COLOURS", "TASK_DASHES", "TOP_LEGEND", "top_tokens_table",
+           "vector_layer_curves", "VECTOR_METHODS"]
+
 METHOD_COLOURS = {"baseline": "#9e9e9e", "icl": "#1f77b4", "tv": "#ff7f0e"}
 METHOD_LABELS = {"baseline": "Baseline (zero-shot)", "icl": "ICL", "tv": "Task vector"}
 
@@ -130,7 +138,8 @@ def layer_curves(per_layer: pd.DataFrame, highlight: int | None = None, relative
     many = len(models) == 1 and len(tasks) > 1
     fig.update_layout(
         title=title or "Task-vector accuracy by layer (dev)", xaxis_title="relative depth" if relative else "layer",
-        yaxis=dict(title="accuracy" + (BAND_NOTE if "dev_acc_lo" in per_layer else ""), range=[0, 1]), height=660 if many else 450,
+        yaxis=dict(title="accuracy" + (BAND_NOTE if "dev_acc_lo" in per_layer else ""), range=[0, 1]),
+        height=660 if many else 450,
         legend=dict(font=dict(size=10), tracegroupgap=4) if many else None,
     )
     return fig
@@ -146,7 +155,8 @@ def mean_curve(per_layer: pd.DataFrame, x: str = "layer") -> pd.DataFrame:
     if per_layer.task.nunique() == 1 and "dev_acc_lo" in per_layer:
         return per_layer[[x, "dev_acc", "dev_acc_lo", "dev_acc_hi"]].rename(columns={"dev_acc_lo": "lo",
                                                                                      "dev_acc_hi": "hi"})
-    rows = [{x: at, "dev_acc": part.dev_acc.mean(), **dict(zip(("lo", "hi"), mean_of_proportions(part.dev_acc, part.n_dev)))}
+    rows = [{x: at, "dev_acc": part.dev_acc.mean(),
+             **dict(zip(("lo", "hi"), mean_of_proportions(part.dev_acc, part.n_dev)))}
             for at, part in per_layer.groupby(x, sort=True)]
     return pd.DataFrame(rows)
 
@@ -220,7 +230,8 @@ def conflict_bars(table: pd.DataFrame) -> go.Figure:
     pairs = [f"{short_name(a)} →<br>θ {short_name(b)}" for a, b in zip(table.task_a, table.task_b)]
     methods = table.method.map({"ICL (demos of A)": "ICL", "ICL + theta of B": "θ(B), B's layer",
                                 "ICL + theta of B, best override layer": "θ(B), best layer"}).fillna(table.method)
-    methods = methods + [f" ({layer})" if m != "ICL (demos of A)" else "" for m, layer in zip(table.method, table.layer)]
+    methods = methods + [f" ({layer})" if m != "ICL (demos of A)" else ""
+                         for m, layer in zip(table.method, table.layer)]
     labels = [pairs, methods]
     hover = "%{x}: %{y:.2f}<extra>%{fullData.name}</extra>"
     fig.add_bar(x=labels, y=table.acc_a, name="accuracy on task A (the demonstrations)", marker_color="#1f77b4",
@@ -323,7 +334,8 @@ def method_bars(table: pd.DataFrame, x: str, y: str, colour: str, title: str, y_
     return fig
 
 
-def head_heatmap(effects: pd.DataFrame, top: list[tuple[int, int]] | None = None, title: str | None = None) -> go.Figure:
+def head_heatmap(effects: pd.DataFrame, top: list[tuple[int, int]] | None = None,
+                 title: str | None = None) -> go.Figure:
     """Causal indirect effect of every attention head (layer x head), averaged over the tasks in `effects`;
     the top heads outlined."""
     mean = effects.groupby(["layer", "head"])["effect"].mean().unstack("head")

@@ -11,7 +11,10 @@ Answer conventions, all here:
   the stripped text of the answer's first token (`hits`). As in the paper, which strips predictions
   before comparing, `Paris` and ` Paris` both count. Non-knowledge tasks keep only pairs whose answer
   is one token, so this is an exact match; knowledge answers may be longer ("New Delhi") and are
-  matched on their first token, the paper's prefix match.
+  matched on their first token, the paper's prefix match;
+- a user's task may accept several answers to an input (`Task.accepted`): prompts show the first, and a
+  prediction is a hit when it matches the first token of any of them (`accepted_ids`). Tasks with one answer
+  per input are scored exactly as before.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from dataclasses import dataclass, replace
 import torch
 
 from .tasks import Episode, Task
+
+__all__ = ["accepted_ids", "answer_token_ids", "answers_token_ids", "DEFAULT_FORMAT", "encode", "hits",
+           "PromptFormat", "SPACED_SHARE", "usable_task"]
 
 
 @dataclass(frozen=True)
@@ -107,12 +113,44 @@ def _scorable(task: Task, tokenizer, token_ids: list[list[int]]) -> dict[str, in
             if text.strip() and (task.multi_token_answers or len(ids) == 1)}
 
 
-def hits(tokenizer, predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def accepted_ids(tokenizer, task: Task, episodes, fmt: PromptFormat = DEFAULT_FORMAT) -> torch.Tensor | None:
+    """The first tokens of every answer each episode's query accepts, [n_episodes, most answers], the query's
+    first answer (the target) first and short rows padded by repeating it; None when every query has one
+    answer (then `hits` scores the target alone, as for the paper's tasks).
+
+    `task` is the usable task the episodes come from (`usable_task`), whose spacing the answers follow; an
+    accepted answer this tokenizer cannot score (see `usable_task`) is left out."""
+    accepted = dict(task.accepted)
+    if not any(ep.query[0] in accepted for ep in episodes):
+        return None
+    answers = [accepted.get(x, (y,)) for x, y in (ep.query for ep in episodes)]
+    unique = list(dict.fromkeys(a for row in answers for a in row))
+    token_ids = dict(zip(unique, answers_token_ids(tokenizer, unique, fmt, task.spaced)))
+    first = dict(zip(unique, tokenizer.batch_decode([token_ids[a][:1] for a in unique])))
+    scorable = {a for a in unique if first[a].strip() and (task.multi_token_answers or len(token_ids[a]) == 1)}
+    rows = [[token_ids[row[0]][0]] + [token_ids[a][0] for a in row[1:] if a in scorable] for row in answers]
+    width = max(map(len, rows))
+    return torch.tensor([row + row[:1] * (width - len(row)) for row in rows])
+
+
+def hits(tokenizer, predicted: torch.Tensor, target: torch.Tensor,
+         accepted: torch.Tensor | None = None) -> torch.Tensor:
     """Which predicted token ids match the target ids (broadcast), comparing their stripped text.
 
     Tokens whose text is only white space, and ids beyond the tokenizer (a model's padded vocabulary),
     match only themselves. Only the ids present are decoded (a whole 262k vocabulary takes ~2 s).
+    `accepted` ([target.numel(), n_answers], from `accepted_ids`): further tokens accepted for each target;
+    a prediction matching any of its target's is a hit.
     """
+    if accepted is not None:
+        accepted = accepted.cpu()
+        if accepted.ndim != 2 or accepted.shape[0] != target.numel():
+            raise ValueError(f"accepted answers must be [targets, answers] with {target.numel()} rows (one per "
+                             f"target), got shape {tuple(accepted.shape)}")
+        correct = hits(tokenizer, predicted, target)
+        for column in accepted.T:
+            correct |= hits(tokenizer, predicted, column.reshape(target.shape))
+        return correct
     predicted, target = torch.broadcast_tensors(predicted.cpu(), target.cpu())
     pairs = list(zip(predicted.flatten().tolist(), target.flatten().tolist()))
     size = len(tokenizer)

@@ -2,8 +2,9 @@
 
 Settings: k = 5 demonstrations, 50 dev and 50 test episodes per task, theta averaged over 2 dummy queries,
 a seed that draws the queries, demonstrations and dummies. Scoring: a hit is the greedy next token equal to
-the answer's first token (`prompts.hits`). The layer is chosen on dev (the first layer with the top dev
-accuracy, the paper's rule) and accuracy is reported on test.
+the answer's first token (`prompts.hits`; to that of any accepted answer, for a user's task that accepts several).
+The layer is chosen on dev (the first layer with the top dev accuracy, the paper's rule) and accuracy is reported
+on test.
 
 Uncertainty, 95% everywhere:
 - one accuracy (k hits of n episodes): Wilson score interval;
@@ -23,6 +24,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
+__all__ = ["accuracy", "ALPHA", "best_mean_layer", "best_of", "compare", "episode_hits", "episode_table", "holm",
+           "INTERVALS", "layer_stability", "main_seed", "mean_interval", "mean_of_proportions", "N_BOOT",
+           "N_BOOT_LAYER", "newcombe", "paired", "PAPER", "Protocol", "ratio_interval", "tango", "tie_layers",
+           "tie_span", "verdict", "VERDICTS", "WIDE_TIE", "wilson", "with_intervals", "Z95"]
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 N_BOOT = 2000  # bootstrap resamples for intervals of means and ratios
@@ -47,17 +53,18 @@ PAPER = Protocol()
 
 # ----- scoring and the choice of layer -----
 
-def accuracy(model, predicted, target, dim=None):
+def accuracy(model, predicted, target, dim=None, accepted=None):
     """Share of predictions matching their targets (see `prompts.hits`); per column when dim=0."""
-    correct = episode_hits(model, predicted, target).double()  # 7/50 is 0.14, not float32's 0.14000000059
+    correct = episode_hits(model, predicted, target, accepted).double()  # 7/50 is 0.14, not float32's 0.14000000059
     return correct.mean().item() if dim is None else correct.mean(dim).tolist()
 
 
-def episode_hits(model, predicted, target):
-    """Hit (True) or miss per prediction, as a bool tensor of `predicted`'s shape (target broadcasts)."""
+def episode_hits(model, predicted, target, accepted=None):
+    """Hit (True) or miss per prediction, as a bool tensor of `predicted`'s shape (target broadcasts); `accepted`:
+    each target's further accepted answer tokens, for tasks with several answers (`prompts.accepted_ids`)."""
     from .prompts import hits
 
-    return hits(model.tokenizer, predicted, target)
+    return hits(model.tokenizer, predicted, target, accepted)
 
 
 def best_of(layers, accuracy) -> int:
@@ -196,7 +203,8 @@ def paired(a, b) -> dict:
     z = (wins - losses) / math.sqrt(wins + losses) if wins + losses else 0.0
     p = math.erfc(abs(z) / math.sqrt(2))
     lo, hi = tango(wins, losses, n)
-    return {"diff": (wins - losses) / n, "diff_lo": lo, "diff_hi": hi, "p_value": p, "verdict": verdict(wins - losses, p)}
+    return {"diff": (wins - losses) / n, "diff_lo": lo, "diff_hi": hi, "p_value": p,
+            "verdict": verdict(wins - losses, p)}
 
 
 def tango(wins: int, losses: int, n: int, z: float = Z95) -> tuple[float, float]:

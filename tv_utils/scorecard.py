@@ -5,7 +5,8 @@ A verdict compares the paper's value with our 95% interval: "within" (the paper'
 "not in paper" (a task or pair the paper did not run). The relative depth of the best layer is checked the
 other way round, ours against the paper's range: "within", "shallower" or "deeper". Means over tasks and
 TV/ICL carry the bootstrap interval of the run's episodes when the run kept them (else "per-task intervals
-above": per-task intervals cannot be combined into one for the mean). The paper's numbers and their sources are in tv_utils/data/paper_results.csv.
+above": per-task intervals cannot be combined into one for the mean). The paper's numbers and their sources
+are in tv_utils/data/paper_results.csv.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ import pandas as pd
 
 from . import store
 from .protocol import best_mean_layer, main_seed, mean_interval, mean_of_proportions, ratio_interval
+
+__all__ = ["CLAIM_RULES", "claims", "claims_text", "COLUMNS", "depth_verdict", "LABELS", "MEAN_ROW", "METRICS",
+           "MIDDLE", "paper_per_task", "paper_results", "run", "scorecard", "stored_claims", "TOP_RANK",
+           "TV_OVER_ICL_MIN", "verdict", "verdict_text"]
 
 METRICS = ("baseline", "icl", "tv")
 LABELS = {"baseline": "Baseline", "icl": "ICL", "tv": "TV"}

@@ -8,6 +8,9 @@ import os
 import tempfile
 from pathlib import Path
 
+__all__ = ["FIGURES", "INSTALLED", "precomputed", "results_folder", "results_stem", "save_figure", "save_json",
+           "save_table", "SHIPPED", "stem_of", "stored_file", "suffixed", "versions", "write_atomic"]
+
 
 _PACKAGE = Path(__file__).resolve().parent
 SHIPPED = _PACKAGE / "results"  # figures/' tables as a built wheel holds them (pyproject.toml: tv_utils.results)
@@ -53,14 +56,16 @@ def stored_file(name: str, folder: str | Path | None = None) -> Path | None:
     return None
 
 
-def precomputed(name: str, folder: str | Path | None = None):
+def precomputed(name: str, folder: str | Path | None = None, text=()):
     """A result table, e.g. precomputed("reproduce_gemma3-270m_per_layer"), from your results if you point at
-    them, else the committed reference (`stored_file`); None if neither has it. Only empty cells are missing values: tokens such as
-    "None" or "NA" stay text."""
+    them, else the committed reference (`stored_file`); None if neither has it. Only empty cells are missing
+    values: tokens such as "None" or "NA" stay text. Columns named in `text` are read as written (" 7" stays
+    text, not the number 7)."""
     import pandas as pd
 
     path = stored_file(f"{name}.csv", folder) or stored_file(f"{name}.csv.gz", folder)
-    return None if path is None else pd.read_csv(path, keep_default_na=False, na_values=[""])
+    return None if path is None else pd.read_csv(path, keep_default_na=False, na_values=[""],
+                                                 dtype={column: str for column in text})
 
 
 def write_atomic(path: str | Path, data: str | bytes) -> Path:

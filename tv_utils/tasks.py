@@ -3,6 +3,8 @@
 A task is a list of (input, output) pairs. Knowledge tasks score a prediction on the answer's first
 token (their answers may span several tokens); every other task keeps only pairs whose answer is a
 single token for the model at hand (see `prompts.usable_task`). Data lives in `tv_utils/data/`.
+A user's task may accept several answers to an input (`Task.accepted`): demonstrations show the first, and
+a prediction matching the first token of any of them is a hit (`prompts.accepted_ids`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
 
+__all__ = ["ARROW", "CATEGORIES", "check_episode_size", "Episode", "get_task", "KNOWN_CATEGORIES", "load_task_dir",
+           "load_task_file", "make_task", "parse_pairs", "sample_episodes", "split_queries", "Task",
+           "TASK_FILE_FORMATS", "TASK_NAMES", "tasks_in"]
+
 CATEGORIES = ("algorithmic", "translation", "linguistic", "knowledge")  # the paper's
 KNOWN_CATEGORIES = (*CATEGORIES, "custom")  # and user-defined tasks
 ARROW = "->"  # separates input from output in prompts (`example:{x}->{y}`) and in typed pairs
@@ -30,6 +36,12 @@ class Task:
     pairs: tuple[tuple[str, str], ...]
     description: str = ""
     spaced: bool = True  # answers follow the arrow after a space (`-> chien`); see `prompts.usable_task`
+    # (input, every accepted answer) for the inputs with more than one; `pairs` holds each input's first answer
+    accepted: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def answers(self, x: str) -> tuple[str, ...]:
+        """Every answer accepted for input x, the one demonstrations show first."""
+        return dict(self.accepted).get(x) or (dict(self.pairs)[x],)
 
     @property
     def multi_token_answers(self) -> bool:
@@ -89,8 +101,10 @@ _BUILDERS = {
     "plural_singular": ("linguistic", "mice -> mouse", lambda: _columns("nouns.csv", "plural", "singular")),
     "antonyms": ("linguistic", "hot -> cold", lambda: _columns("antonyms.csv", "word", "antonym")),
     "country_capital": ("knowledge", "France -> Paris", lambda: _columns("country_capital.csv", "country", "capital")),
-    "location_continent": ("knowledge", "Kenya -> Africa", lambda: _columns("location_continent.csv", "location", "continent")),
-    "location_religion": ("knowledge", "Mecca -> Islam", lambda: _columns("location_religion.csv", "location", "religion")),
+    "location_continent": ("knowledge", "Kenya -> Africa",
+                           lambda: _columns("location_continent.csv", "location", "continent")),
+    "location_religion": ("knowledge", "Mecca -> Islam",
+                          lambda: _columns("location_religion.csv", "location", "religion")),
     "person_language": ("knowledge", "Goethe -> German", lambda: _columns("person_language.csv", "person", "language")),
 }
 
@@ -113,8 +127,10 @@ def tasks_in(category: str) -> list[str]:
 
 
 def make_task(name: str, pairs, category: str = "custom", description: str = "") -> Task:
-    """A task from (input, output) pairs of strings, or a dict {input: output}. Inputs must be unique, and
-    values non-empty, on one line and free of `->`, since each pair becomes one `example:{x}->{y}` line."""
+    """A task from (input, output) pairs of strings, or a dict {input: output}. An output may also be a list of
+    accepted answers: demonstrations show the first, and a prediction matching the first token of any is a hit.
+    Inputs must be unique, and values non-empty, on one line and free of `->`, since each pair becomes one
+    `example:{x}->{y}` line."""
     if category not in KNOWN_CATEGORIES:
         raise ValueError(f"task {name!r} has unknown category {category!r}; valid categories: "
                          f"{', '.join(KNOWN_CATEGORIES)}")
@@ -122,24 +138,31 @@ def make_task(name: str, pairs, category: str = "custom", description: str = "")
         pairs = pairs.items()
     if isinstance(pairs, str) or not isinstance(pairs, Iterable):
         raise ValueError(f"task {name!r}: pairs must be a list of (input, output) pairs of strings, got {pairs!r}")
-    pairs = tuple(_checked_pair(name, p) for p in pairs)
-    if len(pairs) < 2:
-        raise ValueError(f"task {name!r} needs at least 2 (input, output) pairs, got {len(pairs)}")
-    empty = [p for p in pairs if not p[0] or not p[1]]
+    checked = [_checked_pair(name, p) for p in pairs]
+    if len(checked) < 2:
+        raise ValueError(f"task {name!r} needs at least 2 (input, output) pairs, got {len(checked)}")
+    empty = [(x, ys[0] if len(ys) == 1 else list(ys)) for x, ys in checked if not x or not all(ys)]
     if empty:
         raise ValueError(f"task {name!r} has empty inputs or outputs: {empty[:3]}")
-    inputs = [x for x, _ in pairs]
+    inputs = [x for x, _ in checked]
     dupes = sorted({x for x in inputs if inputs.count(x) > 1})
     if dupes:
         raise ValueError(f"task {name!r} has repeated inputs (one input, one answer): {dupes[:5]}")
-    return Task(name=name, category=category, pairs=pairs, description=description)
+    accepted = tuple((x, ys) for x, ys in checked if len(ys) > 1)
+    return Task(name=name, category=category, pairs=tuple((x, ys[0]) for x, ys in checked), description=description,
+                accepted=accepted)
 
 
-def _checked_pair(name: str, pair) -> tuple[str, str]:
-    """One (input, output) pair of one-line strings without `->`, stripped of surrounding white space."""
+def _checked_pair(name: str, pair) -> tuple[str, tuple[str, ...]]:
+    """An (input, output) pair of one-line strings without `->`, stripped of surrounding white space, as (input,
+    answers); the output may be a list of accepted answers (repeats dropped, first kept first)."""
     if isinstance(pair, str) or not isinstance(pair, Sequence) or len(pair) != 2:
         raise ValueError(f"task {name!r}: each pair must be an (input, output) pair of strings, got {pair!r}")
-    for value in pair:
+    x, y = pair
+    several = isinstance(y, list | tuple)
+    if several and not y:
+        raise ValueError(f"task {name!r}: input {x!r} has an empty list of answers; give at least one")
+    for value in (x, *(y if several else [y])):
         if not isinstance(value, str):
             raise ValueError(f"task {name!r}: inputs and outputs must be strings, got {value!r} "
                              f"({type(value).__name__}) in {tuple(pair)!r}")
@@ -148,12 +171,19 @@ def _checked_pair(name: str, pair) -> tuple[str, str]:
         if ARROW in value:
             raise ValueError(f"task {name!r}: {value!r} contains {ARROW!r}, which separates input from output "
                              f"in prompts; values must not contain it")
-    return pair[0].strip(), pair[1].strip()
+    answers = tuple(dict.fromkeys(a.strip() for a in (y if several else [y])))
+    return x.strip(), answers
+
+
+TASK_FILE_FORMATS = (".csv (with an input,output header), .json (a list of [input, output] pairs, a list of "
+                     "{\"input\": ..., \"output\": ...} objects whose output may be a list of accepted answers, "
+                     "or {input: output})")
 
 
 def load_task_file(path: str | Path) -> Task:
-    """A custom task named for its file: CSV with an `input,output` header, a JSON list of [input, output]
-    pairs, or a JSON object {input: output}; validated like `make_task`."""
+    """A custom task named for its file: CSV with an `input,output` header, or JSON: a list of [input, output]
+    pairs, a list of {"input": ..., "output": ...} objects (Todd et al.'s function-vector tasks; an output may be
+    a list of accepted answers), or an object {input: output}; validated like `make_task`."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")  # -sig: tolerate the byte-order mark spreadsheets write
@@ -163,16 +193,64 @@ def load_task_file(path: str | Path) -> Task:
         pairs = _csv_pairs(path, text)
     elif path.suffix.lower() == ".json":
         try:
-            pairs = json.loads(text)
+            data = json.loads(text)
         except json.JSONDecodeError as e:
             raise ValueError(f"task file {str(path)!r} is not valid JSON: {e}") from None
-        if not isinstance(pairs, list | dict):
-            raise ValueError(f"task file {str(path)!r} must hold a JSON list of [input, output] pairs or an "
-                             f"object {{input: output}}, got a JSON {type(pairs).__name__}")
+        pairs = _json_pairs(path, data)
     else:
-        raise ValueError(f"task file {str(path)!r} has unknown format {path.suffix!r}; valid formats: .csv (with "
-                         f"an input,output header), .json (list of [input, output] pairs, or {{input: output}})")
+        raise ValueError(f"task file {str(path)!r} has unknown format {path.suffix!r}; valid formats: "
+                         f"{TASK_FILE_FORMATS}")
     return make_task(path.stem, pairs, "custom", description=f"from {path.name}")
+
+
+def _json_pairs(path: Path, data) -> list | dict:
+    """The pairs of a task file's JSON: [[input, output], ...], [{"input": ..., "output": ...}, ...] or
+    {input: output}; objects are read here, item by item, so that errors name the item."""
+    if not isinstance(data, list | dict):
+        raise ValueError(f"task file {str(path)!r} must hold a JSON list of [input, output] pairs or an object "
+                         f"{{input: output}}, or a list of {{\"input\": ..., \"output\": ...}} objects, got a JSON "
+                         f"{type(data).__name__}")
+    if not data:
+        raise ValueError(f"task file {str(path)!r} holds an empty JSON {'list' if isinstance(data, list) else 'object'}"
+                         f"; a task needs at least 2 (input, output) pairs")
+    if isinstance(data, dict) or not any(isinstance(item, dict) for item in data):
+        return data
+    pairs = []
+    for n, item in enumerate(data, 1):
+        where = f"task file {str(path)!r} item {n}"
+        if not isinstance(item, dict):
+            raise ValueError(f"{where} is {json.dumps(item)[:60]}; in a list of objects every item must be "
+                             f"{{\"input\": ..., \"output\": ...}}")
+        missing = [key for key in ("input", "output") if key not in item]
+        if missing:
+            raise ValueError(f"{where} has no {' and no '.join(repr(k) for k in missing)} key "
+                             f"(its keys: {', '.join(map(repr, item)) or 'none'}); each item needs \"input\" and "
+                             f"\"output\"")
+        x, y = item["input"], item["output"]
+        if not isinstance(x, str):
+            raise ValueError(f"{where}: input must be a string, got {json.dumps(x)}")
+        if not (isinstance(y, str) or isinstance(y, list) and y and all(isinstance(a, str) for a in y)):
+            raise ValueError(f"{where}: output must be a string or a non-empty list of strings (accepted answers), "
+                             f"got {json.dumps(y)}")
+        pairs.append((x, y))
+    return pairs
+
+
+def load_task_dir(path: str | Path) -> list[Task]:
+    """One custom task per task file (.json or .csv, as `load_task_file` reads them) in a folder, by file name."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ValueError(f"task directory {str(path)!r} is not a directory" if path.exists() else
+                         f"cannot read task directory {str(path)!r}: No such file or directory")
+    paths = sorted(p for p in path.iterdir() if p.suffix.lower() in (".json", ".csv") and p.is_file())
+    if not paths:
+        raise ValueError(f"task directory {str(path)!r} holds no task files (.json or .csv)")
+    stems = [p.stem for p in paths]
+    twins = sorted({s for s in stems if stems.count(s) > 1})
+    if twins:
+        raise ValueError(f"task directory {str(path)!r} has several files for task(s) {', '.join(twins)}; keep one "
+                         f"file per task name")
+    return [load_task_file(p) for p in paths]
 
 
 def _csv_pairs(path: Path, text: str) -> list[tuple[str, str]]:

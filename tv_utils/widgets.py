@@ -1,5 +1,7 @@
 """ipywidgets for the notebooks: they only display. Explorers show precomputed tables; the few that need
-the model (ICL playground, your own task, conflicting pair) call an `analyses` function on demand.
+the model (ICL playground, your own task, conflicting pair) call an `analyses` function on demand. The ICL
+playground and the conflict widget first look a setting up in the stored table of every setting they offer
+(`python -m tv_utils widgets`, for the default model), and run the model only for one it lacks.
 
 Each builder returns the widget box. Figures and tables are drawn into Output widgets, redrawn on change. Not
 plotly's FigureWidget: its saved widget state holds the whole plotly.js bundle (5 MB per notebook), where an
@@ -9,14 +11,19 @@ Output's holds only the figure (tens of KB), and a reloaded page redraws an Outp
 from __future__ import annotations
 
 import html
+import time
 
 import ipywidgets as w
 import pandas as pd
-from IPython.display import HTML, display
+from IPython.display import HTML
 
 from . import plots
 from .analyses import conflict, icl
-from .protocol import best_mean_layer
+from .protocol import PAPER, best_mean_layer
+
+__all__ = ["alpha_explorer", "conflict_widget", "crossing", "custom_task_widget", "EXAMPLE_QUERIES", "EXAMPLE_TASK",
+           "Explorer", "geometry_explorer", "icl_playground", "layer_explorer", "results_explorer",
+           "vector_explorer", "vocab_explorer"]
 
 
 class Explorer(w.VBox):
@@ -153,26 +160,111 @@ def alpha_explorer(table: pd.DataFrame) -> Explorer:
     return Explorer([slider, note, figure])
 
 
+class _Busy:
+    """The busy state of a widget that runs the model: while `run` computes, the controls are disabled and the
+    status line says what is running; then it says what was done and how long it took. Results are kept by
+    key, so a setting already run (or run when the cell ran) shows again at once. `stored` holds results
+    computed in advance (key -> result, on `n` episodes), shown at once without running anything."""
+
+    def __init__(self, controls, stored: dict | None = None, n: int | None = None):
+        self.controls = list(controls)
+        self.status = w.HTML()
+        self.cache: dict = {}
+        self.stored = stored or {}
+        self.n = n
+
+    def ready(self, key) -> bool:
+        """Whether `key` shows without running the model (stored, or run before)."""
+        return key in self.stored or key in self.cache
+
+    def say(self, text: str, busy: bool = False) -> None:
+        css = "tv-status tv-busy" if busy else "tv-status"
+        icon = "⏳ " if busy else ""
+        self.status.value = f"<span class='{css}' style='color:#555'>{icon}{html.escape(text)}</span>"
+
+    def compute(self, key, fn):
+        """fn() once per key (timed), kept; returns (result, seconds it took, whether it ran now)."""
+        if key in self.cache:
+            result, seconds = self.cache[key]
+            return result, seconds, False
+        start = time.perf_counter()
+        result = fn()
+        self.cache[key] = result, time.perf_counter() - start
+        return result, self.cache[key][1], True
+
+    def run(self, key, fn, what: str, show, label: str | None = None) -> None:
+        """Show the result for `key` with `show(result)`: the stored one (the status says "<label>: stored
+        run, n episodes"), else fn()'s, computed now (busy state on) or kept from before."""
+        if key in self.stored:
+            show(self.stored[key])
+            self.say(f"{label or what}: stored run, {self.n} episodes")
+            return
+        if key not in self.cache:
+            for control in self.controls:
+                control.disabled = True
+            self.say(f"running {what}…", busy=True)
+        try:
+            result, seconds, ran = self.compute(key, fn)
+        except Exception:
+            self.say(f"{what}: failed")
+            raise
+        finally:
+            for control in self.controls:
+                control.disabled = False
+        show(result)
+        self.say(f"{what}: {'ran in' if ran else 'shown from the earlier run, which took'} {seconds:.1f} s")
+
+
 def icl_playground(model, task_names, n: int = 10, start: str | None = None) -> Explorer:
-    """Pick a task (opening at `start` where offered, else the first) and a number of demonstrations: see one prompt, the
-    model's answer and the accuracy over n episodes, with and without the demonstrations."""
+    """Pick a task (opening at `start` where offered, else the first) and a number of demonstrations: see one
+    prompt, the model's answer and the accuracy over n episodes, with and without the demonstrations.
+
+    A setting in the model's stored playground table (`icl.stored_examples`: every task and number of
+    demonstrations of the default model, on 10 episodes) shows at once. Any other is run: the opening one when
+    the widget is built, so its first Run shows at once, the others on Run; every setting run is kept, so going
+    back to one redraws without running the model."""
     task = w.Dropdown(options=list(task_names), value=_opening(task_names, start), description="task")
-    k = w.IntSlider(value=5, min=1, max=10, description="demos", continuous_update=False)
+    k = w.IntSlider(value=5, min=min(icl.PLAYGROUND_KS), max=max(icl.PLAYGROUND_KS), description="demos",
+                    continuous_update=False)
     run = w.Button(description="Run", button_style="primary")
     out = w.Output()
+    busy = _Busy([task, k, run], icl.stored_examples(model.name, n), n)
+
+    def label():
+        return f"{task.value} with {k.value} demonstration{'s' if k.value != 1 else ''}"
+
+    def what():
+        return f"{n} episodes of {label()}"
+
+    def compute():
+        return icl.icl_example(model, task.value, k.value, n)
+
+    def show(r):
+        _show(out, HTML(f"<pre class='tv-prompt'>{html.escape(r['prompt'])}</pre>"
+                        f"<p>model's answer: <b class='tv-answer'>{html.escape(r['answer'])}"
+                        f"</b> (expected {html.escape(r['expected'])})</p>"
+                        f"<p>accuracy over {n} episodes: ICL <b>{r['icl_accuracy']:.2f}</b>, "
+                        f"zero-shot <b>{r['zero_shot_accuracy']:.2f}</b></p>"))
 
     def go(_=None):
-        with out:
-            out.clear_output(wait=True)
-            r = icl.icl_example(model, task.value, k.value, n)
-            display(HTML(f"<pre class='tv-prompt'>{html.escape(r['prompt'])}</pre>"
-                         f"<p>model's answer: <b class='tv-answer'>{html.escape(r['answer'])}"
-                         f"</b> (expected {html.escape(r['expected'])})</p>"
-                         f"<p>accuracy over {n} episodes: ICL <b>{r['icl_accuracy']:.2f}</b>, "
-                         f"zero-shot <b>{r['zero_shot_accuracy']:.2f}</b></p>"))
+        busy.run((task.value, k.value), compute, what(), show, label())
 
+    def changed(_=None):  # a stored setting, or one run before, shows at once; a new one waits for Run
+        if busy.ready((task.value, k.value)):
+            go()
+        else:
+            _show(out)
+            busy.say(f"press Run to run {what()}")
+
+    if (task.value, k.value) in busy.stored:
+        busy.say(f"press Run to see {label()} (stored run, {n} episodes)")
+    else:
+        _, seconds, _ = busy.compute((task.value, k.value), compute)
+        busy.say(f"press Run to see {what()} (run when this cell ran, in {seconds:.1f} s)")
     run.on_click(go)
-    return Explorer([w.HBox([task, k, run]), out])
+    task.observe(changed, "value")
+    k.observe(changed, "value")
+    return Explorer([w.HBox([task, k, run]), busy.status, out])
 
 
 EXAMPLE_TASK = """Apple -> Red
@@ -183,63 +275,114 @@ Blood -> Red
 Sky -> Blue
 Snow -> White
 Coal -> Black"""
+EXAMPLE_QUERIES = "Corn, Cherry, Ocean"
 
 
 def custom_task_widget(model, layer: int) -> Explorer:
-    """Type `input -> output` lines, build theta from them, and answer new queries with `x ->` + theta."""
+    """Type `input -> output` lines, build theta from them, and answer new queries with `x ->` + theta. The
+    example pairs are run when the widget is built, so their first run shows at once."""
     pairs_box = w.Textarea(value=EXAMPLE_TASK, description="pairs", layout=w.Layout(width="420px", height="170px"))
-    queries_box = w.Text(value="Corn, Cherry, Ocean", description="queries")
+    queries_box = w.Text(value=EXAMPLE_QUERIES, description="queries")
     run = w.Button(description="Build θ and answer", button_style="primary", layout=w.Layout(width="200px"))
     out = w.Output()
+    busy = _Busy([pairs_box, queries_box, run])
+
+    def key():
+        return pairs_box.value.strip(), queries_box.value.strip()
+
+    def compute():
+        try:
+            return icl.own_task_answers(model, pairs_box.value, queries_box.value, layer)
+        except ValueError as e:
+            return e
+
+    def show(result):
+        if isinstance(result, ValueError):
+            _show(out, HTML(f"<p class='tv-error' style='color:#b00'>{html.escape(str(result))}</p>"))
+            return
+        table, info = result
+        _show(out, HTML(f"<p>θ: {len(info['demos'])} demonstrations, averaged over the dummy queries "
+                        f"{', '.join(html.escape(d) for d in info['dummies'])}.</p>"),
+              _table_html(table, "tv-custom-table"))
 
     def go(_=None):
-        with out:
-            out.clear_output(wait=True)
-            try:
-                table, info = icl.own_task_answers(model, pairs_box.value, queries_box.value, layer)
-            except ValueError as e:
-                display(HTML(f"<p class='tv-error' style='color:#b00'>{html.escape(str(e))}</p>"))
-                return
-            display(HTML(f"<p>θ: {len(info['demos'])} demonstrations, averaged over the dummy queries "
-                         f"{', '.join(html.escape(d) for d in info['dummies'])}.</p>"))
-            display(_table_html(table, "tv-custom-table"))
+        n_queries = len([q for q in queries_box.value.split(",") if q.strip()])
+        busy.run(key(), compute, f"θ from your pairs at layer {layer}, {n_queries} queries", show)
 
+    _, seconds, _ = busy.compute(key(), compute)
+    busy.say(f"press the button to build θ from these pairs (the example ran when this cell ran, in {seconds:.1f} s)")
     run.on_click(go)
-    return Explorer([pairs_box, queries_box, run, out])
+    return Explorer([pairs_box, queries_box, run, busy.status, out])
 
 
 def conflict_widget(model, n: int = 10, layer: int | None = None, start=("en_es", "en_fr")) -> Explorer:
     """Pick task A (the demonstrations) and task B (the patched theta), press Run: accuracy on A's and B's
-    answers with plain ICL and with theta(B) patched in (`conflict.conflicting_tasks` on n episodes)."""
+    answers with plain ICL and with theta(B) patched in (the table of `conflict.conflicting_tasks` with
+    override=False on n episodes, computed by `conflict.conflict_pair`). A pair in the model's stored widget
+    table (`conflict.stored_pairs`: every pair offered, for the default model on 10 episodes at B's best layer)
+    shows at once. Any other is run: the opening pair when the widget is built, the others on Run; each pair
+    run, and each B's dev sweep (which sets B's layer), is kept."""
     from .tasks import TASK_NAMES
 
     sources = [t for t in TASK_NAMES if conflict.conflict_partners(t)]
     full_labels = {"description_width": "initial"}  # the default width cuts "task A (demos)" short
     a = w.Dropdown(options=sources, value=start[0], description="task A (demos)", style=full_labels)
-    b = w.Dropdown(options=conflict.conflict_partners(start[0]), value=start[1], description="task B (θ)", style=full_labels)
+    b = w.Dropdown(options=conflict.conflict_partners(start[0]), value=start[1], description="task B (θ)",
+                   style=full_labels)
     run = w.Button(description="Run", button_style="primary")
     out = w.Output()
+    busy = _Busy([a, b, run], conflict.stored_pairs(model.name, n) if layer is None else {}, n)
+    sweeps: dict = {}  # task B -> its dev sweep, shared by every A it is paired with
+
+    def label():
+        return f"{a.value} with θ({b.value})"
+
+    def what():
+        return f"{n} episodes of {label()}"
+
+    def compute():
+        pair = a.value, b.value
+        try:
+            conflict.shared_queries(*pair, PAPER, n)  # too few shared inputs: say so before any sweep
+            if pair[1] not in sweeps:
+                sweeps[pair[1]] = conflict.b_dev_sweep(model, pair[1], n)
+            return conflict.conflict_pair(model, *pair, n=n, layer=layer, b_sweep=sweeps[pair[1]])
+        except (KeyError, ValueError) as e:
+            return e
+
+    def show(table):
+        if isinstance(table, Exception):
+            _show(out, HTML(f"<p class='tv-error' style='color:#b00'>{html.escape(str(table))}</p>"))
+            return
+        followed = conflict.followed_task(table, a.value, b.value)
+        _show(out, _table_html(table[["method", "layer", "acc_a", "acc_b"]], "tv-conflict-table"),
+              HTML(f"<p>with θ({html.escape(b.value)}) patched over demonstrations of {html.escape(a.value)}, "
+                   f"the model follows <b class='tv-followed'>{html.escape(followed)}</b></p>"),
+              plots.conflict_bars(table))
+
+    def go(_=None):
+        busy.run((a.value, b.value), compute, what(), show, label())
 
     def partners(_=None):
         b.options = conflict.conflict_partners(a.value)
 
-    def go(_=None):
-        with out:
-            out.clear_output(wait=True)
-            try:
-                table = conflict.conflicting_tasks(model, [(a.value, b.value)], n=n, layer=layer, override=False)
-            except (KeyError, ValueError) as e:
-                display(HTML(f"<p class='tv-error' style='color:#b00'>{html.escape(str(e))}</p>"))
-                return
-            followed = conflict.followed_task(table, a.value, b.value)
-            display(_table_html(table[["method", "layer", "acc_a", "acc_b"]], "tv-conflict-table"))
-            display(HTML(f"<p>with θ({html.escape(b.value)}) patched over demonstrations of {html.escape(a.value)}, "
-                         f"the model follows <b class='tv-followed'>{html.escape(followed)}</b></p>"))
-            plots.conflict_bars(table).show()
+    def changed(_=None):  # a stored pair, or one run before, shows at once; a new one waits for Run
+        if busy.ready((a.value, b.value)):
+            go()
+        else:
+            _show(out)
+            busy.say(f"press Run to run {what()}")
 
+    if (a.value, b.value) in busy.stored:
+        busy.say(f"press Run to see {label()} (stored run, {n} episodes)")
+    else:
+        _, seconds, _ = busy.compute((a.value, b.value), compute)
+        busy.say(f"press Run to see {what()} (run when this cell ran, in {seconds:.1f} s)")
     a.observe(partners, "value")
+    a.observe(changed, "value")
+    b.observe(changed, "value")
     run.on_click(go)
-    return Explorer([w.HBox([a, b, run]), out])
+    return Explorer([w.HBox([a, b, run]), busy.status, out])
 
 
 def _opening(options, start):

@@ -20,6 +20,9 @@ from ..prompts import DEFAULT_FORMAT, PromptFormat, answer_token_ids
 from ..tasks import Episode, Task, get_task
 from .conflict import shared_queries
 
+__all__ = ["apply_library", "build_library", "interpolate", "Library", "patch_shared", "reuse_cost", "robustness",
+           "run", "TASK_A", "TASK_B", "TASKS"]
+
 TASKS = ("en_fr", "antonyms", "country_capital", "next_letter", "present_simple_past_simple")
 TASK_A, TASK_B = "present_simple_past_simple", "present_simple_gerund"  # the interpolated pair
 
@@ -34,11 +37,12 @@ def patch_shared(model: Model, seqs, theta: torch.Tensor, layer: int) -> torch.T
 # ---------------------------------------------------------------- arithmetic
 
 
-def interpolate(model: Model, task_a: str, task_b: str, alphas=np.linspace(0, 1, 11), layer: int = 9,
-                n: int = 50, scales=(0.0, 0.5, 1.0, 1.5, 2.0, 3.0), protocol: Protocol = PAPER,
+def interpolate(model: Model, task_a: str, task_b: str, alphas=np.linspace(0, 1, 11), layer: int | None = None,
+                n: int = PAPER.n_test, scales=(0.0, 0.5, 1.0, 1.5, 2.0, 3.0), protocol: Protocol = PAPER,
                 fmt: PromptFormat = DEFAULT_FORMAT) -> pd.DataFrame:
     """Patch alpha*theta_A + (1-alpha)*theta_B (mean thetas) into `x ->` and score against A and B;
-    also scale*theta_A alone. alpha must lie in [0, 1]."""
+    also scale*theta_A alone. alpha must lie in [0, 1]; layer: the model's L (`default_layer`) unless given."""
+    layer = default_layer(model) if layer is None else model.check_layer(layer)
     alphas = [float(a) for a in alphas]
     bad = [a for a in alphas if not 0 <= a <= 1]
     if bad:
@@ -126,7 +130,7 @@ def apply_library(model: Model, library: Library, task: str, inputs: list[str],
     return [model.decode_token(i).strip() for i in pred.tolist()]
 
 
-def reuse_cost(model: Model, library: Library, tasks, n: int = 50, protocol: Protocol = PAPER,
+def reuse_cost(model: Model, library: Library, tasks, n: int = PAPER.n_test, protocol: Protocol = PAPER,
                fmt: PromptFormat = DEFAULT_FORMAT) -> pd.DataFrame:
     """ICL vs stored-theta inference on the same test queries: prompt tokens, seconds per query, accuracy."""
     rows = []
@@ -152,8 +156,8 @@ def reuse_cost(model: Model, library: Library, tasks, n: int = 50, protocol: Pro
 # ---------------------------------------------------------------- robustness
 
 
-def robustness(model: Model, task: Task | str, layer: int, n: int = 50, sizes=(1, 2, 4, 8), protocol: Protocol = PAPER,
-               fmt: PromptFormat = DEFAULT_FORMAT, seed: int = 0) -> pd.DataFrame:
+def robustness(model: Model, task: Task | str, layer: int, n: int = PAPER.n_test, sizes=(1, 2, 4, 8),
+               protocol: Protocol = PAPER, fmt: PromptFormat = DEFAULT_FORMAT, seed: int = 0) -> pd.DataFrame:
     """Accuracy of theta averaged over 1, 2, 4, 8 episodes, and of theta from shuffled demonstrations."""
     model.check_layer(layer)
     rng = np.random.default_rng(seed)
@@ -189,8 +193,8 @@ def _shuffled(ep: Episode, rng) -> Episode:
     return replace(ep, demos=demos)
 
 
-def run(model: Model, tasks=TASKS, task_a: str = TASK_A, task_b: str = TASK_B, n: int = 50, layer: int | None = None,
-        out_dir: str | Path | None = None, figures: bool = True) -> dict:
+def run(model: Model, tasks=TASKS, task_a: str = TASK_A, task_b: str = TASK_B, n: int = PAPER.n_test,
+        layer: int | None = None, out_dir: str | Path | None = None, figures: bool = True) -> dict:
     """All three at L (`layer`, else the best mean dev layer): `interpolate` of task_a and task_b, a library
     of `tasks` with its `reuse_cost`, and `robustness` per task. Writes beyond_<model>_{interpolation,
     reuse_cost,robustness}.csv, library_<model>.{safetensors,json} and, with `figures`, their charts;

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -14,6 +15,11 @@ from ..protocol import PAPER, Protocol, best_of, compare, episode_hits, episode_
 from ..models import Model
 from ..prompts import DEFAULT_FORMAT, PromptFormat, answer_token_ids
 from ..tasks import TASK_NAMES, Episode, get_task, make_task, sample_episodes
+
+__all__ = ["B_ALONE", "b_dev_sweep", "chosen_layers", "CONFLICT", "conflict_by_layer", "conflict_hits",
+           "conflict_pair", "conflict_partners", "conflict_table", "conflicting_tasks", "followed_task", "OVERRIDE",
+           "PAPER_CONFLICTS", "REGULAR", "run", "run_widget", "shared_queries", "stored_pairs", "widget_file",
+           "WIDGET_N", "widget_pairs", "widget_table"]
 
 PAPER_CONFLICTS = (
     ("next_letter", "to_upper"),
@@ -192,4 +198,103 @@ def run(model: Model, pairs=PAPER_CONFLICTS, n: int = 50, layer: int | None = No
     if figures:
         store.save_figure(plots.conflict_bars(table), stem)
         store.save_figure(plots.conflict_layer_curves(by_layer), f"{stem}_by_layer")
+    return table
+
+
+def b_dev_sweep(model: Model, b: str, n: int = 50, protocol: Protocol = PAPER,
+                fmt: PromptFormat = DEFAULT_FORMAT) -> tuple[torch.Tensor, np.ndarray]:
+    """Task B's own dev sweep, which sets the paper's layer in a conflict: theta(B) of each dev episode [n,
+    n_layers, H] and its hits alone at every layer [n, n_layers] (as `conflict_hits` computes them)."""
+    b_split = prepare_split(model, b, "dev", n, protocol, fmt, icl=False)
+    alone = episode_hits(model, engine.layer_sweep(model, b_split.queries, b_split.theta), b_split.target[:, None])
+    return b_split.theta, alone.cpu().numpy()
+
+
+@torch.no_grad()
+def conflict_pair(model: Model, a: str, b: str, n: int = 50, layer: int | None = None,
+                  protocol: Protocol = PAPER, fmt: PromptFormat = DEFAULT_FORMAT, b_sweep=None) -> pd.DataFrame:
+    """The table of `conflicting_tasks(model, [(a, b)], n, layer, override=False)` for one pair, in about half
+    the time (for a live widget): theta(B) is written only at the layer the table reports (B's best dev layer,
+    or `layer`), not at every layer, and the plain-ICL answer reuses the cached prompt prefix of the patched
+    run. `b_sweep`: `b_dev_sweep(model, b, n, protocol, fmt)`, when it was already computed."""
+    for name in (a, b):
+        if name not in TASK_NAMES:
+            raise KeyError(f"unknown task {name!r} in pair ({a}, {b}); valid tasks: {', '.join(TASK_NAMES)}")
+    if layer is not None:
+        model.check_layer(layer)
+    theta, alone = b_dev_sweep(model, b, n, protocol, fmt) if b_sweep is None else b_sweep
+    keys = dict(task_a=a, task_b=b)
+    blocks = [episode_table("", "dev", B_ALONE, alone, list(range(model.n_layers)), **keys, scored_on="B")]
+    paper = int(chosen_layers(pd.concat(blocks, ignore_index=True).drop(columns="task"), layer).paper_layer[0])
+    episodes = shared_queries(a, b, protocol, n, "test")
+    tok, answers_b = model.tokenizer, dict(get_task(b).pairs)
+    targets = {"A": torch.tensor([answer_token_ids(tok, ep.query[1], fmt)[0] for ep in episodes]),
+               "B": torch.tensor([answer_token_ids(tok, answers_b[ep.query[0]], fmt)[0] for ep in episodes])}
+    seqs = model.encode([fmt.episode_icl(ep) for ep in episodes])
+    # the prompts minus their last token once; then the last token patched at `paper`, then unpatched
+    prefix_mask, cache = engine.cached_prefix(model, [s[:-1] for s in seqs])
+    cache.activate_past_recording()  # so that crop can also roll back a sliding-window layer that is full
+    batch = engine.suffix_batch(model, prefix_mask, [[s[-1]] for s in seqs], 1)
+    states = theta[:, paper].to(model.device, model.dtype)
+    patched_state = engine.run_after(model, batch, cache, paper, states)  # crops the cache back to the prefix
+    regular_state, _, _ = engine.forward(model, batch, cache=cache)
+    preds = engine.predict(model, torch.cat([regular_state, patched_state])).cpu()
+    regular, patched = preds[:len(seqs)], preds[len(seqs):]
+    for scored_on, target in targets.items():
+        blocks.append(episode_table("", "test", REGULAR, episode_hits(model, regular, target).numpy(), None,
+                                    **keys, scored_on=scored_on))
+        blocks.append(episode_table("", "test", CONFLICT, episode_hits(model, patched, target).numpy(), paper,
+                                    **keys, scored_on=scored_on))
+    hits = _named(pd.concat(blocks, ignore_index=True).drop(columns="task"), model)
+    return conflict_table(hits, layer)
+
+
+WIDGET_N = 10  # the conflict widget's episodes in the notebooks
+
+
+def widget_pairs(tasks=TASK_NAMES) -> list[tuple[str, str]]:
+    """Every ordered pair the conflict widget offers: each task A with a partner, and each partner B of it
+    (`conflict_partners`)."""
+    return [(a, b) for a in tasks for b in conflict_partners(a)]
+
+
+def widget_table(model: Model, pairs=None, n: int = WIDGET_N, progress: bool = False) -> pd.DataFrame:
+    """The conflict widget's table for every pair it offers (`widget_pairs`), computed once: `conflict_pair`
+    on n episodes at B's best dev layer, each B's dev sweep run once and shared by its pairs, as the widget
+    runs them. Pairs whose tasks share too few inputs for n episodes are left out (the widget says so without
+    running the model). `stored_pairs` reads it back."""
+    from tqdm.auto import tqdm
+
+    sweeps, tables = {}, []
+    for a, b in tqdm(widget_pairs() if pairs is None else list(pairs), desc=f"conflict widget ({model.name})",
+                     unit="pair", disable=not progress):
+        try:
+            shared_queries(a, b, PAPER, n)
+        except ValueError:
+            continue
+        if b not in sweeps:
+            sweeps[b] = b_dev_sweep(model, b, n)
+        tables.append(conflict_pair(model, a, b, n=n, b_sweep=sweeps[b]))
+    return pd.concat(tables, ignore_index=True)
+
+
+def widget_file(model_name: str, folder: str | Path | None = None) -> Path:
+    """Where `run_widget` writes the widget's table: <folder>/conflict_<model>_widget.csv."""
+    return store.suffixed(store.results_stem("conflict", model_name, folder), "_widget.csv")
+
+
+def stored_pairs(model_name: str, n: int = WIDGET_N) -> dict:
+    """The stored widget table of a model at n episodes (your results if you point at them, else the committed
+    reference), {(task_a, task_b): that pair's table}; empty when there is none for this model."""
+    table = store.precomputed(widget_file(model_name).name[:-len(".csv")])
+    if table is None:
+        return {}
+    table = table[table.n == n]
+    return {(a, b): pair.reset_index(drop=True) for (a, b), pair in table.groupby(["task_a", "task_b"], sort=False)}
+
+
+def run_widget(model: Model, pairs=None, n: int = WIDGET_N, out_dir: str | Path | None = None) -> pd.DataFrame:
+    """Writes conflict_<model>_widget.csv (`widget_table`) and returns it."""
+    table = widget_table(model, pairs, n, progress=True)
+    store.save_table(table, widget_file(model.name, out_dir))
     return table

@@ -10,6 +10,8 @@ from .. import store
 from ..experiments import layer_accuracy
 from ..protocol import best_mean_layer
 
+__all__ = ["best_depth", "MODELS", "run", "TASKS"]
+
 MODELS = ("gemma3-270m", "smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
 TASKS = ("en_fr", "antonyms", "country_capital", "list_first", "present_simple_gerund", "location_continent")
 

@@ -20,11 +20,19 @@ import torch
 
 from .. import engine, store
 from ..batches import chunks, layer_hidden, pad_left
+from ..hooks import hooked
 from ..experiments import encode_queries, prepare_split, run_tasks, sample_split
 from ..protocol import PAPER, Protocol, accuracy, best_of, compare, episode_hits, episode_table, with_intervals
 from ..models import Model
 from ..prompts import DEFAULT_FORMAT, PromptFormat
 from ..tasks import TASK_NAMES, Episode, get_task
+
+__all__ = ["added_sweep", "compare_methods", "Comparison", "comparison_table", "evaluate_vector", "function_vector",
+           "head_blocks", "head_outputs", "head_patched_probs", "HEAD_PROJECTIONS", "head_states",
+           "indirect_effects", "K_CHOICES", "mapping_rank", "mean_head_states", "method_long", "METHODS", "n_heads",
+           "out_projection", "PAIRS", "post_attention_norm", "projection_path", "replaced_then_added",
+           "residual_contributions", "RESISTANT_TASKS", "run", "several_vectors", "SHUFFLED", "shuffled_labels",
+           "top_heads"]
 
 # The attention block's output projection, relative to a decoder layer: Llama/Qwen2/Gemma, GPT-2, GPT-J, NeoX.
 HEAD_PROJECTIONS = ("self_attn.o_proj", "attn.c_proj", "attn.out_proj", "attention.dense")
@@ -77,8 +85,18 @@ def residual_contributions(model: Model, states: torch.Tensor, layer: int) -> to
     return outputs * factor.unsqueeze(-2)
 
 
-def _projection_hooks(model: Model, hook) -> list:
-    return [out_projection(model, layer).register_forward_pre_hook(hook(layer)) for layer in range(model.n_layers)]
+def post_attention_norm(model: Model, layer: int) -> torch.nn.Module | None:
+    """The norm applied to the attention block's output before it joins the residual stream (Gemma's
+    sandwich norm), or None where the output is added as it is. Gemma has a norm on both sides of the MLP
+    (`pre_feedforward_layernorm`); in Llama-like families `post_attention_layernorm` is the MLP's input norm,
+    despite its name, and does not touch what the attention adds."""
+    block = model.layers[model.check_layer(layer)]
+    return block.post_attention_layernorm if hasattr(block, "pre_feedforward_layernorm") else None
+
+
+def _projection_hooks(model: Model, hook):
+    """`hook(layer)` as a forward pre-hook on every layer's attention output projection, for one block."""
+    return hooked([(out_projection(model, layer), hook(layer)) for layer in range(model.n_layers)], pre=True)
 
 
 @torch.no_grad()
@@ -93,12 +111,8 @@ def head_states(model: Model, seqs: list[list[int]], batch_size: int = 32) -> to
                 captured[layer] = args[0][:, -1].to(model.device, copy=True)
             return save
 
-        handles = _projection_hooks(model, hook)
-        try:
+        with _projection_hooks(model, hook):
             model.base(**pad_left(model, seqs[part]))
-        finally:
-            for h in handles:
-                h.remove()
         out.append(torch.stack(captured, dim=1))
     states = torch.cat(out)
     return states.view(*states.shape[:2], n_heads(model), -1)
@@ -170,12 +184,8 @@ def indirect_effects(model: Model, task, n: int = 10, protocol: Protocol = PAPER
                 x[rows, -1, head * dim:(head + 1) * dim] = mean[layer, head].to(x.device, x.dtype)
         return write
 
-    handles = _projection_hooks(model, hook)
-    try:
+    with _projection_hooks(model, hook):
         out = model.base(**batch, **{model.cache_arg: cache}, use_cache=True)
-    finally:
-        for h in handles:
-            h.remove()
     final = out.last_hidden_state[:, -1]
     answers = target.repeat_interleave(per_row).to(final.device)
     probs = torch.cat([model.unembed(final[part]).float().softmax(-1).gather(1, answers[part, None])[:, 0]
@@ -347,11 +357,8 @@ def replaced_then_added(model: Model, seqs: list[list[int]], theta: torch.Tensor
         hidden = layer_hidden(output)
         hidden[:, -1] += vector.to(hidden.device, hidden.dtype)
 
-    handle = model.layers[add_layer].register_forward_hook(add)
-    try:
+    with hooked([(model.layers[add_layer], add)]):
         final, _, _ = engine.forward(model, pad_left(model, seqs), patch={layer: (torch.arange(len(seqs)), theta)})
-    finally:
-        handle.remove()
     return engine.predict(model, final)
 
 
@@ -371,7 +378,8 @@ def several_vectors(model: Model, tasks=RESISTANT_TASKS, heads: list[tuple[int, 
 
         def row(method: str, layer: int, answers, add_layer=None) -> dict:
             return {"task": dev.task.name, "category": dev.task.category, "method": method, "layer": layer,
-                    "add_layer": add_layer, "n_test": len(test.target), "accuracy": accuracy(model, answers, test.target)}
+                    "add_layer": add_layer, "n_test": len(test.target),
+                    "accuracy": accuracy(model, answers, test.target)}
 
         pooled = dev.theta.mean(0)  # [n_layers, H], shared by every query
         for method, dev_theta, test_theta in (("task vector", dev.theta, test.theta),

@@ -16,6 +16,9 @@ from ..protocol import PAPER, Protocol
 from ..models import Model
 from ..tasks import TASK_NAMES
 
+__all__ = ["collect_task_vectors", "cosine_distances", "distance_table", "embed_2d", "embeddings", "geometry_scores",
+           "knn_accuracy", "nearest_tasks", "run", "TaskVectors"]
+
 
 @dataclass
 class TaskVectors:
@@ -59,7 +62,7 @@ class TaskVectors:
         return tv
 
 
-def collect_task_vectors(model: Model, tasks=TASK_NAMES, n: int = 50, protocol: Protocol = PAPER,
+def collect_task_vectors(model: Model, tasks=TASK_NAMES, n: int = PAPER.n_test, protocol: Protocol = PAPER,
                          progress: bool = True) -> TaskVectors:
     from tqdm.auto import tqdm
 
@@ -73,7 +76,7 @@ def collect_task_vectors(model: Model, tasks=TASK_NAMES, n: int = 50, protocol: 
     return TaskVectors(model.name, torch.cat(thetas), pd.DataFrame(rows))
 
 
-def _cosine_distances(x: np.ndarray) -> np.ndarray:
+def cosine_distances(x: np.ndarray) -> np.ndarray:
     unit = x / np.linalg.norm(x, axis=1, keepdims=True)
     return np.clip(1 - unit @ unit.T, 0, 2)
 
@@ -111,7 +114,7 @@ def geometry_scores(tv: TaskVectors, layers=None, k: int = 5) -> pd.DataFrame:
     for layer in range(tv.theta.shape[1]) if layers is None else layers:
         x = tv.at(layer)
         rows.append({"model": tv.model, "layer": layer, "knn_accuracy": knn_accuracy(x, labels, k),
-                     "silhouette": float(silhouette_score(_cosine_distances(x), labels, metric="precomputed"))})
+                     "silhouette": float(silhouette_score(cosine_distances(x), labels, metric="precomputed"))})
     return pd.DataFrame(rows)
 
 
@@ -119,7 +122,7 @@ def knn_accuracy(x: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
     """Leave-one-out task identification: each vector's task guessed by a vote of its k nearest *other*
     vectors (cosine distance; the most common label, the nearest one's on a tie)."""
     labels = np.asarray(labels)
-    dist = _cosine_distances(np.asarray(x, dtype=np.float64))
+    dist = cosine_distances(np.asarray(x, dtype=np.float64))
     np.fill_diagonal(dist, np.inf)
     votes = labels[np.argsort(dist, axis=1, kind="stable")[:, :k]]
     predicted = [pd.Series(v).mode().iloc[0] if (v == v[0]).sum() < k else v[0] for v in votes]
@@ -128,7 +131,7 @@ def knn_accuracy(x: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
 
 def distance_table(tv: TaskVectors, layer: int) -> pd.DataFrame:
     """Every pairwise cosine distance, marked within-task or between-task (the paper's appendix histograms)."""
-    dist = _cosine_distances(tv.at(layer))
+    dist = cosine_distances(tv.at(layer))
     i, j = np.triu_indices(len(dist), k=1)
     labels = tv.meta["task"].to_numpy()
     return pd.DataFrame({"distance": dist[i, j], "pair": np.where(labels[i] == labels[j], "within task",
@@ -140,14 +143,14 @@ def nearest_tasks(tv: TaskVectors, layer: int, top: int = 10) -> pd.DataFrame:
     names = list(dict.fromkeys(tv.meta["task"]))
     x = tv.at(layer)
     centroids = np.stack([x[(tv.meta["task"] == t).to_numpy()].mean(0) for t in names])
-    dist = _cosine_distances(centroids)
+    dist = cosine_distances(centroids)
     i, j = np.triu_indices(len(names), k=1)
     df = pd.DataFrame({"task_a": np.array(names)[i], "task_b": np.array(names)[j], "distance": dist[i, j]})
     return df.sort_values("distance").head(top).reset_index(drop=True)
 
 
-def run(model: Model, tasks=TASK_NAMES, n: int = 50, layer: int | None = None, out_dir: str | Path | None = None,
-        figures: bool = True) -> dict:
+def run(model: Model, tasks=TASK_NAMES, n: int = PAPER.n_test, layer: int | None = None,
+        out_dir: str | Path | None = None, figures: bool = True) -> dict:
     """θ of n test episodes per task; embeddings and the stored vectors at L-4, L, L+4 (L: `layer`, else the
     best mean dev layer), scores at every layer, nearest tasks and distances at L. Writes
     geometry_<model>_{embeddings,scores,nearest,distances}.csv, _theta.safetensors (+ .csv) and, with

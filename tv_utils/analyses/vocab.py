@@ -15,6 +15,8 @@ from ..protocol import PAPER, Protocol
 from ..models import Model
 from ..tasks import TASK_NAMES
 
+__all__ = ["answer_rank", "project", "run", "top_tokens", "vocabulary_projection"]
+
 
 def _is_word(token: str) -> bool:
     t = token.strip()
