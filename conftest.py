@@ -1,12 +1,19 @@
 """Notebook cells (nbval) must not write to stderr: a warning there shows as a pink block to every student.
-Functions kept by passed exercise checks go to a fresh folder, so no test reads a developer's own."""
+Functions kept by passed exercise checks go to a fresh folder, so no test reads a developer's own; each test
+function gets its own, so one that passes a check cannot turn a notebook's "the kit's" into "yours"."""
 
 import os
 import tempfile
 
 import pytest
 
-os.environ["TV_UTILS_MINE"] = tempfile.mkdtemp(prefix="tv_utils_mine_")  # kernels and subprocesses inherit it
+os.environ["TV_UTILS_MINE"] = tempfile.mkdtemp(prefix="tv_utils_mine_")  # nbval's kernels inherit it: stays empty
+
+
+@pytest.fixture(autouse=True)
+def _own_mine(tmp_path, monkeypatch):
+    """A test function's own folder for kept functions (its kernels and subprocesses inherit it)."""
+    monkeypatch.setenv("TV_UTILS_MINE", str(tmp_path / "mine"))
 
 
 @pytest.hookimpl(wrapper=True)

@@ -74,12 +74,20 @@ def _solution(code: str, name: str):
 
 
 @pytest.mark.parametrize("notebook, number, checker, name, code", EXERCISES, ids=[e[1] for e in EXERCISES])
-def test_notebook_solution_passes_its_checker(capsys, tiny_llama, notebook, number, checker, name, code):
+def test_notebook_solution_passes_its_checker(capsys, monkeypatch, tiny_llama, notebook, number, checker, name,
+                                              code):
     check = getattr(ex, checker)
     needs_model = "model" in inspect.signature(check).parameters
     args = (tiny_llama,) if needs_model else ()
     assert check(_solution(code, name), *args) is True, capsys.readouterr().out
     assert capsys.readouterr().out.startswith("✅ Correct:")
+    if name in ex.KIT:  # a step later cells run: kept, and its source alone (as a later notebook loads it) passes
+        path = ex.kept_dir() / f"{name}.py"
+        monkeypatch.setattr(ex, "_PASSED", {})  # a fresh kernel: nothing passed here, only the kept files
+        loaded = ex.kept(name)
+        assert loaded.__code__.co_filename == str(path), capsys.readouterr().out  # not the kit's fallback
+        assert check(loaded, *args) is True, capsys.readouterr().out
+        capsys.readouterr()
     for unattempted in (stub, returns_none):
         assert check(unattempted, *args) is False
         assert capsys.readouterr().out.strip() == ex.NOT_ATTEMPTED

@@ -13,6 +13,7 @@ import inspect
 import os
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -25,9 +26,9 @@ __all__ = ["add_function_vector", "answer_rank", "build_function_vector", "check
            "check_project_to_vocab", "check_rank_by_layer", "check_read_theta", "check_read_theta_layers",
            "check_silhouette", "check_sweep_own_task", "choose_layer", "conflict_accuracy", "conflict_episodes",
            "conflict_logits", "cosine_distances", "example_conflict_table", "example_per_layer", "example_vectors",
-           "follows", "head_contribution", "indirect_effect", "kept_dir", "KIT", "loo_1nn_accuracy", "make_episodes",
-           "mean_theta", "median_rank_by_layer", "NOT_ATTEMPTED", "own_theta", "patch_theta", "project_to_vocab",
-           "read_theta", "silhouette", "sweep_own_task", "tv_accuracy", "yours"]
+           "follows", "head_contribution", "indirect_effect", "kept", "kept_dir", "KIT", "loo_1nn_accuracy",
+           "make_episodes", "mean_theta", "median_rank_by_layer", "NOT_ATTEMPTED", "own_theta", "patch_theta",
+           "project_to_vocab", "read_theta", "silhouette", "sweep_own_task", "tv_accuracy", "yours"]
 
 NOT_ATTEMPTED = "⏳ Not attempted yet: fill in the exercise above (hint above, solution below)"
 
@@ -156,10 +157,13 @@ def _workbench() -> dict:
 
 
 def yours(name: str):
-    """Your `name`: this kernel's once its check passed, else the one an earlier notebook kept; None if neither.
-    A kept function runs beside the others you kept, and the kit's versions of the rest."""
-    if name in _PASSED:
-        return _PASSED[name]
+    """Your `name`: this kernel's once its check passed, else the one an earlier notebook kept; None if neither."""
+    return _PASSED.get(name) or kept(name)
+
+
+def kept(name: str):
+    """Your `name` as an earlier notebook kept it (None if none), run beside the others you kept, the kit's
+    versions of the rest, and `fns` (a notebook's `course.functions`) holding all of them."""
     folder = kept_dir()
     if not (folder / f"{name}.py").is_file():
         return None
@@ -171,6 +175,7 @@ def yours(name: str):
             except Exception as e:  # noqa: BLE001 - a broken kept file falls back to the kit
                 print(f"⚠️ could not load your {path.stem} from {path} ({type(e).__name__}: {e}); using the kit's")
                 namespace[path.stem] = KIT[path.stem]
+    namespace["fns"] = SimpleNamespace(**{n: namespace[n] for n in KIT})  # what the notebooks call `fns`
     return namespace[name]
 
 
