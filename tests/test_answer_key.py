@@ -1,5 +1,6 @@
-"""The instructor's kit: the course map in the README is the one the notebooks give, a malformed exercise (no
-stronger hint, a hint that gives the code away) is refused, and the answer key runs every solution in context."""
+"""The instructor's kit: the course map in the README is the one the notebooks give, and a malformed exercise (no
+stronger hint, a hint that gives the code away) is refused. The answer key itself runs every solution in
+context on the installed kit: tests/test_installed_course.py."""
 
 import re
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 from tv_utils import answer_key
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.tiny  # but the answer key itself, which runs every notebook
+pytestmark = pytest.mark.tiny
 
 
 def test_readme_course_map_is_the_generated_one():
@@ -43,23 +44,3 @@ def test_malformed_exercises_are_refused(tmp_path, edit, why):
     path = _one_exercise_notebook(tmp_path, edit)
     with pytest.raises(ValueError, match=re.escape(why)):
         answer_key.exercises(path)
-
-
-@pytest.mark.notebooks
-@pytest.mark.model
-def test_answer_key_runs_every_solution_in_its_notebook(tmp_path):
-    """All eight notebooks, solutions filled in, run top to bottom: every check cell says Correct (on the
-    notebook's own model and data, not the tests' tiny one)."""
-    written = answer_key.answer_key(tmp_path / "key")
-    assert [p.name for p in written] == [p.name for p in answer_key.notebook_paths()]
-    for path in written:
-        nb = nbformat.read(path, as_version=4)
-        for exercise in answer_key.exercises(ROOT / "notebooks" / path.name):
-            assert nb.cells[exercise.cell].source == exercise.solution
-            printed = "".join(o.get("text", "") for o in nb.cells[exercise.cell + 1].outputs)
-            assert printed.startswith("✅ Correct:"), (path.name, exercise.number, printed)
-    # notebook 3's pipeline from the solutions alone (notebook 2's functions kept, 3's own): the stored row
-    nb = nbformat.read(tmp_path / "key" / "03_layer_sweep.ipynb", as_version=4)
-    printed = next("".join(o.get("text", "") for o in c.outputs) for c in nb.cells if "fns.choose_layer(" in c.source)
-    assert all(f"{step}: yours" in printed for step in ("read_theta", "mean_theta", "patch_theta", "choose_layer"))
-    assert printed.rstrip().endswith("the same row"), printed

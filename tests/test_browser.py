@@ -16,6 +16,7 @@ pytest process dies, however it dies (Linux's parent-death signal), and its kern
 test_killed_pytest_leaves_no_lab checks that with a SIGKILLed pytest.
 """
 
+import difflib
 import json
 import os
 import re
@@ -30,6 +31,7 @@ import urllib.request
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+import nbformat
 import pytest
 from playwright.sync_api import expect
 
@@ -42,6 +44,7 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-
                   "--disable-component-update", "--disable-sync", "--disable-quic"]
 WIDGET_ERRORS = ("Error displaying widget", "Model not found")
 CELL_TIMEOUT_MS = 600_000  # a whole notebook; generous, as a loaded 2-core machine can be 3x slower
+CHECKED = "# NBVAL_CHECK_OUTPUT"  # marks a cell whose printed text must reproduce the committed one
 LIVE_LIMIT_MS = 1000  # a live widget's update, from the control change to the new output
 HOLD = "TV_BROWSER_HOLD_LAB"  # set by test_killed_pytest_leaves_no_lab for the pytest it kills
 LATENCY: dict = {}  # this run's measurements, printed as a table at the end of the module
@@ -87,7 +90,7 @@ def lab(tmp_path_factory):
                 time.sleep(1)
         else:
             raise RuntimeError("jupyter lab did not answer in 120 s")
-        yield base, token
+        yield base, token, root / "notebooks"
     finally:
         _stop(proc)
         log.close()
@@ -139,9 +142,10 @@ def browser():
 
 @contextmanager
 def _run_all(browser, lab, name: str):
-    """Open notebook `name` in JupyterLab, run all cells and wait until every one has finished; afterwards
-    close the page and shut its kernel down, so the next notebook does not compete with it."""
-    base, token = lab
+    """Open notebook `name` in JupyterLab, run all cells and wait until every one has finished, then save it and
+    check its checked cells' text against the committed notebook; afterwards close the page and shut its kernel
+    down, so the next notebook does not compete with it."""
+    base, token, folder = lab
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     try:
         # a workspace of its own, so JupyterLab does not reopen the tabs of the previous test
@@ -164,11 +168,39 @@ def _run_all(browser, lab, name: str):
             """() => { const p = [...document.querySelectorAll('.jp-InputPrompt')].map(e => e.textContent);
                        return p.length > 0 && p.every(t => !t.includes('*')) && p.some(t => /\\d/.test(t)); }""",
             timeout=CELL_TIMEOUT_MS)
+        _save(page)
+        _assert_checked_outputs(folder / f"{name}.ipynb", ROOT / "notebooks" / f"{name}.ipynb")
         yield page
     finally:
         page.close()
         with suppress(OSError):  # a server that died is reported by the test; the fixture kills what is left
             _shutdown_kernels(base, token)
+
+
+def _save(page):
+    """Save the notebook (Ctrl+S, as JupyterLab's autosave would) and wait until it is saved."""
+    page.click(".jp-NotebookPanel .jp-Cell >> nth=0")
+    page.keyboard.press("Escape")
+    page.keyboard.press("Control+s")
+    page.wait_for_function("() => !document.querySelector('.jp-mod-dirty')", timeout=60_000)
+
+
+def _stdout(cell) -> str:
+    return "".join(o.get("text", "") for o in cell.get("outputs", [])
+                   if o.get("output_type") == "stream" and o.get("name") == "stdout")
+
+
+def _assert_checked_outputs(ran: Path, committed: Path):
+    """Cells marked CHECKED (accuracy tables, top tokens, the exercises' pipelines) printed, in this run, exactly
+    the text committed with them; other outputs (widget ids, timings, plot JSON) legitimately vary."""
+    fresh = {c.get("id"): c for c in nbformat.read(ran, as_version=4).cells}
+    checked = [c for c in nbformat.read(committed, as_version=4).cells
+               if c.cell_type == "code" and CHECKED in c.source]
+    assert checked, f"{committed.name}: no cell marked {CHECKED}"
+    diffs = ["\n".join(difflib.unified_diff(_stdout(c).splitlines(), _stdout(fresh[c.id]).splitlines(),
+                                            f"committed, cell {c.id}", "this run", lineterm=""))
+             for c in checked if _stdout(c) != _stdout(fresh[c.id])]
+    assert not diffs, f"{committed.name}: {len(diffs)} checked cells printed other text:\n" + "\n".join(diffs)[:6000]
 
 
 def _shutdown_kernels(base: str, token: str):
@@ -284,10 +316,7 @@ def _reloaded(page, name: str, marker: str, title: str):
     """Save (as JupyterLab's autosave would), then reload the page while the kernel runs: the explorer is drawn
     again from the kernel's widget state, its figure with its traces and the title of the state it was left in
     (not empty axes)."""
-    page.click(".jp-NotebookPanel .jp-Cell >> nth=0")
-    page.keyboard.press("Escape")
-    page.keyboard.press("Control+s")
-    page.wait_for_function("() => !document.querySelector('.jp-mod-dirty')", timeout=60_000)
+    _save(page)
     page.reload(timeout=120_000)
     page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=120_000)
     box = _widget(page, name, marker)
@@ -505,7 +534,7 @@ def test_lab_held_for_the_kill_test(request):
     be killed."""
     if not os.environ.get(HOLD):
         pytest.skip(f"runs only in the pytest that test_killed_pytest_leaves_no_lab kills ({HOLD} set)")
-    base, token = request.getfixturevalue("lab")
+    base, token, _ = request.getfixturevalue("lab")
     request_ = urllib.request.Request(f"{base}/api/kernels?token={token}", data=b'{"name": "python3"}',
                                       method="POST", headers={"Content-Type": "application/json"})
     kernel = json.load(urllib.request.urlopen(request_, timeout=120))

@@ -90,6 +90,8 @@ def assert_refused(proc, seconds: float, status: int, message: str, workdir: Pat
     (["reproduce", "--device", "gpu"], 2, "unknown device 'gpu'; valid devices: cpu, cuda, cuda:N, mps"),
     pytest.param(["reproduce", "--device", "cuda"], 2, "device 'cuda' is not available here; available: cpu",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
+    (["course", "--solutions", "key", "--kernel", "no-such-kernel"], 2, "argument --kernel: no Jupyter kernel named "
+                                                                        "'no-such-kernel' (installed: "),
     (["install-model", "llama-9000"], 1, "error: unknown embedded model 'llama-9000'; embedded models: gemma3-270m"),
 ])
 def test_bad_input_is_refused_in_one_line_before_loading(tmp_path, args, status, message):
@@ -208,6 +210,15 @@ def test_task_of_objects_with_several_answers_runs_end_to_end(tmp_path, tiny_lla
     assert results[["task", "category", "n_pairs"]].values.tolist() == expected
     episodes = pd.read_csv(tmp_path / "results" / f"{stem}_episodes.csv.gz")
     assert len(episodes[(episodes.task == "colours") & (episodes.split == "test")]) == 3 * 4  # 3 methods
+
+
+def test_bench_reads_the_reproduce_childs_run_record(tiny_llama_folder):
+    """bench times `reproduce` from the JSON record the child writes (--run-record), not from its printed text."""
+    from tv_utils.bench import bench_reproduce
+
+    row, results = bench_reproduce(str(tiny_llama_folder), ["next_letter"])
+    assert row["tasks"] == 1 and results.task.tolist() == ["next_letter"]
+    assert 0 < row["seconds_excluding_load"] < row["wall_with_load"] and 0.1 < row["peak_rss_gb"] < 20
 
 
 @pytest.mark.parametrize("args, outputs", [

@@ -1,8 +1,10 @@
-"""The course on a hosted notebook service: the eight notebooks run in a fresh virtual environment whose kit is
-installed from a built wheel by the notebooks' own first cell (scripts/install_cell.py), with no checkout on
-the path. About 3 minutes on 2 CPU cores (179 s); the timings go to test-output/installed_course.json."""
+"""The course on a hosted notebook service, and the instructor's answer key, in one run: the eight notebooks with
+their solutions filled in (`python -m tv_utils course --solutions DIR --kernel NAME`) run in a fresh virtual
+environment whose kit is installed from a built wheel by the notebooks' own first cell (scripts/install_cell.py),
+with no checkout on the path. Every check must say Correct, and notebook 3's pipeline built from the solutions
+alone must give the committed row. About 5 minutes on 2 CPU cores (293 s); the timings go to
+test-output/installed_course.json. (The committed notebooks, stubs and all, run in tests/test_browser.py.)"""
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -12,7 +14,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
+
+from tv_utils import answer_key
 
 pytestmark = pytest.mark.notebooks
 
@@ -58,20 +61,12 @@ def _fresh_venv(tmp_path: Path) -> Path:
     return python
 
 
-def _install_cell_tool():
-    spec = importlib.util.spec_from_file_location("add_install_cell", ROOT / "scripts" / "add_install_cell.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _text(cell) -> str:
     return "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream" and o.name == "stdout")
 
 
-@pytest.mark.notebooks
 @pytest.mark.model
-def test_the_course_runs_on_the_kit_installed_from_its_wheel_by_the_first_cell(tmp_path, monkeypatch):
+def test_the_answer_key_runs_on_the_kit_installed_from_its_wheel_by_the_first_cell(tmp_path, monkeypatch):
     started = time.monotonic()
     wheel = _build_wheel(tmp_path)
     version = wheel.name.split("-")[1]
@@ -79,7 +74,7 @@ def test_the_course_runs_on_the_kit_installed_from_its_wheel_by_the_first_cell(t
     work = tmp_path / "course"  # the uploaded course: notebooks and the wheel side by side, no checkout
     work.mkdir()
     shutil.copy(wheel, work / wheel.name)
-    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+    for path in answer_key.notebook_paths():
         shutil.copy(path, work / path.name)
 
     for name in ("PYTHONPATH", "TV_UTILS_SOURCE", "VIRTUAL_ENV"):
@@ -101,22 +96,27 @@ def test_the_course_runs_on_the_kit_installed_from_its_wheel_by_the_first_cell(t
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     setup_s = time.monotonic() - started
 
-    # Until scripts/add_install_cell.py has been run on the committed notebooks, their first code cell is the
-    # set-up (imports tv_utils): the copy then gets the install cell here. Once it has, the copies run as they are.
-    tool, inserted, timings, printed = _install_cell_tool(), [], {}, {}
-    for path in sorted(work.glob("*.ipynb")):
+    key = tmp_path / "key"
+    command = [sys.executable, "-m", "tv_utils", "course", "--solutions", str(key), "--notebooks", str(work),
+               "--kernel", KERNEL]
+    run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0, f"{' '.join(command)} failed:\n{run.stdout[-3000:]}\n{run.stderr[-5000:]}"
+    assert run.stdout.strip().endswith(f"every check correct, written to {key}"), run.stdout
+
+    tool = (ROOT / "scripts" / "install_cell.py").read_text(encoding="utf-8").rstrip("\n")
+    printed = {}
+    for path in sorted(key.glob("*.ipynb")):
         nb = nbformat.read(path, as_version=4)
-        if tool.with_install_cell(nb, path.name[:2]):
-            inserted.append(path.name)
-        t0 = time.monotonic()
-        NotebookClient(nb, kernel_name=KERNEL, timeout=900, resources={"metadata": {"path": str(work)}}).execute()
-        timings[path.stem] = round(time.monotonic() - t0, 1)
         code = [c for c in nb.cells if c.cell_type == "code"]
-        assert code[0].source == tool.CELL
+        assert code[0].source == tool, f"{path.name}: the first code cell is not scripts/install_cell.py"
         printed[path.stem] = _text(code[0]).splitlines()
         stderr = {i: o.text for i, c in enumerate(code) for o in c.outputs
                   if o.output_type == "stream" and o.name == "stderr" and o.text.strip()}
         assert not stderr, f"{path.name}: code cells wrote to stderr: {stderr}"
+        for exercise in answer_key.exercises(work / path.name):  # the command checked these; the file shows them
+            assert nb.cells[exercise.cell].source == exercise.solution
+            assert _text(nb.cells[exercise.cell + 1]).startswith("✅ Correct:"), (path.name, exercise.number)
+    assert list(printed) == [p.stem for p in answer_key.notebook_paths()]
 
     site_packages = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                    capture_output=True, text=True, check=True).stdout.strip()
@@ -126,8 +126,14 @@ def test_the_course_runs_on_the_kit_installed_from_its_wheel_by_the_first_cell(t
                      f"Successfully installed tv-utils-{version}", where], first
     assert all(lines == [where] for lines in rest), printed  # installed once, by the first notebook
 
+    # notebook 3's pipeline from the solutions alone (notebook 2's functions kept, 3's own): the stored row
+    nb = nbformat.read(key / "03_layer_sweep.ipynb", as_version=4)
+    pipeline = next(_text(c) for c in nb.cells if "fns.choose_layer(" in c.source)
+    assert all(f"{step}: yours" in pipeline for step in ("read_theta", "mean_theta", "patch_theta", "choose_layer"))
+    assert pipeline.rstrip().endswith("the same row"), pipeline
+
     out = ROOT / "test-output"
     out.mkdir(exist_ok=True)
     (out / "installed_course.json").write_text(json.dumps({
-        "setup_s": round(setup_s, 1), "notebooks_s": timings, "total_s": round(time.monotonic() - started, 1),
-        "install_cell_inserted_by_the_test": inserted, "first_cell_printed": printed}, indent=1) + "\n")
+        "setup_s": round(setup_s, 1), "answer_key_s": round(time.monotonic() - started - setup_s, 1),
+        "total_s": round(time.monotonic() - started, 1), "first_cell_printed": printed}, indent=1) + "\n")

@@ -74,9 +74,25 @@ def _task_dir(path: str):
 
 def _code_folder(path: str) -> Path:
     """argparse type: a folder holding a tv_utils package (a checkout of another commit)."""
-    if not (Path(path) / "tv_utils" / "__main__.py").is_file():
+    main = Path(path) / "tv_utils" / "__main__.py"
+    if not main.is_file():
         raise argparse.ArgumentTypeError(f"{path!r} holds no tv_utils package (no tv_utils/__main__.py there)")
+    if "--run-record" not in main.read_text(encoding="utf-8"):
+        raise argparse.ArgumentTypeError(f"{path!r} holds a tv_utils older than `reproduce --run-record`, which the "
+                                         "bench reads: check out a later commit")
     return Path(path)
+
+
+def _kernel(name: str) -> str:
+    """argparse type: the name of an installed Jupyter kernel."""
+    try:
+        from jupyter_client.kernelspec import KernelSpecManager
+    except ImportError as e:
+        raise argparse.ArgumentTypeError("--kernel needs Jupyter: pip install 'tv_utils[dev]'") from e
+    names = sorted(KernelSpecManager().find_kernel_specs())
+    if name not in names:
+        raise argparse.ArgumentTypeError(f"no Jupyter kernel named {name!r} (installed: {', '.join(names)})")
+    return name
 
 
 def _task_pair(text: str) -> tuple[str, str]:
@@ -97,14 +113,18 @@ def _peak_rss_gb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def _peak_memory(model) -> str:
-    """Peak RSS, and on a GPU also the peak GPU memory that PyTorch allocated."""
+def _peak_memory(model) -> dict:
+    """Peak RSS, and on a GPU also the peak GPU memory that PyTorch allocated, in GB."""
     import torch
 
-    text = f"peak RSS {_peak_rss_gb():.2f} GB"
+    peak = {"peak_rss_gb": round(_peak_rss_gb(), 3)}
     if model.device.type == "cuda":
-        text += f"; peak GPU memory {torch.cuda.max_memory_allocated(model.device) / 2**30:.2f} GB"
-    return text
+        peak["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated(model.device) / 2**30, 3)
+    return peak
+
+
+def _memory_text(peak: dict) -> str:
+    return "; ".join(f"peak {'RSS' if k == 'peak_rss_gb' else 'GPU memory'} {v:.2f} GB" for k, v in peak.items())
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -248,7 +268,7 @@ def cmd_reproduce(args) -> None:
     from .experiments import reference_diff, reproduce, summarize
     from .models import load_remote
     from .protocol import INTERVALS, WIDE_TIE, Protocol
-    from .store import FIGURES, precomputed, results_folder, results_stem, suffixed
+    from .store import FIGURES, precomputed, results_folder, results_stem, save_json, suffixed
 
     model = load_remote(args.model) if args.remote is True else _load(args)
     protocol = Protocol(k=args.k, n_dev=args.n_dev, n_test=args.n_test, seed=args.seed)
@@ -270,8 +290,12 @@ def cmd_reproduce(args) -> None:
         print(seeds[seeds.task.str.startswith("mean")][["task", "baseline", "baseline_sd", "icl", "icl_sd", "tv",
                                                         "tv_sd"]]
               .to_string(index=False, float_format="%.3f"))
+    peak = _peak_memory(model)
     print(f"\n{len(results)} tasks in {results.attrs['seconds']:.1f} s (model load excluded); "
-          f"{_peak_memory(model)}; results and figures in {results_folder(args.out)}/")
+          f"{_memory_text(peak)}; results and figures in {results_folder(args.out)}/")
+    if args.run_record:  # time and memory vary run to run: kept out of the results JSON, whose bytes repeat
+        save_json({"tasks": len(results), "seconds_excluding_load": round(results.attrs["seconds"], 3), **peak,
+                   "device": str(model.device), "dtype": str(model.dtype).removeprefix("torch.")}, args.run_record)
     stem = results_stem("reproduce", model.name, FIGURES)
     reference = suffixed(stem, "_results.csv")
     if reference.exists() and results_folder(args.out).resolve() != FIGURES.resolve():
@@ -395,7 +419,7 @@ def cmd_course(args) -> None:
     if args.solutions is None:
         print(answer_key.course_map(args.notebooks))
         return
-    paths = answer_key.answer_key(args.solutions, args.notebooks, args.only)
+    paths = answer_key.answer_key(args.solutions, args.notebooks, args.only, kernel=args.kernel)
     print(f"answer key: {len(paths)} notebooks with their solutions filled in, run top to bottom, every check "
           f"correct, written to {Path(args.solutions)}")
 
@@ -421,6 +445,8 @@ def main(argv=None) -> None:
                    help="run through nnsight traces on NDIF (needs NDIF_API_KEY and --model with a model id that "
                         "NDIF hosts); '--remote local' runs nnsight's offline simulation of remote execution on a "
                         "local model")
+    p.add_argument("--run-record", default=None, metavar="PATH",
+                   help="also write this run's time and peak memory as JSON to PATH (what `bench` reads)")
     p.set_defaults(func=cmd_reproduce)
 
     def analysis_parser(name: str, help: str, tasks=TASK_NAMES):
@@ -511,6 +537,9 @@ def main(argv=None) -> None:
                    help="write the notebooks with every exercise solved to DIR, run them, and check every exercise")
     p.add_argument("--notebooks", metavar="DIR", default=None, help="the course's notebooks (default: the checkout's)")
     p.add_argument("--only", nargs="+", metavar="NN", default=None, help="only these notebooks, e.g. 02 03")
+    p.add_argument("--kernel", type=_kernel, metavar="NAME", default=None,
+                   help="the Jupyter kernel to run the answer key in, e.g. a hosted service's environment "
+                        "(default: the notebooks' own; `jupyter kernelspec list` names them)")
     p.set_defaults(func=cmd_course)
 
     args = parser.parse_args(argv)

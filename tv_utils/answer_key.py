@@ -118,10 +118,12 @@ def with_solutions(path: str | Path):
     return nb
 
 
-def answer_key(out_dir: str | Path, folder: str | Path | None = None, only=None, timeout: int = 600) -> list[Path]:
+def answer_key(out_dir: str | Path, folder: str | Path | None = None, only=None, timeout: int = 600,
+               kernel: str | None = None) -> list[Path]:
     """Write each notebook with its solutions filled in to `out_dir`, executed top to bottom (kernel started
     in the notebooks' folder); ValueError naming every check that did not print "Correct". The solutions that
-    pass are kept in a folder of this run (not yours), so later notebooks run the key's own pipeline."""
+    pass are kept in a folder of this run (not yours), so later notebooks run the key's own pipeline.
+    kernel: a Jupyter kernel's name, e.g. one for a hosted service's environment (default: the notebooks' own)."""
     import os
     import tempfile
 
@@ -138,7 +140,8 @@ def answer_key(out_dir: str | Path, folder: str | Path | None = None, only=None,
     try:
         for path in tqdm(paths, desc="answer key", unit="notebook"):
             nb = with_solutions(path)
-            NotebookClient(nb, timeout=timeout, resources={"metadata": {"path": str(path.parent)}}).execute()
+            NotebookClient(nb, timeout=timeout, resources={"metadata": {"path": str(path.parent)}},
+                           **({"kernel_name": kernel} if kernel else {})).execute()
             for exercise in exercises(path):
                 printed = "".join(o.get("text", "") for o in nb.cells[exercise.cell + 1].get("outputs", []))
                 if not printed.startswith(CORRECT):

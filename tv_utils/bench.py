@@ -188,21 +188,20 @@ def bench_reproduce(model_name: str | None, tasks=TASK_NAMES, dtype: str | None 
     default: whichever tv_utils the child imports."""
     run_from = {"cwd": code, "env": {**os.environ, "PYTHONPATH": str(code)}} if code else {}
     with tempfile.TemporaryDirectory() as out:
-        cmd = reproduce_command(out, model_name, tasks, dtype, device)
+        record = Path(out) / "run.json"
+        cmd = reproduce_command(out, model_name, tasks, dtype, device) + ["--run-record", str(record)]
         start = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=True, **run_from)
+        subprocess.run(cmd, capture_output=True, text=True, check=True, **run_from)
         wall = time.perf_counter() - start
         path = next(Path(out).glob("reproduce_*_results.csv"))
         results = pd.read_csv(path)
         per_layer = path.with_name(path.name.replace("_results.csv", "_per_layer.csv"))
         tables = hashlib.sha256(path.read_bytes() + per_layer.read_bytes()).hexdigest()
-    line = next(l for l in proc.stdout.splitlines() if " tasks in " in l)  # the child's own report
-    row = {"dtype": dtype or "default", "tasks": len(tasks),
-           "seconds_excluding_load": float(line.split(" tasks in ")[1].split(" s")[0]),
-           "wall_with_load": wall, "peak_rss_gb": float(line.split("peak RSS ")[1].split(" GB")[0]),
-           "tables_sha256": tables[:12]}
-    if "peak GPU memory " in line:
-        row["peak_gpu_gb"] = float(line.split("peak GPU memory ")[1].split(" GB")[0])
+        child = json.loads(record.read_text())  # the child's own time (load excluded) and peak memory
+    row = {"dtype": dtype or "default", "tasks": len(tasks), "seconds_excluding_load": child["seconds_excluding_load"],
+           "wall_with_load": wall, "peak_rss_gb": child["peak_rss_gb"], "tables_sha256": tables[:12]}
+    if "peak_gpu_gb" in child:
+        row["peak_gpu_gb"] = child["peak_gpu_gb"]
     return row, results
 
 
