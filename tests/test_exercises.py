@@ -298,20 +298,6 @@ def ranks_by_layer(model, theta, answer_ids):
                         for layer in range(theta.shape[1])])
 
 
-@pytest.mark.parametrize("checker, wrong, why", [
-    (ex.check_answer_rank, one_based_rank, "start at 1"),
-    (ex.check_answer_rank, rank_counting_ties, "ties with other tokens"),
-    (ex.check_answer_rank, rank_from_the_bottom, "less likely than the answer"),
-    (ex.check_answer_rank, rank_without_norm, "without the final norm"),
-    (ex.check_rank_by_layer, mean_rank_by_layer, "mean rank"),
-    (ex.check_rank_by_layer, ranks_by_layer, "one median per layer"),
-], ids=lambda v: getattr(v, "__name__", ""))
-def test_vocab_checkers_explain_common_mistakes(capsys, gemma, checker, wrong, why):
-    """On the real model, whose float32 log-probabilities hold ties (so the tie rule is tested)."""
-    ok, out = _verdict(capsys, checker, wrong, gemma)
-    assert not ok and out.startswith("❌ Not quite:") and why in out, out
-
-
 def test_vocab_steps_build_on_each_other(capsys, tiny_llama):
     """6.2 calls project_to_vocab and 6.3 answer_rank: a stub there is named by the checker."""
     for name, step, checker in (("answer_rank", "project_to_vocab", ex.check_answer_rank),
@@ -529,9 +515,16 @@ def sweep_into_icl_prompts(model, pairs, layers, n, k, seed):
     (ex.check_own_theta, theta_of_query_prompt, "real query prompt"),
     (ex.check_sweep_own_task, sweep_into_icl_prompts, "write each query alone"),
     (ex.check_choose_layer, choose_on_test, "choose on dev"),
+    (ex.check_answer_rank, one_based_rank, "start at 1"),
+    (ex.check_answer_rank, rank_counting_ties, "ties with other tokens"),
+    (ex.check_answer_rank, rank_from_the_bottom, "less likely than the answer"),
+    (ex.check_answer_rank, rank_without_norm, "without the final norm"),
+    (ex.check_rank_by_layer, mean_rank_by_layer, "mean rank"),
+    (ex.check_rank_by_layer, ranks_by_layer, "one median per layer"),
 ], ids=lambda v: getattr(v, "__name__", ""))
 def test_model_checkers_explain_common_mistakes(capsys, gemma, checker, wrong, why):
-    """On the real model: a tiny random one answers alike whatever θ it gets, so some mistakes go unseen."""
+    """On the real model: a tiny random one answers alike whatever θ it gets, so some mistakes go unseen; its
+    float32 log-probabilities hold ties, so the answer-rank tie rule is tested."""
     ok, out = _verdict(capsys, checker, wrong, gemma)
     assert not ok and out.startswith("❌ Not quite:") and why in out, out
 

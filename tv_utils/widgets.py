@@ -214,6 +214,28 @@ class _Busy:
         show(result)
         self.say(f"{what}: {'ran in' if ran else 'shown from the earlier run, which took'} {seconds:.1f} s")
 
+    def wire(self, key, fn, what, label, show, out: w.Output, button: w.Button):
+        """Connect a widget: `button` runs the current setting (`key()`, `what()` and `label()` read the
+        controls); the opening setting is run now unless stored, so the first Run shows at once. Returns the
+        handler for the controls' changes: a setting that is ready shows at once, a new one waits for Run."""
+        def go(_=None):
+            self.run(key(), fn, what(), show, label())
+
+        def changed(_=None):
+            if self.ready(key()):
+                go()
+            else:
+                _show(out)
+                self.say(f"press Run to run {what()}")
+
+        if key() in self.stored:
+            self.say(f"press Run to see {label()} (stored run, {self.n} episodes)")
+        else:
+            _, seconds, _ = self.compute(key(), fn)
+            self.say(f"press Run to see {what()} (run when this cell ran, in {seconds:.1f} s)")
+        button.on_click(go)
+        return changed
+
 
 def icl_playground(model, task_names, n: int = 10, start: str | None = None) -> Explorer:
     """Pick a task (opening at `start` where offered, else the first) and a number of demonstrations: see one
@@ -246,22 +268,7 @@ def icl_playground(model, task_names, n: int = 10, start: str | None = None) -> 
                         f"<p>accuracy over {n} episodes: ICL <b>{r['icl_accuracy']:.2f}</b>, "
                         f"zero-shot <b>{r['zero_shot_accuracy']:.2f}</b></p>"))
 
-    def go(_=None):
-        busy.run((task.value, k.value), compute, what(), show, label())
-
-    def changed(_=None):  # a stored setting, or one run before, shows at once; a new one waits for Run
-        if busy.ready((task.value, k.value)):
-            go()
-        else:
-            _show(out)
-            busy.say(f"press Run to run {what()}")
-
-    if (task.value, k.value) in busy.stored:
-        busy.say(f"press Run to see {label()} (stored run, {n} episodes)")
-    else:
-        _, seconds, _ = busy.compute((task.value, k.value), compute)
-        busy.say(f"press Run to see {what()} (run when this cell ran, in {seconds:.1f} s)")
-    run.on_click(go)
+    changed = busy.wire(lambda: (task.value, k.value), compute, what, label, show, out, run)
     task.observe(changed, "value")
     k.observe(changed, "value")
     return Explorer([w.HBox([task, k, run]), busy.status, out])
@@ -360,28 +367,13 @@ def conflict_widget(model, n: int = 10, layer: int | None = None, start=("en_es"
                    f"the model follows <b class='tv-followed'>{html.escape(followed)}</b></p>"),
               plots.conflict_bars(table))
 
-    def go(_=None):
-        busy.run((a.value, b.value), compute, what(), show, label())
-
     def partners(_=None):
         b.options = conflict.conflict_partners(a.value)
 
-    def changed(_=None):  # a stored pair, or one run before, shows at once; a new one waits for Run
-        if busy.ready((a.value, b.value)):
-            go()
-        else:
-            _show(out)
-            busy.say(f"press Run to run {what()}")
-
-    if (a.value, b.value) in busy.stored:
-        busy.say(f"press Run to see {label()} (stored run, {n} episodes)")
-    else:
-        _, seconds, _ = busy.compute((a.value, b.value), compute)
-        busy.say(f"press Run to see {what()} (run when this cell ran, in {seconds:.1f} s)")
-    a.observe(partners, "value")
+    changed = busy.wire(lambda: (a.value, b.value), compute, what, label, show, out, run)
+    a.observe(partners, "value")  # first: A's new partners, then the pair's result
     a.observe(changed, "value")
     b.observe(changed, "value")
-    run.on_click(go)
     return Explorer([w.HBox([a, b, run]), busy.status, out])
 
 
