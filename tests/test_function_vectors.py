@@ -66,6 +66,26 @@ def test_adding_zero_changes_nothing(tiny_llama):
     assert torch.equal(fv.added_sweep(tiny_llama, queries, zero), plain[:, None].expand(-1, tiny_llama.n_layers))
 
 
+def test_several_vectors_share_their_prompts_work_and_answer_as_one_at_a_time(tiny_llama, monkeypatch):
+    """added_sweeps gives each vector the answers added_sweep gives it alone (its own layers), while the prompts
+    before their last token run once for all vectors."""
+    from tv_utils import engine
+
+    queries = tiny_llama.encode(PROMPTS)
+    last = tiny_llama.n_layers - 1
+    toward = [tiny_llama.hf.lm_head.weight[t].detach() * 1e3 for t in (7, 3)]  # a token's row, scaled: it wins
+    vectors = [torch.zeros(tiny_llama.hf.config.hidden_size), *toward, torch.randn(tiny_llama.hf.config.hidden_size,
+                                                                                  generator=torch.Generator().manual_seed(0))]
+    layers = [None, [last, 1], [last], [0, 2]]
+    alone = [fv.added_sweep(tiny_llama, queries, v, ls) for v, ls in zip(vectors, layers)]
+    prefixes = []
+    monkeypatch.setattr(engine, "cached_prefix", lambda *a, f=engine.cached_prefix: prefixes.append(1) or f(*a))
+    together = fv.added_sweeps(tiny_llama, queries, vectors, layers)
+    assert len(prefixes) == 1
+    assert all(torch.equal(a, b) for a, b in zip(alone, together))
+    assert (together[1][:, 0] == 7).all() and (together[2][:, 0] == 3).all()  # each vector got its own rows
+
+
 def test_comparison_table_has_every_method(tiny_llama):
     tasks = [make_task("shift", list(zip("abcdefghijklmnop", "bcdefghijklmnopq"))),
              make_task("same", [(c, "x") for c in "abcdefghijklmnop"])]

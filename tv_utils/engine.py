@@ -26,8 +26,9 @@ from .hooks import hooked, stand_in
 from .models import Model, check_finite
 from .prompts import DEFAULT_FORMAT, PromptFormat
 
-__all__ = ["cached_prefix", "device_rows", "episode_states", "forward", "GPU_SCALE", "HEAD_ROWS", "layer_sweep",
-           "next_tokens", "predict", "run_after", "split_common_prefix", "suffix_batch", "SWEEP_ROWS", "sweep_states"]
+__all__ = ["cached_prefix", "device_rows", "episode_states", "forward", "GPU_SCALE", "HEAD_ROWS", "last_token_batch",
+           "layer_sweep", "layer_sweeps", "next_tokens", "predict", "run_after", "split_common_prefix", "suffix_batch",
+           "SWEEP_ROWS", "sweep_states"]
 
 HEAD_ROWS = 256  # rows per unembedding product: large enough to stream the head's weights efficiently
 SWEEP_ROWS = int(os.environ.get("TV_UTILS_SWEEP_ROWS", 1024))  # queries per sweep chunk (rows per forward) on CPU
@@ -149,30 +150,47 @@ def layer_sweep(model: Model, seqs: list[list[int]], theta: torch.Tensor, layers
 
     theta is [n_prompts, n_layers, H] (each prompt its own) or [n_layers, H] (shared by all prompts).
     """
-    layers = list(range(model.n_layers)) if layers is None else [model.check_layer(l) for l in layers]
-    if theta.dim() == 2:
-        theta = theta.expand(len(seqs), -1, -1)
-    theta = theta.to(model.device, model.dtype)  # e.g. a stored library on the CPU, a model on the GPU
-    out = []
-    rows = len(seqs) * len(layers)  # each (prompt, layer) row goes through the decoder, then the head
-    with tqdm(total=2 * rows, desc=progress, unit="row", leave=False, disable=not progress) as bar:
-        for part in chunks(len(seqs), device_rows(model, SWEEP_ROWS)):
-            states = []
-            for final in sweep_states(model, seqs[part], theta[part], layers):
-                states.append(final)
-                bar.update(len(final))
-            out.append(predict(model, torch.stack(states, dim=1).flatten(0, 1), bar.update).view(-1, len(layers)))
-    return torch.cat(out)
+    return layer_sweeps(model, seqs, [theta], [layers], progress)[0]
 
 
 @torch.no_grad()
-def sweep_states(model: Model, seqs: list[list[int]], theta: torch.Tensor, layers: list[int]):
-    """For each of `layers` in turn, the final-normed last-token states [n, H] of the prompts with theta
-    [n, n_layers, H] patched at that layer. The prompts minus their last token run once (KV cache), then
-    one forward per layer."""
+def layer_sweeps(model: Model, seqs: list[list[int]], thetas: list[torch.Tensor], layers: list | None = None,
+                 progress: str | None = None) -> list[torch.Tensor]:
+    """`layer_sweep` of the same prompts for each theta in `thetas` (with its own list of layers in `layers`,
+    None for all): the prompts before their last token run once for all of them, not once per theta."""
+    layers = [None] * len(thetas) if layers is None else layers
+    layers = [list(range(model.n_layers)) if ls is None else [model.check_layer(l) for l in ls] for ls in layers]
+    thetas = [(t.expand(len(seqs), -1, -1) if t.dim() == 2 else t).to(model.device, model.dtype)  # e.g. a stored
+              for t in thetas]  # library on the CPU, a model on the GPU
+    out: list[list[torch.Tensor]] = [[] for _ in thetas]
+    rows = len(seqs) * sum(map(len, layers))  # each (prompt, layer) row goes through the decoder, then the head
+    with tqdm(total=2 * rows, desc=progress, unit="row", leave=False, disable=not progress) as bar:
+        for part in chunks(len(seqs), device_rows(model, SWEEP_ROWS)):
+            prefix = last_token_batch(model, seqs[part])
+            for theta, theta_layers, answers in zip(thetas, layers, out):
+                states = []
+                for final in sweep_states(model, seqs[part], theta[part], theta_layers, prefix):
+                    states.append(final)
+                    bar.update(len(final))
+                answers.append(predict(model, torch.stack(states, dim=1).flatten(0, 1), bar.update)
+                               .view(-1, len(theta_layers)))
+    return [torch.cat(answers) for answers in out]
+
+
+def last_token_batch(model: Model, seqs: list[list[int]]):
+    """The prompts minus their last token run once (KV cache, recording past states so that crop can also roll
+    back a full sliding-window layer), and the one-token batch of their last tokens that follows it."""
     prefix_mask, cache = cached_prefix(model, [s[:-1] for s in seqs])
-    cache.activate_past_recording()  # so that crop can also roll back a sliding-window layer that is full
-    batch = suffix_batch(model, prefix_mask, [[s[-1]] for s in seqs], 1)
+    cache.activate_past_recording()
+    return suffix_batch(model, prefix_mask, [[s[-1]] for s in seqs], 1), cache
+
+
+@torch.no_grad()
+def sweep_states(model: Model, seqs: list[list[int]], theta: torch.Tensor, layers: list[int], prefix=None):
+    """For each of `layers` in turn, the final-normed last-token states [n, H] of the prompts with theta
+    [n, n_layers, H] patched at that layer. The prompts minus their last token run once (KV cache; or pass
+    `prefix`, their `last_token_batch`, to share it), then one forward per layer."""
+    batch, cache = prefix or last_token_batch(model, seqs)
     for layer in layers:
         yield run_after(model, batch, cache, layer, theta[:, layer])
 
@@ -203,10 +221,12 @@ def run_after(model: Model, batch: dict, cache, layer: int, states: torch.Tensor
 
 
 @torch.no_grad()
-def next_tokens(model: Model, seqs: list[list[int]], batch_size: int = PREDICT_ROWS) -> torch.Tensor:
-    """Unpatched greedy next token per prompt (zero-shot baseline, or ICL without prefix sharing)."""
-    preds = []
+def next_tokens(model: Model, seqs: list[list[int]], batch_size: int = PREDICT_ROWS, states: bool = False):
+    """Unpatched greedy next token per prompt (zero-shot baseline, or ICL without prefix sharing); with `states`,
+    also every layer's last-token state [n, L, H] from the same pass: (tokens, states)."""
+    preds, captured = [], []
     for part in chunks(len(seqs), device_rows(model, batch_size)):
-        final, _, _ = forward(model, pad_left(model, seqs[part]))
+        final, layer_states, _ = forward(model, pad_left(model, seqs[part]), capture=states)
         preds.append(predict(model, final))
-    return torch.cat(preds)
+        captured.append(layer_states)
+    return (torch.cat(preds), torch.cat(captured)) if states else torch.cat(preds)

@@ -27,12 +27,12 @@ from ..models import Model
 from ..prompts import DEFAULT_FORMAT, PromptFormat
 from ..tasks import TASK_NAMES, Episode, get_task
 
-__all__ = ["added_sweep", "compare_methods", "Comparison", "comparison_table", "evaluate_vector", "function_vector",
-           "head_blocks", "head_outputs", "head_patched_probs", "HEAD_PROJECTIONS", "head_states",
-           "indirect_effects", "K_CHOICES", "mapping_rank", "mean_head_states", "method_long", "METHODS", "n_heads",
-           "out_projection", "PAIRS", "post_attention_norm", "projection_path", "replaced_then_added",
-           "residual_contributions", "RESISTANT_TASKS", "run", "several_vectors", "SHUFFLED", "shuffled_labels",
-           "top_heads"]
+__all__ = ["added_sweep", "added_sweeps", "added_theta", "compare_methods", "Comparison", "comparison_table",
+           "evaluate_vectors", "function_vector", "head_blocks", "head_outputs", "head_patched_probs",
+           "HEAD_PROJECTIONS", "head_states", "indirect_effects", "K_CHOICES", "mapping_rank", "mean_head_states",
+           "method_long", "METHODS", "n_heads", "out_projection", "PAIRS", "post_attention_norm", "projection_path",
+           "replaced_then_added", "residual_contributions", "RESISTANT_TASKS", "run", "several_vectors", "SHUFFLED",
+           "shuffled_labels", "top_heads"]
 
 # The attention block's output projection, relative to a decoder layer: Llama/Qwen2/Gemma, GPT-2, GPT-J, NeoX.
 HEAD_PROJECTIONS = ("self_attn.o_proj", "attn.c_proj", "attn.out_proj", "attention.dense")
@@ -211,26 +211,36 @@ def function_vector(model: Model, mean_states: torch.Tensor, heads: list[tuple[i
 def added_sweep(model: Model, seqs: list[list[int]], vector: torch.Tensor, layers=None) -> torch.Tensor:
     """Greedy answers [n, len(layers)] with `vector` ([hidden], or [n_layers, hidden] for one per layer) added
     to each prompt's last-token state after each layer in turn."""
-    layers = list(range(model.n_layers)) if layers is None else layers
-    states = []
-    for part in chunks(len(seqs), 64):
-        _, captured, _ = engine.forward(model, pad_left(model, seqs[part]), capture=True)
-        states.append(captured)
-    theta = torch.cat(states) + vector.to(model.device, model.dtype)  # replace with (own state + vector) == add
-    return engine.layer_sweep(model, seqs, theta, layers)
+    return added_sweeps(model, seqs, [vector], [layers])[0]
 
 
-def evaluate_vector(model: Model, task, vector: torch.Tensor, protocol: Protocol = PAPER,
-                    fmt: PromptFormat = DEFAULT_FORMAT) -> dict:
-    """Zero-shot accuracy with `vector` added: the layer chosen on dev, the accuracy reported on test (with
-    each test episode's hit)."""
+@torch.no_grad()
+def added_sweeps(model: Model, seqs: list[list[int]], vectors: list[torch.Tensor], layers: list | None = None):
+    """`added_sweep` for each of `vectors` (each with its list of layers in `layers`, None for all) on the same
+    prompts: their own states and the tokens before the last run once for all vectors."""
+    _, own = engine.next_tokens(model, seqs, states=True)
+    return engine.layer_sweeps(model, seqs, [added_theta(model, own, v) for v in vectors], layers)
+
+
+def added_theta(model: Model, own: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+    """The θ that adds `vector`: replacing a prompt's state with (its own state + vector) is adding the vector."""
+    return own + vector.to(model.device, model.dtype)
+
+
+def evaluate_vectors(model: Model, task, vectors: list[torch.Tensor], protocol: Protocol = PAPER,
+                     fmt: PromptFormat = DEFAULT_FORMAT) -> list[dict]:
+    """Zero-shot accuracy with each of `vectors` added: its layer chosen on dev, its accuracy reported on test
+    (with each test episode's hit). The vectors share the task's episodes, so they share the prompts' work."""
     _, dev, dev_target = sample_split(model, task, "dev", protocol.n_dev, protocol, fmt)
     layers = list(range(model.n_layers))
-    dev_acc = accuracy(model, added_sweep(model, encode_queries(model, dev, fmt), vector), dev_target[:, None], dim=0)
-    best = best_of(layers, dev_acc)
+    dev_acc = [accuracy(model, answers, dev_target[:, None], dim=0)
+               for answers in added_sweeps(model, encode_queries(model, dev, fmt), vectors)]
+    best = [best_of(layers, acc) for acc in dev_acc]
     _, test, test_target = sample_split(model, task, "test", protocol.n_test, protocol, fmt)
-    hits = episode_hits(model, added_sweep(model, encode_queries(model, test, fmt), vector, [best])[:, 0], test_target)
-    return {"accuracy": hits.double().mean().item(), "hits": hits.cpu(), "layer": best, "dev_acc": dev_acc}
+    answers = added_sweeps(model, encode_queries(model, test, fmt), vectors, [[b] for b in best])
+    hits = [episode_hits(model, a[:, 0], test_target) for a in answers]
+    return [{"accuracy": h.double().mean().item(), "hits": h.cpu(), "layer": b, "dev_acc": acc}
+            for h, b, acc in zip(hits, best, dev_acc)]
 
 
 def mapping_rank(task) -> float:
@@ -291,7 +301,7 @@ def compare_methods(model: Model, tasks=TASK_NAMES, k: int | None = None, ks=K_C
 
     tasks = [get_task(t) if isinstance(t, str) else t for t in tasks]
     ks = sorted(set(ks) | ({k} if k else set()))
-    tv_run = run_tasks(model, tasks, protocol, fmt, progress=False)
+    tv_run = run_tasks(model, tasks, protocol, fmt)
     results, tv_curves = tv_run.results, tv_run.per_layer
     effects, head_means, task_theta = [], [], []
     for task in tqdm(tasks, desc="indirect effects and mean θ"):
@@ -302,9 +312,11 @@ def compare_methods(model: Model, tasks=TASK_NAMES, k: int | None = None, ks=K_C
         task_theta.append(engine.episode_states(model, dev, fmt, icl=False)[0].float().mean(0))  # [L, H]
     effects = pd.concat(effects, ignore_index=True)
     centre = torch.stack(task_theta).mean(0)
-    runs = {n: [evaluate_vector(model, task, function_vector(model, mean, top_heads(effects, n)), protocol, fmt)
-                for task, mean in zip(tasks, head_means)]
-            for n in tqdm(ks, desc="function vectors per head count")}
+    evaluated = [evaluate_vectors(model, task, [function_vector(model, mean, top_heads(effects, n)) for n in ks]
+                                  + [theta - centre], protocol, fmt)  # + the task vector, added
+                 for task, mean, theta in tqdm(list(zip(tasks, head_means, task_theta)),
+                                               desc="function vectors per head count, task vectors added")]
+    runs = {n: [e[i] for e in evaluated] for i, n in enumerate(ks)}
     by_k = pd.DataFrame([{"task": task.name, "category": task.category, "k": n, "n_test": len(run["hits"]),
                           "accuracy": run["accuracy"], "dev_accuracy": max(run["dev_acc"]), "layer": run["layer"]}
                          for n in ks for task, run in zip(tasks, runs[n])])
@@ -313,20 +325,20 @@ def compare_methods(model: Model, tasks=TASK_NAMES, k: int | None = None, ks=K_C
     heads = top_heads(effects, k)
     tv_test = tv_run.episodes[tv_run.episodes.split == "test"]
     rows, curves, episodes = [], [], [tv_test.drop(columns=["seed", "split"])]
-    for task, mean, fv_run, theta_mean, (_, row) in tqdm(list(zip(tasks, head_means, runs[k], task_theta,
-                                                                   results.iterrows())), desc="shuffled labels"):
+    for task, mean, fv_run, tv_add, (_, row) in tqdm(list(zip(tasks, head_means, runs[k], [e[-1] for e in evaluated],
+                                                               results.iterrows())), desc="shuffled labels"):
         vector = function_vector(model, mean, heads)
-        tv_add = evaluate_vector(model, task, theta_mean - centre, protocol, fmt)
         _, test, target = sample_split(model, task, "test", protocol.n_test, protocol, fmt)
         shuffled = model.encode([fmt.episode_icl(shuffled_labels(ep, protocol.seed)) for ep in test])
         theta, _ = engine.episode_states(model, test, fmt, icl=False)
         tv_layer = int(row["best_layer"])
+        icl, own = engine.next_tokens(model, shuffled, states=True)  # one pass, and one prefix for both vectors
+        with_tv, with_fv = engine.layer_sweeps(model, shuffled, [theta, added_theta(model, own, vector)],
+                                               [[tv_layer], [fv_run["layer"]]])
         hits = {"tv_add": (tv_add["hits"], tv_add["layer"]), "fv": (fv_run["hits"], fv_run["layer"]),
-                "icl_shuffled": (episode_hits(model, engine.next_tokens(model, shuffled), target), None),
-                "icl_shuffled_tv": (episode_hits(model, engine.layer_sweep(model, shuffled, theta, [tv_layer])[:, 0],
-                                                 target), tv_layer),
-                "icl_shuffled_fv": (episode_hits(model, added_sweep(model, shuffled, vector, [fv_run["layer"]])[:, 0],
-                                                 target), fv_run["layer"])}
+                "icl_shuffled": (episode_hits(model, icl, target), None),
+                "icl_shuffled_tv": (episode_hits(model, with_tv[:, 0], target), tv_layer),
+                "icl_shuffled_fv": (episode_hits(model, with_fv[:, 0], target), fv_run["layer"])}
         episodes += [episode_table(task.name, "test", m, h.cpu().numpy(), layer).drop(columns="split")
                      for m, (h, layer) in hits.items()]
         rows.append({
