@@ -160,8 +160,8 @@ def layer_sweeps(model: Model, seqs: list[list[int]], thetas: list[torch.Tensor]
     None for all): the prompts before their last token run once for all of them, not once per theta."""
     layers = [None] * len(thetas) if layers is None else layers
     layers = [list(range(model.n_layers)) if ls is None else [model.check_layer(l) for l in ls] for ls in layers]
-    thetas = [(t.expand(len(seqs), -1, -1) if t.dim() == 2 else t).to(model.device, model.dtype)  # e.g. a stored
-              for t in thetas]  # library on the CPU, a model on the GPU
+    # .to(): e.g. a stored library on the CPU, a model on the GPU
+    thetas = [(t.expand(len(seqs), -1, -1) if t.dim() == 2 else t).to(model.device, model.dtype) for t in thetas]
     out: list[list[torch.Tensor]] = [[] for _ in thetas]
     rows = len(seqs) * sum(map(len, layers))  # each (prompt, layer) row goes through the decoder, then the head
     with tqdm(total=2 * rows, desc=progress, unit="row", leave=False, disable=not progress) as bar:
