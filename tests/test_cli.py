@@ -212,13 +212,16 @@ def test_task_of_objects_with_several_answers_runs_end_to_end(tmp_path, tiny_lla
     assert len(episodes[(episodes.task == "colours") & (episodes.split == "test")]) == 3 * 4  # 3 methods
 
 
-def test_bench_reads_the_reproduce_childs_run_record(tiny_llama_folder):
-    """bench times `reproduce` from the JSON record the child writes (--run-record), not from its printed text."""
+@pytest.mark.parametrize("command", ["reproduce", "function-vectors"])
+def test_bench_reads_the_childs_run_record(tiny_llama_folder, command):
+    """bench times `reproduce` and `function-vectors` from the JSON record the child writes (--run-record), not
+    from its printed text, and digests the files it wrote."""
     from tv_utils.bench import bench_reproduce
 
-    row, results = bench_reproduce(str(tiny_llama_folder), ["next_letter"])
-    assert row["tasks"] == 1 and results.task.tolist() == ["next_letter"]
+    row, results = bench_reproduce(str(tiny_llama_folder), ["next_letter"], command=command)
+    assert row["tasks"] == 1 and row["command"] == command and len(row["tables_sha256"]) == 12
     assert 0 < row["seconds_excluding_load"] < row["wall_with_load"] and 0.1 < row["peak_rss_gb"] < 20
+    assert (results.task.tolist() == ["next_letter"]) if command == "reproduce" else results is None
 
 
 @pytest.mark.parametrize("args, outputs", [

@@ -68,7 +68,7 @@ def test_adding_zero_changes_nothing(tiny_llama):
 
 def test_several_vectors_share_their_prompts_work_and_answer_as_one_at_a_time(tiny_llama, monkeypatch):
     """added_sweeps gives each vector the answers added_sweep gives it alone (its own layers), while the prompts
-    before their last token run once for all vectors."""
+    before their last token run once for all vectors, and one forward per layer serves every vector patched there."""
     from tv_utils import engine
 
     queries = tiny_llama.encode(PROMPTS)
@@ -78,10 +78,11 @@ def test_several_vectors_share_their_prompts_work_and_answer_as_one_at_a_time(ti
                                                                                   generator=torch.Generator().manual_seed(0))]
     layers = [None, [last, 1], [last], [0, 2]]
     alone = [fv.added_sweep(tiny_llama, queries, v, ls) for v, ls in zip(vectors, layers)]
-    prefixes = []
+    prefixes, forwards = [], []
     monkeypatch.setattr(engine, "cached_prefix", lambda *a, f=engine.cached_prefix: prefixes.append(1) or f(*a))
+    monkeypatch.setattr(engine, "run_after", lambda *a, f=engine.run_after: forwards.append(a[3]) or f(*a))
     together = fv.added_sweeps(tiny_llama, queries, vectors, layers)
-    assert len(prefixes) == 1
+    assert len(prefixes) == 1 and forwards == list(range(tiny_llama.n_layers))  # not 4 + 2 + 1 + 2 forwards
     assert all(torch.equal(a, b) for a, b in zip(alone, together))
     assert (together[1][:, 0] == 7).all() and (together[2][:, 0] == 3).all()  # each vector got its own rows
 

@@ -131,6 +131,22 @@ def test_sweep_chunking_does_not_change_answers(tiny_llama, monkeypatch):
     assert torch.equal(engine.layer_sweep(tiny_llama, queries, theta), whole)
 
 
+def test_greedy_head_in_vocabulary_blocks_equals_one_product(tiny, monkeypatch):
+    """The blocked argmax gives one product's argmax, ties included (the first maximum wins across blocks)."""
+    states = torch.randn(9, tiny.hf.config.hidden_size, generator=torch.Generator().manual_seed(0)).to(tiny.dtype)
+    whole = tiny.unembed(states).argmax(-1)
+    monkeypatch.setattr(engine, "VOCAB_BLOCK", 64)  # the tiny vocabulary in four blocks, the last one short
+    assert tiny.unembed.weight.shape[0] % 64 and torch.equal(engine.greedy(tiny, states), whole)
+    weight = tiny.unembed.weight
+    with torch.no_grad():
+        saved = weight[[3, 131]].clone()
+        weight[3] = weight[131] = 50 * states[0] / states[0].norm() ** 2  # tokens 3 and 131 (blocks 0 and 2) tie
+        try:
+            assert tiny.unembed(states[:1]).argmax(-1).item() == 3 == engine.greedy(tiny, states[:1]).item()
+        finally:
+            weight[[3, 131]] = saved
+
+
 def test_layer_out_of_range_names_the_range(tiny_llama):
     seqs = _seqs(tiny_llama)
     theta = torch.zeros(tiny_llama.hf.config.hidden_size)
@@ -164,12 +180,12 @@ def test_bench_sweep_methods_agree(tiny_llama):
 
 def test_bench_child_reproduce_gets_the_device_and_dtype():
     """`bench --device cuda` must time the GPU: its reproduce child gets the same device, dtype and model."""
-    from tv_utils.bench import reproduce_command
+    from tv_utils.bench import child_command
 
-    cmd = reproduce_command("out", None, ["en_fr"], "float32", "cuda:1")
+    cmd = child_command("reproduce", "out", None, ["en_fr"], "float32", "cuda:1")
     assert cmd[cmd.index("--device") + 1] == "cuda:1" and cmd[cmd.index("--dtype") + 1] == "float32"
     assert "--model" not in cmd  # the default model, as in the parent
-    cpu_default = reproduce_command("out", "smollm2-135m", ["en_fr"], None, None)
+    cpu_default = child_command("reproduce", "out", "smollm2-135m", ["en_fr"], None, None)
     assert "--device" not in cpu_default and cpu_default[cpu_default.index("--model") + 1] == "smollm2-135m"
 
 

@@ -127,6 +127,21 @@ def _memory_text(peak: dict) -> str:
     return "; ".join(f"peak {'RSS' if k == 'peak_rss_gb' else 'GPU memory'} {v:.2f} GB" for k, v in peak.items())
 
 
+def _save_run_record(path: str | None, model, tasks: int, seconds: float, peak: dict) -> None:
+    """The run's time and peak memory as JSON at `path` (what `bench` reads), if given. Time and memory vary run
+    to run: they are kept out of the results files, whose bytes repeat."""
+    if path:
+        from .store import save_json
+
+        save_json({"tasks": tasks, "seconds_excluding_load": round(seconds, 3), **peak, "device": str(model.device),
+                   "dtype": str(model.dtype).removeprefix("torch.")}, path)
+
+
+def _add_run_record_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run-record", default=None, metavar="PATH",
+                   help="also write this run's time and peak memory as JSON to PATH (what `bench` reads)")
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="embedded key, local path or Hugging Face id (default gemma3-270m)")
     _add_device_args(p, sharding=True)
@@ -268,7 +283,7 @@ def cmd_reproduce(args) -> None:
     from .experiments import reference_diff, reproduce, summarize
     from .models import load_remote
     from .protocol import INTERVALS, WIDE_TIE, Protocol
-    from .store import FIGURES, precomputed, results_folder, results_stem, save_json, suffixed
+    from .store import FIGURES, precomputed, results_folder, results_stem, suffixed
 
     model = load_remote(args.model) if args.remote is True else _load(args)
     protocol = Protocol(k=args.k, n_dev=args.n_dev, n_test=args.n_test, seed=args.seed)
@@ -293,9 +308,7 @@ def cmd_reproduce(args) -> None:
     peak = _peak_memory(model)
     print(f"\n{len(results)} tasks in {results.attrs['seconds']:.1f} s (model load excluded); "
           f"{_memory_text(peak)}; results and figures in {results_folder(args.out)}/")
-    if args.run_record:  # time and memory vary run to run: kept out of the results JSON, whose bytes repeat
-        save_json({"tasks": len(results), "seconds_excluding_load": round(results.attrs["seconds"], 3), **peak,
-                   "device": str(model.device), "dtype": str(model.dtype).removeprefix("torch.")}, args.run_record)
+    _save_run_record(args.run_record, model, len(results), results.attrs["seconds"], peak)
     stem = results_stem("reproduce", model.name, FIGURES)
     reference = suffixed(stem, "_results.csv")
     if reference.exists() and results_folder(args.out).resolve() != FIGURES.resolve():
@@ -381,9 +394,12 @@ def cmd_function_vectors(args) -> None:
     from .analyses import function_vectors as fv
     from .protocol import Protocol
 
-    result = fv.run(_load(args), args.tasks, k=args.n_heads, n_effect=args.n_effect,
+    model = _load(args)
+    start = time.perf_counter()
+    result = fv.run(model, args.tasks, k=args.n_heads, n_effect=args.n_effect,
                     protocol=Protocol(n_dev=args.n_dev, n_test=args.n_test), out_dir=args.out,
                     figures=not args.no_figures)
+    _save_run_record(args.run_record, model, len(args.tasks), time.perf_counter() - start, _peak_memory(model))
     run, several = result["comparison"], result["several_vectors"]
     print(run.table.to_string(index=False, float_format="%.2f"))
     print(pd.DataFrame(run.table[[*fv.METHODS, "icl_shuffled", "icl_shuffled_tv", "icl_shuffled_fv"]].mean()).T
@@ -445,8 +461,7 @@ def main(argv=None) -> None:
                    help="run through nnsight traces on NDIF (needs NDIF_API_KEY and --model with a model id that "
                         "NDIF hosts); '--remote local' runs nnsight's offline simulation of remote execution on a "
                         "local model")
-    p.add_argument("--run-record", default=None, metavar="PATH",
-                   help="also write this run's time and peak memory as JSON to PATH (what `bench` reads)")
+    _add_run_record_arg(p)
     p.set_defaults(func=cmd_reproduce)
 
     def analysis_parser(name: str, help: str, tasks=TASK_NAMES):
@@ -497,6 +512,7 @@ def main(argv=None) -> None:
     p.add_argument("--n-effect", type=_count, default=10, help="ICL prompts per task for the heads' indirect effects")
     p.add_argument("--n-dev", type=_count, default=50)
     p.add_argument("--n-test", type=_count, default=50)
+    _add_run_record_arg(p)
     p.set_defaults(func=cmd_function_vectors)
 
     p = sub.add_parser("bench", help="timings side by side: sweep methods, nnsight vs hooks, reproduce")
@@ -506,6 +522,8 @@ def main(argv=None) -> None:
     p.add_argument("--skip-reproduce", action="store_true")
     p.add_argument("--before", type=_code_folder, default=None, metavar="DIR",
                    help="also run reproduce with the tv_utils in DIR (e.g. a git worktree of main), side by side")
+    p.add_argument("--function-vectors", action="store_true",
+                   help="also run function-vectors (all 18 tasks) as a child, beside reproduce (and before/after)")
     p.add_argument("--floor", action="store_true",
                    help="time each protocol stage against its compute floor (FLOPs / matrix-product rate here)")
     p.add_argument("--random-7b", action="store_true", help="paper protocol on a random Llama-7B (GPU)")

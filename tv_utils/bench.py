@@ -41,8 +41,9 @@ from .prompts import DEFAULT_FORMAT, usable_task
 from .tasks import TASK_NAMES, get_task, sample_episodes
 
 __all__ = ["bench_before_after", "bench_dtypes", "bench_nnsight_overhead", "bench_random_7b", "bench_reproduce",
-           "bench_sharded", "bench_sweeps", "compute_floor", "cpu_flags", "LLAMA_13B", "LLAMA_7B", "main",
-           "matmul_rates", "processor", "protocol_stages", "random_llama_7b", "reproduce_command", "sweep_engine",
+           "bench_sharded", "bench_sweeps", "child_command", "compute_floor", "cpu_flags", "LLAMA_13B", "LLAMA_7B",
+           "main",
+           "matmul_rates", "processor", "protocol_stages", "random_llama_7b", "sweep_engine",
            "sweep_engine_all_layers", "sweep_kv_cache", "sweep_straightforward", "SWEEPS", "timed", "word_tokenizer"]
 
 
@@ -180,52 +181,73 @@ def bench_nnsight_overhead(model: Model, task: str = "en_fr", protocol: Protocol
     return pd.DataFrame(rows)
 
 
+RESULT_FILES = {"reproduce": ["reproduce_*_results.csv", "reproduce_*_per_layer.csv"],  # what a child's digest covers
+                "function-vectors": ["function_vectors_*.csv", "function_vectors_*.json"]}
+
+
 def bench_reproduce(model_name: str | None, tasks=TASK_NAMES, dtype: str | None = None,
-                    device: str | None = None, code: Path | None = None) -> tuple[dict, pd.DataFrame]:
-    """`python -m tv_utils reproduce` as a child process on `device`: its reported time, its peak RSS (and
-    peak GPU memory on a GPU), a digest of its results and per-layer CSV files, and its results.
-    code: a folder holding the tv_utils to run (a checkout of another commit), run from there on PYTHONPATH;
-    default: whichever tv_utils the child imports."""
+                    device: str | None = None, code: Path | None = None,
+                    command: str = "reproduce") -> tuple[dict, pd.DataFrame | None]:
+    """`python -m tv_utils reproduce` (or `command`: "function-vectors") as a child process on `device`: its
+    reported time, its peak RSS (and peak GPU memory on a GPU), a digest of its result files (RESULT_FILES), and,
+    for reproduce, its results. code: a folder holding the tv_utils to run (a checkout of another commit), run
+    from there on PYTHONPATH; default: whichever tv_utils the child imports. A child whose code predates
+    `--run-record` for `command` gives its wall time only."""
     run_from = {"cwd": code, "env": {**os.environ, "PYTHONPATH": str(code)}} if code else {}
     with tempfile.TemporaryDirectory() as out:
         record = Path(out) / "run.json"
-        cmd = reproduce_command(out, model_name, tasks, dtype, device) + ["--run-record", str(record)]
+        cmd = child_command(command, out, model_name, tasks, dtype, device)
+        if _records(command, code):
+            cmd += ["--run-record", str(record)]
         start = time.perf_counter()
         subprocess.run(cmd, capture_output=True, text=True, check=True, **run_from)
         wall = time.perf_counter() - start
-        path = next(Path(out).glob("reproduce_*_results.csv"))
-        results = pd.read_csv(path)
-        per_layer = path.with_name(path.name.replace("_results.csv", "_per_layer.csv"))
-        tables = hashlib.sha256(path.read_bytes() + per_layer.read_bytes()).hexdigest()
-        child = json.loads(record.read_text())  # the child's own time (load excluded) and peak memory
-    row = {"dtype": dtype or "default", "tasks": len(tasks), "seconds_excluding_load": child["seconds_excluding_load"],
-           "wall_with_load": wall, "peak_rss_gb": child["peak_rss_gb"], "tables_sha256": tables[:12]}
+        files = sorted(f for pattern in RESULT_FILES[command] for f in Path(out).glob(pattern))
+        tables = hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
+        results = next((pd.read_csv(f) for f in files if f.name.endswith("_results.csv")), None)  # reproduce's
+        child = json.loads(record.read_text()) if record.exists() else {}  # its own time (load excluded), memory
+    row = {"command": command, "dtype": dtype or "default", "tasks": len(tasks),
+           "seconds_excluding_load": child.get("seconds_excluding_load"), "wall_with_load": wall,
+           "peak_rss_gb": child.get("peak_rss_gb"), "tables_sha256": tables[:12]}
     if "peak_gpu_gb" in child:
         row["peak_gpu_gb"] = child["peak_gpu_gb"]
     return row, results
 
 
-def reproduce_command(out: str, model_name: str | None, tasks, dtype: str | None, device: str | None) -> list[str]:
-    """The child's command line: the full protocol without figures, on the bench's model, dtype and device."""
-    cmd = [sys.executable, "-m", "tv_utils", "reproduce", "--out", out, "--no-figures", "--tasks", *tasks]
+def _records(command: str, code: Path | None) -> bool:
+    """Whether the tv_utils in `code` (default: this one) has `command --run-record` (asked of its --help)."""
+    if command == "reproduce" or code is None:
+        return True  # reproduce has had it since before `bench --before` was accepted (`_code_folder` checks)
+    shown = subprocess.run([sys.executable, "-m", "tv_utils", command, "--help"], capture_output=True, text=True,
+                           check=True, cwd=code, env={**os.environ, "PYTHONPATH": str(code)}).stdout
+    return "--run-record" in shown
+
+
+def child_command(command: str, out: str, model_name: str | None, tasks, dtype: str | None,
+                  device: str | None) -> list[str]:
+    """The child's command line: `command` on all `tasks` without figures, on the bench's model, dtype and device."""
+    cmd = [sys.executable, "-m", "tv_utils", command, "--out", out, "--no-figures", "--tasks", *tasks]
     for flag, value in (("--model", model_name), ("--dtype", dtype), ("--device", device)):
         cmd += [flag, value] if value else []
     return cmd
 
 
 def bench_before_after(model_name: str | None, before: Path, tasks=TASK_NAMES, dtype: str | None = None,
-                       device: str | None = None) -> pd.DataFrame:
-    """Full reproduce with the tv_utils in `before` (e.g. a git worktree of main) and with this code, one child
-    process each, side by side: times, peak RSS, the digest of the result tables (equal digests: byte for byte
-    the same tables), and the speed-up."""
+                       device: str | None = None, commands=("reproduce",)) -> pd.DataFrame:
+    """Each of `commands` (reproduce, function-vectors) with the tv_utils in `before` (e.g. a git worktree of main)
+    and with this code, one child process each, side by side: times, peak RSS, the digest of the result files
+    (equal digests: byte for byte the same tables), and the speed-up (on the time without the model's load where
+    both report it, else on the wall time)."""
     here = Path(__file__).resolve().parents[1]
     rows = []
-    for name, code in (("before", Path(before).resolve()), ("after", here)):
-        row, _ = bench_reproduce(model_name, tasks, dtype, device, code)
-        rows.append({"code": f"{name} ({code})", **row})
-    times = pd.DataFrame(rows)
-    times["x_faster_than_before"] = times["seconds_excluding_load"].iloc[0] / times["seconds_excluding_load"]
-    return times
+    for command in commands:
+        pair = [{"code": name, **bench_reproduce(model_name, tasks, dtype, device, code, command)[0]}
+                for name, code in (("before", Path(before).resolve()), ("after", here))]
+        key = "seconds_excluding_load" if all(r["seconds_excluding_load"] for r in pair) else "wall_with_load"
+        for r in pair:
+            r["x_faster_than_before"] = pair[0][key] / r[key]
+        rows += pair
+    return pd.DataFrame(rows)
 
 
 def bench_dtypes(model_name: str | None, dtypes=("float32", "bfloat16"), tasks=TASK_NAMES,
@@ -346,17 +368,20 @@ def protocol_stages(model: Model, protocol: Protocol = PAPER, tv_layer: int | No
 @torch.no_grad()
 def matmul_rates(model: Model, repeats: int = 5) -> dict[str, float]:
     """FLOP/s of this machine's matrix products on the model's own weights, best of `repeats`: the linear maps
-    of a decoder layer on engine.SWEEP_ROWS rows, and the unembedding on engine.HEAD_ROWS rows."""
-    def rate(module, rows: int) -> float:
+    of a decoder layer on engine.SWEEP_ROWS rows, and the unembedding's argmax (`engine.greedy`, as the
+    protocol runs it) on engine.HEAD_ROWS rows."""
+    def rate(module, rows: int, run=None) -> float:
         x = torch.randn(rows, module.in_features, dtype=model.dtype, device=model.device)
-        module(x)  # warm-up
-        return 2 * rows * module.in_features * module.out_features / min(timed(model, module, x)[1]
+        run = run or module
+        run(x)  # warm-up
+        return 2 * rows * module.in_features * module.out_features / min(timed(model, run, x)[1]
                                                                           for _ in range(repeats))
 
     linears = [m for m in model.layers[0].modules() if isinstance(m, torch.nn.Linear)]
     flops = [2 * m.in_features * m.out_features for m in linears]
     seconds = [f / rate(m, engine.SWEEP_ROWS) for f, m in zip(flops, linears)]
-    return {"layers": sum(flops) / sum(seconds), "head": rate(model.unembed, engine.HEAD_ROWS)}
+    head = rate(model.unembed, engine.HEAD_ROWS, lambda x: engine.greedy(model, x))
+    return {"layers": sum(flops) / sum(seconds), "head": head}
 
 
 def compute_floor(model: Model, protocol: Protocol = PAPER) -> tuple[pd.DataFrame, dict]:
@@ -466,9 +491,10 @@ def main(args) -> None:
     if not args.skip_reproduce:
         del model
         print("\n== end-to-end reproduce (paper protocol, child process)")
+        commands = ("reproduce", "function-vectors") if args.function_vectors else ("reproduce",)
         if args.before:
-            print(bench_before_after(args.model, args.before, dtype=args.dtype, device=args.device)
+            print(bench_before_after(args.model, args.before, dtype=args.dtype, device=args.device, commands=commands)
                   .to_string(index=False, float_format="%.2f"))
         else:
-            row, _ = bench_reproduce(args.model, dtype=args.dtype, device=args.device)
-            print(pd.DataFrame([row]).to_string(index=False, float_format="%.2f"))
+            rows = [bench_reproduce(args.model, dtype=args.dtype, device=args.device, command=c)[0] for c in commands]
+            print(pd.DataFrame(rows).to_string(index=False, float_format="%.2f"))

@@ -6,7 +6,8 @@
   their keys/values reused for every layer. A row patched at layer L needs only the layers after L: its
   state after L is theta. So one forward per layer runs the last token of all queries through the layers
   after L (the layers up to L are stood in for by theta), and the cache is cropped back to the prefix.
-- Only last-position logits are needed, and all their rows go through the unembedding in large products.
+- Only last-position logits are needed, and only their argmax: rows go through the unembedding in large
+  products, a block of the vocabulary at a time, so each block's logits stay in cache (`greedy`).
 
 It drives the transformers modules with plain forward hooks (the nnsight API stays in `interventions`);
 tests check that both give the same answers.
@@ -15,6 +16,7 @@ tests check that both give the same answers.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 
 import torch
@@ -26,11 +28,13 @@ from .hooks import hooked, stand_in
 from .models import Model, check_finite
 from .prompts import DEFAULT_FORMAT, PromptFormat
 
-__all__ = ["cached_prefix", "device_rows", "episode_states", "forward", "GPU_SCALE", "HEAD_ROWS", "last_token_batch",
+__all__ = ["cached_prefix", "device_rows", "episode_states", "forward", "GPU_SCALE", "greedy", "HEAD_ROWS",
+           "last_token_batch",
            "layer_sweep", "layer_sweeps", "next_tokens", "predict", "run_after", "split_common_prefix", "suffix_batch",
-           "SWEEP_ROWS", "sweep_states"]
+           "SWEEP_ROWS", "sweep_states", "VOCAB_BLOCK"]
 
-HEAD_ROWS = 256  # rows per unembedding product: large enough to stream the head's weights efficiently
+HEAD_ROWS = 1024  # rows per pass through the unembedding: each block of its weights is read once for them all
+VOCAB_BLOCK = 4096  # vocabulary entries per unembedding product: 1024 x 4096 float32 logits (16 MB) stay in cache
 SWEEP_ROWS = int(os.environ.get("TV_UTILS_SWEEP_ROWS", 1024))  # queries per sweep chunk (rows per forward) on CPU
 GPU_SCALE = 4  # a GPU wants bigger batches (fewer launches); these sizes fit a 7B model on an 80 GB card
 
@@ -82,13 +86,32 @@ def forward(model: Model, batch: dict, cache=None, capture: bool = False, patch:
 
 
 def predict(model: Model, final_states: torch.Tensor, done=lambda rows: None) -> torch.Tensor:
-    """Greedy next token for final-normed states [N, H], through the unembedding in large chunks
-    (`done(rows)` after each)."""
+    """Greedy next token for final-normed states [N, H], HEAD_ROWS rows at a time (`done(rows)` after each)."""
     preds = []
     for part in chunks(len(final_states), device_rows(model, HEAD_ROWS)):
-        preds.append(model.unembed(final_states[part]).argmax(-1).to(model.device))
+        preds.append(greedy(model, final_states[part]).to(model.device))
         done(part.stop - part.start)
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
+
+
+def greedy(model: Model, states: torch.Tensor) -> torch.Tensor:
+    """argmax over the vocabulary of the unembedding of `states` [N, H], VOCAB_BLOCK entries at a time, the first
+    maximum winning as in argmax: all N x vocab logits are never written and re-read (Gemma's 262k vocabulary:
+    2-2.5x faster on a 2-core CPU; the same answers as one product, tested on every tiny family)."""
+    head = model.unembed
+    weight, bias = head.weight, head.bias
+    best_value = best_index = None
+    for block in chunks(weight.shape[0], VOCAB_BLOCK):
+        logits = torch.nn.functional.linear(states, weight[block], None if bias is None else bias[block])
+        index = logits.argmax(-1)
+        value = logits.gather(-1, index[:, None])[:, 0]
+        if best_value is None:
+            best_value, best_index = value, index
+        else:
+            better = value > best_value  # strict: on a tie the earlier block's (lower) index stays, as in argmax
+            best_value = torch.where(better, value, best_value)
+            best_index = torch.where(better, index + block.start, best_index)
+    return best_index
 
 
 def split_common_prefix(seqs: list[list[int]]) -> int:
@@ -157,24 +180,43 @@ def layer_sweep(model: Model, seqs: list[list[int]], theta: torch.Tensor, layers
 def layer_sweeps(model: Model, seqs: list[list[int]], thetas: list[torch.Tensor], layers: list | None = None,
                  progress: str | None = None) -> list[torch.Tensor]:
     """`layer_sweep` of the same prompts for each theta in `thetas` (with its own list of layers in `layers`,
-    None for all): the prompts before their last token run once for all of them, not once per theta."""
+    None for all): the prompts before their last token run once for all of them, not once per theta, and at
+    each layer the rows of every theta patched there go through the layers after it in one forward."""
     layers = [None] * len(thetas) if layers is None else layers
     layers = [list(range(model.n_layers)) if ls is None else [model.check_layer(l) for l in ls] for ls in layers]
     # .to(): e.g. a stored library on the CPU, a model on the GPU
     thetas = [(t.expand(len(seqs), -1, -1) if t.dim() == 2 else t).to(model.device, model.dtype) for t in thetas]
     out: list[list[torch.Tensor]] = [[] for _ in thetas]
     rows = len(seqs) * sum(map(len, layers))  # each (prompt, layer) row goes through the decoder, then the head
+    step = max(1, device_rows(model, SWEEP_ROWS) // len(thetas))  # queries per chunk: rows per forward stay bounded
     with tqdm(total=2 * rows, desc=progress, unit="row", leave=False, disable=not progress) as bar:
-        for part in chunks(len(seqs), device_rows(model, SWEEP_ROWS)):
-            prefix = last_token_batch(model, seqs[part])
-            for theta, theta_layers, answers in zip(thetas, layers, out):
-                states = []
-                for final in sweep_states(model, seqs[part], theta[part], theta_layers, prefix):
-                    states.append(final)
-                    bar.update(len(final))
-                answers.append(predict(model, torch.stack(states, dim=1).flatten(0, 1), bar.update)
-                               .view(-1, len(theta_layers)))
+        for part in chunks(len(seqs), step):
+            base = last_token_batch(model, seqs[part])
+            repeated = {1: base}  # the prefix repeated r times (query-major rows), for layers that r thetas share
+            finals: list[dict[int, torch.Tensor]] = [{} for _ in thetas]
+            for layer in sorted(set().union(*layers)):
+                members = [i for i, ls in enumerate(layers) if layer in ls]
+                r = len(members)
+                if r not in repeated:
+                    repeated[r] = _repeat_prefix(base, r)
+                batch, cache = repeated[r]
+                states = torch.stack([thetas[i][part, layer] for i in members], dim=1).flatten(0, 1)
+                final = run_after(model, batch, cache, layer, states).view(-1, r, states.shape[-1])
+                for j, i in enumerate(members):
+                    finals[i][layer] = final[:, j]
+                bar.update(len(states))
+            for theta_layers, theta_finals, answers in zip(layers, finals, out):
+                states = torch.stack([theta_finals[layer] for layer in theta_layers], dim=1).flatten(0, 1)
+                answers.append(predict(model, states, bar.update).view(-1, len(theta_layers)))
     return [torch.cat(answers) for answers in out]
+
+
+def _repeat_prefix(prefix, r: int):
+    """A `last_token_batch` with each row repeated r times in a row (its own copy of the cache)."""
+    batch, cache = prefix
+    cache = copy.deepcopy(cache)
+    cache.batch_repeat_interleave(r)
+    return {name: value.repeat_interleave(r, dim=0) for name, value in batch.items()}, cache
 
 
 def last_token_batch(model: Model, seqs: list[list[int]]):
