@@ -9,7 +9,7 @@ import torch
 import pytest
 
 from tv_utils import embedded, engine, models, store
-from tv_utils.experiments import encode_queries, prepare_split, run_tasks, sample_split
+from tv_utils.experiments import encode_queries, prepare_split, run_tasks, run_with_theta, sample_split
 from tv_utils.protocol import Protocol, accuracy
 from tv_utils.prompts import DEFAULT_FORMAT, PromptFormat, accepted_ids, answer_token_ids, hits, usable_task
 from tv_utils.tasks import (CATEGORIES, TASK_NAMES, get_task, load_task_dir, load_task_file, make_task, parse_pairs,
@@ -303,6 +303,24 @@ def test_same_seed_same_results(tiny_llama):
     second = run_tasks(tiny_llama, [task], proto, progress=False)
     assert all(a.equals(b) for a, b in zip(first, second))
     assert list(first[1]["layer"]) == [0, 1, 2, 3]
+
+
+def test_run_with_theta_hands_back_each_tasks_theta(tiny_llama):
+    """The run's tables are run_tasks' and each task's θ is its episodes' θ, for function vectors to reuse (one
+    task's dev θ: the same batch as prepare_split's, so the same bytes)."""
+    shift = make_task("shift", [(a, b) for a, b in zip("abcdefghijklmnop", "bcdefghijklmnopq")], category="custom")
+    back = make_task("back", [(b, a) for a, b in zip("abcdefghijklmnop", "bcdefghijklmnopq")], category="custom")
+    proto = Protocol(k=3, n_dev=6, n_test=5, seed=1)
+    run, theta = run_with_theta(tiny_llama, [shift, back], proto, progress=False)
+    assert all(a.equals(b) for a, b in zip(run, run_tasks(tiny_llama, [shift, back], proto, progress=False)))
+    shape = (tiny_llama.n_layers, tiny_llama.hf.config.hidden_size)
+    assert [t.shape for t in theta["dev"]] == [(6, *shape)] * 2
+    assert [t.shape for t in theta["test"]] == [(5, *shape)] * 2
+    _, alone = run_with_theta(tiny_llama, [back], proto, progress=False)
+    assert torch.equal(alone["dev"][0], prepare_split(tiny_llama, back, "dev", 6, proto, icl=False).theta)
+    for split, n in (("dev", 6), ("test", 5)):
+        own = prepare_split(tiny_llama, back, split, n, proto, icl=False).theta
+        torch.testing.assert_close(theta[split][1], own, atol=1e-5, rtol=1e-5)  # batched with shift's episodes
 
 
 def test_scoring_ignores_leading_space_but_not_case(tokenizer):

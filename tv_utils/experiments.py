@@ -23,7 +23,7 @@ from .tasks import TASK_NAMES, Task, get_task, sample_episodes
 
 __all__ = ["default_layer", "encode_queries", "evaluate_task", "layer_accuracy", "METHODS", "per_layer_accuracy",
            "prepare_split", "QUICK_EPISODES", "quick_tasks", "reference_diff", "reproduce", "Run", "run_tasks",
-           "sample_split", "seed_summary", "SEEDS_METRICS", "Split", "summarize", "traced_tasks"]
+           "run_with_theta", "sample_split", "seed_summary", "SEEDS_METRICS", "Split", "summarize", "traced_tasks"]
 
 
 def _targets(episodes, answer_ids: dict[str, int], device) -> torch.Tensor:
@@ -139,21 +139,30 @@ def run_tasks(model: Model, task_names=TASK_NAMES, protocol: Protocol = PAPER, f
     remote=True (NDIF) or "local" (nnsight's simulation of it) runs each task through nnsight traces only
     (`interventions.reference_protocol`), with the same tables as the result.
     """
-    layers = list(range(model.n_layers)) if layers is None else [model.check_layer(l) for l in layers]
+    layers = None if layers is None else [model.check_layer(l) for l in layers]  # bad layers fail before any work
     if remote:
         return traced_tasks(model, task_names, protocol, fmt, remote, progress)
+    return run_with_theta(model, task_names, protocol, fmt, layers, progress)[0]
+
+
+def run_with_theta(model: Model, task_names=TASK_NAMES, protocol: Protocol = PAPER, fmt: PromptFormat = DEFAULT_FORMAT,
+                   layers=None, progress: bool = True) -> tuple[Run, dict[str, list[torch.Tensor]]]:
+    """`run_tasks` on the engine, with the θ it computed for every episode at every layer, per split and task
+    ({"dev": [[n_dev, n_layers, H], ...], "test": [...]}), for analyses of the same episodes to reuse."""
+    layers = list(range(model.n_layers)) if layers is None else [model.check_layer(l) for l in layers]
     p = protocol
     dev = [sample_split(model, t, "dev", p.n_dev, p, fmt) for t in task_names]
     test = [sample_split(model, t, "test", p.n_test, p, fmt) for t in task_names]
     say = (lambda text: f"{text} ({len(dev)} tasks, {model.name})") if progress else (lambda text: None)  # noqa: E731
-    dev_hits = _dev_stage(model, dev, layers, fmt, say)
+    dev_theta, dev_hits = _dev_stage(model, dev, layers, fmt, say)
     best = [best_of(layers, hits.double().mean(0).tolist()) for hits in dev_hits]
-    predictions = _test_stage(model, test, best, fmt, say)
+    test_theta, predictions = _test_stage(model, test, best, fmt, say)
     test_hits = []
     for predicted, (task, episodes, target) in zip(predictions, test):
         accepted = accepted_ids(model.tokenizer, task, episodes, fmt)  # None unless the task accepts several answers
         test_hits.append({method: episode_hits(model, pred, target, accepted) for method, pred in predicted.items()})
-    return _tables(model, [task for task, _, _ in dev], layers, dev_hits, test_hits, p)
+    run = _tables(model, [task for task, _, _ in dev], layers, dev_hits, test_hits, p)
+    return run, {"dev": _per_task(dev_theta, dev), "test": _per_task(test_theta, test)}
 
 
 def _per_task(values: torch.Tensor, splits) -> list[torch.Tensor]:
@@ -165,17 +174,19 @@ def _flat(splits) -> list:
     return [ep for _, episodes, _ in splits for ep in episodes]
 
 
-def _dev_stage(model: Model, dev, layers, fmt, say) -> list[torch.Tensor]:
-    """theta of every dev episode, then every query patched at every layer: hits [n_dev, n_layers] per task."""
+def _dev_stage(model: Model, dev, layers, fmt, say) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """theta of every dev episode, then every query patched at every layer: (theta, hits [n_dev, n_layers] per
+    task)."""
     theta, _ = engine.episode_states(model, _flat(dev), fmt, icl=False, progress=say("dev task vectors"))
     sweep = engine.layer_sweep(model, encode_queries(model, _flat(dev), fmt), theta, layers,
                                progress=say(f"dev sweep, {len(layers)} layers"))
-    return [episode_hits(model, answers, target[:, None], accepted_ids(model.tokenizer, task, episodes, fmt)).cpu()
-            for answers, (task, episodes, target) in zip(_per_task(sweep, dev), dev)]
+    return theta, [episode_hits(model, answers, target[:, None], accepted_ids(model.tokenizer, task, episodes, fmt))
+                   .cpu() for answers, (task, episodes, target) in zip(_per_task(sweep, dev), dev)]
 
 
-def _test_stage(model: Model, test, best: list[int], fmt, say) -> list[dict[str, torch.Tensor]]:
-    """Baseline, ICL and task-vector answers on the test episodes (theta at each task's best dev layer)."""
+def _test_stage(model: Model, test, best: list[int], fmt, say) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+    """theta of every test episode, and baseline, ICL and task-vector answers (theta at each task's best dev
+    layer) per task."""
     theta, icl = engine.episode_states(model, _flat(test), fmt, progress=say("test ICL and task vectors"))
     queries = encode_queries(model, _flat(test), fmt)
     baseline = engine.next_tokens(model, queries)
@@ -184,8 +195,8 @@ def _test_stage(model: Model, test, best: list[int], fmt, say) -> list[dict[str,
     for layer in sorted(set(best)):  # one sweep per distinct best layer, over the rows of the tasks using it
         rows = torch.nonzero(row_layer == layer).flatten()
         tv[rows.to(tv.device)] = engine.layer_sweep(model, [queries[i] for i in rows], theta[rows], [layer])[:, 0]
-    return [{"baseline": b, "icl": i, "tv": t}
-            for b, i, t in zip(_per_task(baseline, test), _per_task(icl, test), _per_task(tv, test))]
+    return theta, [{"baseline": b, "icl": i, "tv": t}
+                   for b, i, t in zip(_per_task(baseline, test), _per_task(icl, test), _per_task(tv, test))]
 
 
 METHODS = ("baseline", "icl", "tv")  # the results table's accuracy columns

@@ -21,7 +21,7 @@ import torch
 from .. import engine, store
 from ..batches import chunks, layer_hidden, pad_left
 from ..hooks import hooked
-from ..experiments import encode_queries, prepare_split, run_tasks, sample_split
+from ..experiments import encode_queries, prepare_split, run_with_theta, sample_split
 from ..protocol import PAPER, Protocol, accuracy, best_of, compare, episode_hits, episode_table, with_intervals
 from ..models import Model
 from ..prompts import DEFAULT_FORMAT, PromptFormat
@@ -301,15 +301,14 @@ def compare_methods(model: Model, tasks=TASK_NAMES, k: int | None = None, ks=K_C
 
     tasks = [get_task(t) if isinstance(t, str) else t for t in tasks]
     ks = sorted(set(ks) | ({k} if k else set()))
-    tv_run = run_tasks(model, tasks, protocol, fmt)
+    tv_run, thetas = run_with_theta(model, tasks, protocol, fmt)  # its θs serve the vectors below
     results, tv_curves = tv_run.results, tv_run.per_layer
-    effects, head_means, task_theta = [], [], []
-    for task in tqdm(tasks, desc="indirect effects and mean θ"):
+    effects, head_means = [], []
+    for task in tqdm(tasks, desc="indirect effects"):
         table, mean = indirect_effects(model, task, n_effect, protocol, fmt)
         effects.append(table)
         head_means.append(mean)
-        _, dev, _ = sample_split(model, task, "dev", protocol.n_dev, protocol, fmt)
-        task_theta.append(engine.episode_states(model, dev, fmt, icl=False)[0].float().mean(0))  # [L, H]
+    task_theta = [theta.float().mean(0) for theta in thetas["dev"]]  # each task's mean θ [L, H]
     effects = pd.concat(effects, ignore_index=True)
     centre = torch.stack(task_theta).mean(0)
     evaluated = [evaluate_vectors(model, task, [function_vector(model, mean, top_heads(effects, n)) for n in ks]
@@ -325,12 +324,12 @@ def compare_methods(model: Model, tasks=TASK_NAMES, k: int | None = None, ks=K_C
     heads = top_heads(effects, k)
     tv_test = tv_run.episodes[tv_run.episodes.split == "test"]
     rows, curves, episodes = [], [], [tv_test.drop(columns=["seed", "split"])]
-    for task, mean, fv_run, tv_add, (_, row) in tqdm(list(zip(tasks, head_means, runs[k], [e[-1] for e in evaluated],
-                                                               results.iterrows())), desc="shuffled labels"):
+    for task, mean, fv_run, tv_add, theta, (_, row) in tqdm(
+            list(zip(tasks, head_means, runs[k], [e[-1] for e in evaluated], thetas["test"], results.iterrows())),
+            desc="shuffled labels"):
         vector = function_vector(model, mean, heads)
         _, test, target = sample_split(model, task, "test", protocol.n_test, protocol, fmt)
         shuffled = model.encode([fmt.episode_icl(shuffled_labels(ep, protocol.seed)) for ep in test])
-        theta, _ = engine.episode_states(model, test, fmt, icl=False)
         tv_layer = int(row["best_layer"])
         icl, own = engine.next_tokens(model, shuffled, states=True)  # one pass, and one prefix for both vectors
         with_tv, with_fv = engine.layer_sweeps(model, shuffled, [theta, added_theta(model, own, vector)],
