@@ -42,8 +42,7 @@ from .tasks import TASK_NAMES, get_task, sample_episodes
 
 __all__ = ["bench_before_after", "bench_dtypes", "bench_nnsight_overhead", "bench_random_7b", "bench_reproduce",
            "bench_sharded", "bench_sweeps", "child_command", "compute_floor", "cpu_flags", "LLAMA_13B", "LLAMA_7B",
-           "main",
-           "matmul_rates", "processor", "protocol_stages", "random_llama_7b", "sweep_engine",
+           "main", "matmul_rates", "processor", "protocol_stages", "random_llama_7b", "sweep_engine",
            "sweep_engine_all_layers", "sweep_kv_cache", "sweep_straightforward", "SWEEPS", "timed", "word_tokenizer"]
 
 

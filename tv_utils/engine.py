@@ -29,9 +29,8 @@ from .models import Model, check_finite
 from .prompts import DEFAULT_FORMAT, PromptFormat
 
 __all__ = ["cached_prefix", "device_rows", "episode_states", "forward", "GPU_SCALE", "greedy", "HEAD_ROWS",
-           "last_token_batch",
-           "layer_sweep", "layer_sweeps", "next_tokens", "predict", "run_after", "split_common_prefix", "suffix_batch",
-           "SWEEP_ROWS", "sweep_states", "VOCAB_BLOCK"]
+           "last_token_batch", "layer_sweep", "layer_sweeps", "next_tokens", "predict", "run_after",
+           "split_common_prefix", "suffix_batch", "SWEEP_ROWS", "sweep_states", "VOCAB_BLOCK"]
 
 HEAD_ROWS = 1024  # rows per pass through the unembedding: each block of its weights is read once for them all
 VOCAB_BLOCK = 4096  # vocabulary entries per unembedding product: 1024 x 4096 float32 logits (16 MB) stay in cache
