@@ -55,6 +55,9 @@ def test_indirect_effects_cover_every_head(tiny_llama):
     assert len(set(heads)) == 3
     vector = fv.function_vector(tiny_llama, mean, heads)
     assert vector.shape == (tiny_llama.hf.config.hidden_size,)
+    # the heads' rows a prompt at a time (each prompt's cached prefix copied for its rows alone): same effects
+    one_by_one, _ = fv.indirect_effects(tiny_llama, task, n=4, protocol=Protocol(k=3), rows_per_forward=1)
+    torch.testing.assert_close(one_by_one["effect"].to_numpy(), effects["effect"].to_numpy(), atol=1e-6, rtol=0)
 
 
 def test_adding_zero_changes_nothing(tiny_llama):
@@ -64,6 +67,20 @@ def test_adding_zero_changes_nothing(tiny_llama):
     zero = torch.zeros(tiny_llama.hf.config.hidden_size)
     plain = engine.next_tokens(tiny_llama, queries)
     assert torch.equal(fv.added_sweep(tiny_llama, queries, zero), plain[:, None].expand(-1, tiny_llama.n_layers))
+
+
+def test_added_vector_is_the_own_state_plus_the_vector(tiny):
+    """An `Added` vector gives the answers of a plain theta equal to each prompt's own states (from a full
+    forward) plus the vector, at every layer, on every tiny family and dtype: its own states come from the last
+    token run once on the cached prefix, which is then cropped back (Gemma 3's sliding layers included)."""
+    from tv_utils import engine
+
+    queries = tiny.encode(PROMPTS)
+    vector = torch.randn(tiny.n_layers, tiny.hf.config.hidden_size, generator=torch.Generator().manual_seed(1))
+    _, own = engine.next_tokens(tiny, queries, states=True)
+    plain, added = engine.layer_sweeps(tiny, queries, [own + vector.to(own.dtype), engine.Added(vector)])
+    assert torch.equal(plain, added)
+    assert not torch.equal(added, engine.layer_sweep(tiny, queries, own))  # the vector changed answers
 
 
 def test_several_vectors_share_their_prompts_work_and_answer_as_one_at_a_time(tiny_llama, monkeypatch):

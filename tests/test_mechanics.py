@@ -86,6 +86,40 @@ def test_engine_episode_states_match_nnsight(tiny):
     assert torch.equal(icl, iv.patched_logits(tiny, icl_seqs, None, None).argmax(-1))
 
 
+def _mixed_lengths(n=6):
+    """Episodes of 2-letter and 6-letter inputs, interleaved: every batch of them pads its short prompts."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    long = make_task("long", [(letters[i:i + 6], letters[i]) for i in range(18)])
+    return [ep for pair in zip(_episodes(n), sample_episodes(long, n, k=3, split="dev", seed=0)) for ep in pair]
+
+
+def test_episode_states_of_mixed_lengths_equal_each_alone(tiny):
+    """Batched episodes of mixed lengths get the theta and ICL answer each gets alone (unpadded), on every tiny
+    family; on the tiny Gemma 3 (sliding window of 6 tokens) the pads after a short suffix's cached prefix would
+    take window places, so those batches run whole."""
+    eps = _mixed_lengths()
+    theta, icl = engine.episode_states(tiny, eps, batch_size=4)
+    alone = [engine.episode_states(tiny, [ep]) for ep in eps]
+    assert_numerically_close(theta, torch.cat([t for t, _ in alone]), tiny)
+    assert torch.equal(icl, torch.cat([i for _, i in alone]))
+
+
+def test_episode_states_by_length_pads_less_and_keeps_the_order(tiny_llama, monkeypatch):
+    """by_length runs episodes of mixed lengths shortest first, so each batch pads less, and hands theta and the
+    ICL answers back in the order given: the same as without it (theta up to float rounding)."""
+    eps = _mixed_lengths()
+    widths = []
+    monkeypatch.setattr(engine, "suffix_batch", lambda m, mask, suffixes, r, f=engine.suffix_batch:
+                        widths.append(max(map(len, suffixes))) or f(m, mask, suffixes, r))
+    theta, icl = engine.episode_states(tiny_llama, eps, batch_size=4)
+    given = widths[:]
+    widths.clear()
+    sorted_theta, sorted_icl = engine.episode_states(tiny_llama, eps, batch_size=4, by_length=True)
+    assert widths == sorted(widths) and sum(widths) < sum(given)
+    assert_numerically_close(sorted_theta, theta, tiny_llama)
+    assert torch.equal(sorted_icl, icl)
+
+
 def test_engine_sweep_matches_straightforward(tiny):
     eps = _episodes()
     theta, _ = engine.episode_states(tiny, eps)

@@ -356,9 +356,9 @@ def protocol_stages(model: Model, protocol: Protocol = PAPER, tv_layer: int | No
             rows[-1].update(tflop_layers=stack / 1e12, tflop_head=(counter.get_total_flops() - stack) / 1e12)
         return out
 
-    theta, _ = stage("dev theta (all layers)", engine.episode_states, model, dev, fmt, 32, False)
+    theta, _ = stage("dev theta (all layers)", engine.episode_states, model, dev, fmt, ROWS, False, None, True)
     stage("dev sweep (all layers)", engine.layer_sweep, model, dev_queries, theta)
-    theta, _ = stage("test theta + ICL", engine.episode_states, model, test, fmt)
+    theta, _ = stage("test theta + ICL", engine.episode_states, model, test, fmt, ROWS, True, None, True)
     stage("test baseline", engine.next_tokens, model, test_queries)
     stage(f"test TV at layer {tv_layer}", engine.layer_sweep, model, test_queries, theta, [tv_layer])
     return pd.DataFrame(rows)

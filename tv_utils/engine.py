@@ -1,11 +1,14 @@
 """Fast engine: the same computations as `interventions`, arranged to skip work that cannot change the answer.
 
 - An episode's ICL prompt and its dummy prompts share the demonstrations: run that prefix once (KV cache)
-  and only the short suffixes per prompt; theta for every layer comes out of the same pass.
+  and only the short suffixes per prompt; theta for every layer comes out of the same pass. Many tasks'
+  episodes can run in order of length, so that batches pad little (`episode_states(by_length=True)`).
 - A layer sweep patches only the query's last token, so the tokens before it are run once per query and
   their keys/values reused for every layer. A row patched at layer L needs only the layers after L: its
   state after L is theta. So one forward per layer runs the last token of all queries through the layers
   after L (the layers up to L are stood in for by theta), and the cache is cropped back to the prefix.
+  A vector added to the query's own state (`Added`, a function vector) takes that state from the last
+  token run once, unpatched, on the same prefix.
 - Only last-position logits are needed, and only their argmax: rows go through the unembedding in large
   products, a block of the vocabulary at a time, so each block's logits stay in cache (`greedy`).
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+from typing import NamedTuple
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -28,7 +32,7 @@ from .hooks import hooked, stand_in
 from .models import Model, check_finite
 from .prompts import DEFAULT_FORMAT, PromptFormat
 
-__all__ = ["cached_prefix", "device_rows", "episode_states", "forward", "GPU_SCALE", "greedy", "HEAD_ROWS",
+__all__ = ["Added", "cached_prefix", "device_rows", "episode_states", "forward", "GPU_SCALE", "greedy", "HEAD_ROWS",
            "last_token_batch", "layer_sweep", "layer_sweeps", "next_tokens", "predict", "run_after",
            "split_common_prefix", "suffix_batch", "SWEEP_ROWS", "sweep_states", "VOCAB_BLOCK"]
 
@@ -141,28 +145,42 @@ def suffix_batch(model: Model, prefix_mask: torch.Tensor, suffixes: list[list[in
 
 @torch.no_grad()
 def episode_states(model: Model, episodes, fmt: PromptFormat = DEFAULT_FORMAT, batch_size: int = ROWS,
-                   icl: bool = True, progress: str | None = None):
+                   icl: bool = True, progress: str | None = None, by_length: bool = False):
     """theta [E, L, H] (mean over each episode's dummies) and the ICL prediction [E] for every episode
-    (None when icl=False: then the ICL prompt is not run at all)."""
-    thetas, icl_preds = [], []
+    (None when icl=False: then the ICL prompt is not run at all), in the order given.
+
+    by_length: run the episodes in order of length (longest suffix, then prefix), so that a batch pads its rows
+    to lengths close to their own: for many tasks' episodes at once, 5-9% fewer tokens. theta then changes in
+    its last bits (padding changes the order of some sums), so it is off where results store theta itself."""
     skip = 0 if icl else 1
+    texts = [fmt.episode_prompts(ep)[skip:] for ep in episodes]
+    n_prompts = len(texts[0])
+    flat = model.encode([t for group in texts for t in group])  # one tokenizer call
+    per_episode = [flat[i:i + n_prompts] for i in range(0, len(flat), n_prompts)]
+    cuts = [split_common_prefix(seqs) for seqs in per_episode]
+    order = list(range(len(episodes)))
+    if by_length:
+        order.sort(key=lambda e: (max(len(s) for s in per_episode[e]) - cuts[e], cuts[e]))
+    window = getattr(model.hf.config.get_text_config(), "sliding_window", None)
+    thetas, icl_preds = [], []
     for part in _steps(len(episodes), device_rows(model, batch_size), progress):
-        eps = episodes[part]
-        texts = [fmt.episode_prompts(ep)[skip:] for ep in eps]
-        n_prompts = len(texts[0])
-        flat = model.encode([t for group in texts for t in group])  # one tokenizer call per chunk
-        per_episode = [flat[i:i + n_prompts] for i in range(0, len(flat), n_prompts)]
-        cuts = [split_common_prefix(seqs) for seqs in per_episode]
-        prefix_mask, cache = cached_prefix(model, [seqs[0][:c] for seqs, c in zip(per_episode, cuts)])
-        cache.batch_repeat_interleave(n_prompts)
-        suffixes = [s[c:] for seqs, c in zip(per_episode, cuts) for s in seqs]
-        batch = suffix_batch(model, prefix_mask, suffixes, n_prompts)
+        rows = order[part]
+        suffixes = [s[cuts[e]:] for e in rows for s in per_episode[e]]
+        if window and max(cuts[e] for e in rows) + max(map(len, suffixes)) > window:
+            # a short suffix is padded after the cached prefix, and those pads would take places in a sliding
+            # window that the prompt's own tokens hold when it runs alone: run the prompts whole instead
+            batch, cache = pad_left(model, [s for e in rows for s in per_episode[e]]), None
+        else:
+            prefix_mask, cache = cached_prefix(model, [per_episode[e][0][:cuts[e]] for e in rows])
+            cache.batch_repeat_interleave(n_prompts)
+            batch = suffix_batch(model, prefix_mask, suffixes, n_prompts)
         final, states, _ = forward(model, batch, cache=cache, capture=True)
-        states = states.view(len(eps), n_prompts, *states.shape[1:])
+        states = states.view(len(rows), n_prompts, *states.shape[1:])
         thetas.append(states[:, 1 - skip:].mean(dim=1))
         if icl:
-            icl_preds.append(predict(model, final.view(len(eps), n_prompts, -1)[:, 0]))
-    return torch.cat(thetas), (torch.cat(icl_preds) if icl else None)
+            icl_preds.append(predict(model, final.view(len(rows), n_prompts, -1)[:, 0]))
+    given = torch.tensor(order).argsort().to(model.device)  # sorted position of each episode
+    return torch.cat(thetas)[given], (torch.cat(icl_preds)[given] if icl else None)
 
 
 @torch.no_grad()
@@ -175,22 +193,32 @@ def layer_sweep(model: Model, seqs: list[list[int]], theta: torch.Tensor, layers
     return layer_sweeps(model, seqs, [theta], [layers], progress)[0]
 
 
+class Added(NamedTuple):
+    """A vector ([H], [n_layers, H] or [n_prompts, n_layers, H]) to add to each prompt's own last-token state
+    at the layer (a function vector), where a plain theta replaces that state."""
+
+    vector: torch.Tensor
+
+
 @torch.no_grad()
-def layer_sweeps(model: Model, seqs: list[list[int]], thetas: list[torch.Tensor], layers: list | None = None,
+def layer_sweeps(model: Model, seqs: list[list[int]], thetas: list, layers: list | None = None,
                  progress: str | None = None) -> list[torch.Tensor]:
     """`layer_sweep` of the same prompts for each theta in `thetas` (with its own list of layers in `layers`,
-    None for all): the prompts before their last token run once for all of them, not once per theta, and at
-    each layer the rows of every theta patched there go through the layers after it in one forward."""
+    None for all; an `Added` vector is added to the prompt's own state): the prompts before their last token
+    run once for all of them, not once per theta, and at each layer the rows of every theta patched there go
+    through the layers after it in one forward. The own states come from the last token run once unpatched."""
     layers = [None] * len(thetas) if layers is None else layers
     layers = [list(range(model.n_layers)) if ls is None else [model.check_layer(l) for l in ls] for ls in layers]
+    added = [isinstance(t, Added) for t in thetas]
     # .to(): e.g. a stored library on the CPU, a model on the GPU
-    thetas = [(t.expand(len(seqs), -1, -1) if t.dim() == 2 else t).to(model.device, model.dtype) for t in thetas]
+    thetas = [_per_prompt(model, t.vector if a else t, len(seqs)) for t, a in zip(thetas, added)]
     out: list[list[torch.Tensor]] = [[] for _ in thetas]
     rows = len(seqs) * sum(map(len, layers))  # each (prompt, layer) row goes through the decoder, then the head
     step = max(1, device_rows(model, SWEEP_ROWS) // len(thetas))  # queries per chunk: rows per forward stay bounded
     with tqdm(total=2 * rows, desc=progress, unit="row", leave=False, disable=not progress) as bar:
         for part in chunks(len(seqs), step):
             base = last_token_batch(model, seqs[part])
+            own = _own_states(model, *base) if any(added) else None
             repeated = {1: base}  # the prefix repeated r times (query-major rows), for layers that r thetas share
             finals: list[dict[int, torch.Tensor]] = [{} for _ in thetas]
             for layer in sorted(set().union(*layers)):
@@ -199,7 +227,8 @@ def layer_sweeps(model: Model, seqs: list[list[int]], thetas: list[torch.Tensor]
                 if r not in repeated:
                     repeated[r] = _repeat_prefix(base, r)
                 batch, cache = repeated[r]
-                states = torch.stack([thetas[i][part, layer] for i in members], dim=1).flatten(0, 1)
+                states = torch.stack([thetas[i][part, layer] + own[:, layer] if added[i] else thetas[i][part, layer]
+                                      for i in members], dim=1).flatten(0, 1)
                 final = run_after(model, batch, cache, layer, states).view(-1, r, states.shape[-1])
                 for j, i in enumerate(members):
                     finals[i][layer] = final[:, j]
@@ -208,6 +237,21 @@ def layer_sweeps(model: Model, seqs: list[list[int]], thetas: list[torch.Tensor]
                 states = torch.stack([theta_finals[layer] for layer in theta_layers], dim=1).flatten(0, 1)
                 answers.append(predict(model, states, bar.update).view(-1, len(theta_layers)))
     return [torch.cat(answers) for answers in out]
+
+
+def _per_prompt(model: Model, theta: torch.Tensor, n: int) -> torch.Tensor:
+    """theta as [n, n_layers, H] on the model's device and dtype, from [H], [n_layers, H] or [n, n_layers, H]."""
+    theta = theta.to(model.device, model.dtype)
+    return theta.expand(n, model.n_layers, -1) if theta.dim() < 3 else theta
+
+
+def _own_states(model: Model, batch: dict, cache) -> torch.Tensor:
+    """Every layer's state [n, n_layers, H] of a one-token batch run unpatched after its cached prefix, which is
+    then cropped back."""
+    _, states, _ = forward(model, batch, cache=cache, capture=True)
+    for kv in cache.layers:
+        kv.crop(-1)
+    return states
 
 
 def _repeat_prefix(prefix, r: int):

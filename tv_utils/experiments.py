@@ -177,7 +177,8 @@ def _flat(splits) -> list:
 def _dev_stage(model: Model, dev, layers, fmt, say) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """theta of every dev episode, then every query patched at every layer: (theta, hits [n_dev, n_layers] per
     task)."""
-    theta, _ = engine.episode_states(model, _flat(dev), fmt, icl=False, progress=say("dev task vectors"))
+    theta, _ = engine.episode_states(model, _flat(dev), fmt, icl=False, progress=say("dev task vectors"),
+                                     by_length=True)
     sweep = engine.layer_sweep(model, encode_queries(model, _flat(dev), fmt), theta, layers,
                                progress=say(f"dev sweep, {len(layers)} layers"))
     return theta, [episode_hits(model, answers, target[:, None], accepted_ids(model.tokenizer, task, episodes, fmt))
@@ -187,7 +188,8 @@ def _dev_stage(model: Model, dev, layers, fmt, say) -> tuple[torch.Tensor, list[
 def _test_stage(model: Model, test, best: list[int], fmt, say) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
     """theta of every test episode, and baseline, ICL and task-vector answers (theta at each task's best dev
     layer) per task."""
-    theta, icl = engine.episode_states(model, _flat(test), fmt, progress=say("test ICL and task vectors"))
+    theta, icl = engine.episode_states(model, _flat(test), fmt, progress=say("test ICL and task vectors"),
+                                       by_length=True)
     queries = encode_queries(model, _flat(test), fmt)
     baseline = engine.next_tokens(model, queries)
     row_layer = torch.tensor(best).repeat_interleave(torch.tensor([len(eps) for _, eps, _ in test]))

@@ -10,6 +10,7 @@ stream at one layer; a task vector *replaces* the residual state there.
 
 from __future__ import annotations
 
+import copy
 import random
 from dataclasses import dataclass, replace
 from operator import attrgetter
@@ -27,7 +28,7 @@ from ..models import Model
 from ..prompts import DEFAULT_FORMAT, PromptFormat
 from ..tasks import TASK_NAMES, Episode, get_task
 
-__all__ = ["added_sweep", "added_sweeps", "added_theta", "compare_methods", "Comparison", "comparison_table",
+__all__ = ["added_sweep", "added_sweeps", "compare_methods", "Comparison", "comparison_table",
            "evaluate_vectors", "function_vector", "head_blocks", "head_outputs", "head_patched_probs",
            "HEAD_PROJECTIONS", "head_states", "indirect_effects", "K_CHOICES", "mapping_rank", "mean_head_states",
            "method_long", "METHODS", "n_heads", "out_projection", "PAIRS", "post_attention_norm", "projection_path",
@@ -158,12 +159,14 @@ def mean_head_states(model: Model, task, n: int = 10, protocol: Protocol = PAPER
 
 @torch.no_grad()
 def indirect_effects(model: Model, task, n: int = 10, protocol: Protocol = PAPER,
-                     fmt: PromptFormat = DEFAULT_FORMAT, rows_per_pass: int = 512) -> tuple[pd.DataFrame, torch.Tensor]:
+                     fmt: PromptFormat = DEFAULT_FORMAT, rows_per_pass: int = 512,
+                     rows_per_forward: int = 256) -> tuple[pd.DataFrame, torch.Tensor]:
     """Each head's causal indirect effect on one task, and the task's mean head states [n_layers, n_heads, head_dim].
 
     Mean states come from n clean ICL prompts. On n ICL prompts with shuffled labels, each (layer, head) in
     turn gets its mean state written at the last token; the effect is the mean rise of p(right answer).
-    Only the last token is re-run per head (the prompt before it is cached once).
+    Only the last token is re-run per head (the prompt before it is cached once, and copied for each head's
+    row a few prompts at a time, so that the copies stay small: about `rows_per_forward` rows a forward).
     """
     usable, episodes, target = sample_split(model, task, "dev", n, protocol, fmt)
     mean = mean_head_states(model, task, n, protocol, fmt)
@@ -172,9 +175,31 @@ def indirect_effects(model: Model, task, n: int = 10, protocol: Protocol = PAPER
     cells = [(layer, head) for layer in range(n_layers) for head in range(heads)]
     per_row = len(cells) + 1  # row 0 of each prompt runs unpatched
     prefix_mask, cache = engine.cached_prefix(model, [s[:-1] for s in shuffled])
-    cache.batch_repeat_interleave(per_row)
-    batch = engine.suffix_batch(model, prefix_mask, [[s[-1]] for s in shuffled for _ in range(per_row)], per_row)
-    base_rows = torch.arange(len(shuffled)) * per_row
+    finals = []
+    for part in chunks(len(shuffled), max(1, rows_per_forward // per_row)):
+        prompts = part.stop - part.start
+        copied = copy.deepcopy(cache)
+        copied.batch_select_indices(torch.arange(part.start, part.stop, device=model.device))
+        copied.batch_repeat_interleave(per_row)
+        batch = engine.suffix_batch(model, prefix_mask[part], [[s[-1]] for s in shuffled[part] for _ in range(per_row)],
+                                    per_row)
+        with _projection_hooks(model, _head_writes(mean, torch.arange(prompts) * per_row)):
+            out = model.base(**batch, **{model.cache_arg: copied}, use_cache=True)
+        finals.append(out.last_hidden_state[:, -1])
+    final = torch.cat(finals)
+    answers = target.repeat_interleave(per_row).to(final.device)
+    probs = torch.cat([model.unembed(final[part]).float().softmax(-1).gather(1, answers[part, None])[:, 0]
+                       for part in chunks(len(final), rows_per_pass)]).view(len(shuffled), per_row)
+    effect = (probs[:, 1:] - probs[:, :1]).mean(0).cpu()
+    table = pd.DataFrame({"task": usable.name, "category": usable.category, "layer": [l for l, _ in cells],
+                          "head": [h for _, h in cells], "effect": effect.tolist()})
+    return table, mean
+
+
+def _head_writes(mean: torch.Tensor, base_rows: torch.Tensor):
+    """hook(layer) for `_projection_hooks`: in the rows after each prompt's unpatched row (`base_rows`), one per
+    (layer, head) in order, write that head's mean state at the last token."""
+    n_layers, heads, dim = mean.shape
 
     def hook(layer):
         def write(_module, args):
@@ -184,16 +209,7 @@ def indirect_effects(model: Model, task, n: int = 10, protocol: Protocol = PAPER
                 x[rows, -1, head * dim:(head + 1) * dim] = mean[layer, head].to(x.device, x.dtype)
         return write
 
-    with _projection_hooks(model, hook):
-        out = model.base(**batch, **{model.cache_arg: cache}, use_cache=True)
-    final = out.last_hidden_state[:, -1]
-    answers = target.repeat_interleave(per_row).to(final.device)
-    probs = torch.cat([model.unembed(final[part]).float().softmax(-1).gather(1, answers[part, None])[:, 0]
-                       for part in chunks(len(final), rows_per_pass)]).view(len(shuffled), per_row)
-    effect = (probs[:, 1:] - probs[:, :1]).mean(0).cpu()
-    table = pd.DataFrame({"task": usable.name, "category": usable.category, "layer": [l for l, _ in cells],
-                          "head": [h for _, h in cells], "effect": effect.tolist()})
-    return table, mean
+    return hook
 
 
 def top_heads(effects: pd.DataFrame, k: int) -> list[tuple[int, int]]:
@@ -218,13 +234,7 @@ def added_sweep(model: Model, seqs: list[list[int]], vector: torch.Tensor, layer
 def added_sweeps(model: Model, seqs: list[list[int]], vectors: list[torch.Tensor], layers: list | None = None):
     """`added_sweep` for each of `vectors` (each with its list of layers in `layers`, None for all) on the same
     prompts: their own states and the tokens before the last run once for all vectors."""
-    _, own = engine.next_tokens(model, seqs, states=True)
-    return engine.layer_sweeps(model, seqs, [added_theta(model, own, v) for v in vectors], layers)
-
-
-def added_theta(model: Model, own: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
-    """The θ that adds `vector`: replacing a prompt's state with (its own state + vector) is adding the vector."""
-    return own + vector.to(model.device, model.dtype)
+    return engine.layer_sweeps(model, seqs, [engine.Added(v) for v in vectors], layers)
 
 
 def evaluate_vectors(model: Model, task, vectors: list[torch.Tensor], protocol: Protocol = PAPER,
@@ -331,11 +341,12 @@ def compare_methods(model: Model, tasks=TASK_NAMES, k: int | None = None, ks=K_C
         _, test, target = sample_split(model, task, "test", protocol.n_test, protocol, fmt)
         shuffled = model.encode([fmt.episode_icl(shuffled_labels(ep, protocol.seed)) for ep in test])
         tv_layer = int(row["best_layer"])
-        icl, own = engine.next_tokens(model, shuffled, states=True)  # one pass, and one prefix for both vectors
-        with_tv, with_fv = engine.layer_sweeps(model, shuffled, [theta, added_theta(model, own, vector)],
-                                               [[tv_layer], [fv_run["layer"]]])
+        # one prefix for the three; nothing added after the last layer is the prompt as it is: the ICL answer
+        patched = [theta, engine.Added(vector), engine.Added(torch.zeros_like(vector))]
+        with_tv, with_fv, icl = engine.layer_sweeps(model, shuffled, patched,
+                                                    [[tv_layer], [fv_run["layer"]], [model.n_layers - 1]])
         hits = {"tv_add": (tv_add["hits"], tv_add["layer"]), "fv": (fv_run["hits"], fv_run["layer"]),
-                "icl_shuffled": (episode_hits(model, icl, target), None),
+                "icl_shuffled": (episode_hits(model, icl[:, 0], target), None),
                 "icl_shuffled_tv": (episode_hits(model, with_tv[:, 0], target), tv_layer),
                 "icl_shuffled_fv": (episode_hits(model, with_fv[:, 0], target), fv_run["layer"])}
         episodes += [episode_table(task.name, "test", m, h.cpu().numpy(), layer).drop(columns="split")
