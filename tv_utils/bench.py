@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import hashlib
 import json
 import os
@@ -356,9 +357,10 @@ def protocol_stages(model: Model, protocol: Protocol = PAPER, tv_layer: int | No
             rows[-1].update(tflop_layers=stack / 1e12, tflop_head=(counter.get_total_flops() - stack) / 1e12)
         return out
 
-    theta, _ = stage("dev theta (all layers)", engine.episode_states, model, dev, fmt, ROWS, False, None, True)
+    by_length = functools.partial(engine.episode_states, by_length=True)  # as experiments.run_with_theta runs it
+    theta, _ = stage("dev theta (all layers)", by_length, model, dev, fmt, ROWS, False)
     stage("dev sweep (all layers)", engine.layer_sweep, model, dev_queries, theta)
-    theta, _ = stage("test theta + ICL", engine.episode_states, model, test, fmt, ROWS, True, None, True)
+    theta, _ = stage("test theta + ICL", by_length, model, test, fmt)
     stage("test baseline", engine.next_tokens, model, test_queries)
     stage(f"test TV at layer {tv_layer}", engine.layer_sweep, model, test_queries, theta, [tv_layer])
     return pd.DataFrame(rows)
