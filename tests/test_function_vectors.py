@@ -83,6 +83,19 @@ def test_added_vector_is_the_own_state_plus_the_vector(tiny):
     assert not torch.equal(added, engine.layer_sweep(tiny, queries, own))  # the vector changed answers
 
 
+def test_nothing_added_after_the_last_layer_is_the_prompt_as_it_is(tiny_float32):
+    """The protocol's zero-shot baseline (and the shuffled-label ICL answers) come from a zero vector added after
+    the last layer, which shares the task vector's cached query prefixes: the answers of a plain forward of each
+    prompt, on every tiny family (Gemma 3's sliding layers included)."""
+    from tv_utils import engine
+
+    queries = tiny_float32.encode(PROMPTS + ["example:cat", "zebra", "01", "q q", "xyz->a\n"])  # varied last tokens
+    nothing = engine.Added(torch.zeros(tiny_float32.hf.config.hidden_size))
+    unpatched = engine.layer_sweeps(tiny_float32, queries, [nothing], [[tiny_float32.n_layers - 1]])[0][:, 0]
+    assert torch.equal(unpatched, engine.next_tokens(tiny_float32, queries))
+    assert len(set(unpatched.tolist())) > 1  # the prompts differ in their answers: the check can tell them apart
+
+
 def test_several_vectors_share_their_prompts_work_and_answer_as_one_at_a_time(tiny_llama, monkeypatch):
     """added_sweeps gives each vector the answers added_sweep gives it alone (its own layers), while the prompts
     before their last token run once for all vectors, and one forward per layer serves every vector patched there."""

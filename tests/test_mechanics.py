@@ -173,12 +173,13 @@ def test_greedy_head_in_vocabulary_blocks_equals_one_product(tiny, monkeypatch):
     assert tiny.unembed.weight.shape[0] % 64 and torch.equal(engine.greedy(tiny, states), whole)
     weight = tiny.unembed.weight
     with torch.no_grad():
-        saved = weight[[3, 131]].clone()
-        weight[3] = weight[131] = 50 * states[0] / states[0].norm() ** 2  # tokens 3 and 131 (blocks 0 and 2) tie
+        saved = weight[[3, 5, 131]].clone()
+        # tokens 3, 5 (block 0) and 131 (block 2) tie: the first wins within a block and across blocks
+        weight[3] = weight[5] = weight[131] = 50 * states[0] / states[0].norm() ** 2
         try:
             assert tiny.unembed(states[:1]).argmax(-1).item() == 3 == engine.greedy(tiny, states[:1]).item()
         finally:
-            weight[[3, 131]] = saved
+            weight[[3, 5, 131]] = saved
 
 
 def test_layer_out_of_range_names_the_range(tiny_llama):

@@ -361,8 +361,9 @@ def protocol_stages(model: Model, protocol: Protocol = PAPER, tv_layer: int | No
     theta, _ = stage("dev theta (all layers)", by_length, model, dev, fmt, ROWS, False)
     stage("dev sweep (all layers)", engine.layer_sweep, model, dev_queries, theta)
     theta, _ = stage("test theta + ICL", by_length, model, test, fmt)
-    stage("test baseline", engine.next_tokens, model, test_queries)
-    stage(f"test TV at layer {tv_layer}", engine.layer_sweep, model, test_queries, theta, [tv_layer])
+    unpatched = engine.Added(torch.zeros_like(theta[0, 0]))  # the baseline shares the TV's query prefixes
+    stage(f"test TV at layer {tv_layer} + baseline", engine.layer_sweeps, model, test_queries, [theta, unpatched],
+          [[tv_layer], [model.n_layers - 1]])
     return pd.DataFrame(rows)
 
 

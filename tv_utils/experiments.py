@@ -191,12 +191,13 @@ def _test_stage(model: Model, test, best: list[int], fmt, say) -> tuple[torch.Te
     theta, icl = engine.episode_states(model, _flat(test), fmt, progress=say("test ICL and task vectors"),
                                        by_length=True)
     queries = encode_queries(model, _flat(test), fmt)
-    baseline = engine.next_tokens(model, queries)
     row_layer = torch.tensor(best).repeat_interleave(torch.tensor([len(eps) for _, eps, _ in test]))
-    tv = torch.empty(len(queries), dtype=torch.long, device=model.device)
+    tv, baseline = (torch.empty(len(queries), dtype=torch.long, device=model.device) for _ in range(2))
+    unpatched = engine.Added(torch.zeros_like(theta[0, 0]))  # nothing added after the last layer: the query as it is
     for layer in sorted(set(best)):  # one sweep per distinct best layer, over the rows of the tasks using it
         rows = torch.nonzero(row_layer == layer).flatten()
-        tv[rows.to(tv.device)] = engine.layer_sweep(model, [queries[i] for i in rows], theta[rows], [layer])[:, 0]
+        tv[rows.to(tv.device)], baseline[rows.to(tv.device)] = (answers[:, 0] for answers in engine.layer_sweeps(
+            model, [queries[i] for i in rows], [theta[rows], unpatched], [[layer], [model.n_layers - 1]]))
     return theta, [{"baseline": b, "icl": i, "tv": t}
                    for b, i, t in zip(_per_task(baseline, test), _per_task(icl, test), _per_task(tv, test))]
 
