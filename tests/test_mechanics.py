@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from tv_utils import engine
+from tv_utils import engine, head
 from tv_utils import interventions as iv
 from tv_utils.prompts import DEFAULT_FORMAT
 from tv_utils.tasks import make_task, sample_episodes
@@ -165,21 +165,72 @@ def test_sweep_chunking_does_not_change_answers(tiny_llama, monkeypatch):
     assert torch.equal(engine.layer_sweep(tiny_llama, queries, theta), whole)
 
 
-def test_greedy_head_in_vocabulary_blocks_equals_one_product(tiny, monkeypatch):
-    """The blocked argmax gives one product's argmax, ties included (the first maximum wins across blocks)."""
+@pytest.mark.parametrize("screen", [False, True], ids=["float32", "bf16-screened"])
+def test_greedy_head_in_vocabulary_blocks_equals_one_product(tiny, monkeypatch, screen):
+    """The blocked argmax, plain or bf16-screened, gives one product's argmax, ties included (the first maximum
+    wins across blocks), also after the head's weights are edited in place (the screen's bf16 copy is remade)."""
     states = torch.randn(9, tiny.hf.config.hidden_size, generator=torch.Generator().manual_seed(0)).to(tiny.dtype)
     whole = tiny.unembed(states).argmax(-1)
-    monkeypatch.setattr(engine, "VOCAB_BLOCK", 64)  # the tiny vocabulary in four blocks, the last one short
-    assert tiny.unembed.weight.shape[0] % 64 and torch.equal(engine.greedy(tiny, states), whole)
+    monkeypatch.setattr(head, "VOCAB_BLOCK", 64)  # the tiny vocabulary in four blocks, the last one short
+    assert tiny.unembed.weight.shape[0] % 64 and torch.equal(head.greedy(tiny, states, screen=screen), whole)
     weight = tiny.unembed.weight
     with torch.no_grad():
         saved = weight[[3, 5, 131]].clone()
         # tokens 3, 5 (block 0) and 131 (block 2) tie: the first wins within a block and across blocks
         weight[3] = weight[5] = weight[131] = 50 * states[0] / states[0].norm() ** 2
         try:
-            assert tiny.unembed(states[:1]).argmax(-1).item() == 3 == engine.greedy(tiny, states[:1]).item()
+            assert tiny.unembed(states[:1]).argmax(-1).item() == 3 == head.greedy(tiny, states[:1], screen).item()
         finally:
             weight[[3, 5, 131]] = saved
+
+
+def test_screened_head_decides_near_ties_in_float32(tiny_float32, monkeypatch):
+    """Near-ties that bf16 can get wrong: of tokens 10 (block 0) and 150 (block 2), the winner's logit is 40.004
+    and the other's 40, but the winner's row adds a large part orthogonal to the state, whose bf16 rounding
+    moves its logit by more than 0.004. The screen must keep both tokens and let float32 decide."""
+    generator = torch.Generator().manual_seed(1)
+    hidden = tiny_float32.hf.config.hidden_size
+    monkeypatch.setattr(head, "VOCAB_BLOCK", 64)
+    weight = tiny_float32.unembed.weight
+    saved, inverted = weight[[10, 150]].clone(), 0
+    try:
+        for trial in range(40):
+            state = torch.randn(1, hidden, generator=generator)
+            unit = state[0] / state[0].norm() ** 2  # a row with logit 1
+            noise = torch.randn(hidden, generator=generator) * 40 * unit.norm()
+            noise -= (noise @ state[0]) * unit  # orthogonal to the state: no change to the float32 logit
+            winner, loser = (150, 10) if trial % 2 else (10, 150)
+            with torch.no_grad():
+                weight[loser], weight[winner] = 40 * unit, 40.004 * unit + noise
+            logits = tiny_float32.unembed(state)[0]
+            assert logits[winner] > logits[loser] and logits.argmax().item() == winner
+            low = torch.nn.functional.linear(state.to(torch.bfloat16), weight[[winner, loser]].to(torch.bfloat16))
+            inverted += int(low[0, 0] < low[0, 1])
+            assert head.greedy(tiny_float32, state, screen=True).item() == winner, trial
+    finally:
+        with torch.no_grad():
+            weight[[10, 150]] = saved
+    assert inverted >= 5, inverted  # bf16 alone would have named the wrong token that often
+
+
+@pytest.mark.parametrize("hidden", [64, 640, head.SCREEN_MAX_HIDDEN])
+def test_bf16_logits_stay_within_the_screens_bound(hidden):
+    """|bf16 logit - float32 logit| <= SCREEN_SLACK |h| |w|, for rows aligned with the states (the largest
+    logits, as an argmax's) and random ones, at every width the screen accepts."""
+    generator = torch.Generator().manual_seed(hidden)
+    states = torch.randn(64, hidden, generator=generator) * torch.rand(64, 1, generator=generator) * 100
+    weight = torch.cat([states + 0.1 * torch.randn(64, hidden, generator=generator),
+                        torch.randn(448, hidden, generator=generator)])
+    exact = torch.nn.functional.linear(states, weight)
+    low = torch.nn.functional.linear(states.to(torch.bfloat16), weight.to(torch.bfloat16)).float()
+    bound = head.SCREEN_SLACK * states.norm(dim=-1, keepdim=True) * weight.norm(dim=-1)
+    ratio = ((low - exact).abs() / bound).max().item()
+    assert 0 < ratio <= 1, ratio
+
+
+def test_screen_is_used_only_where_it_pays(tiny_float32):
+    """A tiny head (less than 8 vocabulary blocks) is never screened: its products are too small to gain."""
+    assert not head.screen_pays(tiny_float32)
 
 
 def test_layer_out_of_range_names_the_range(tiny_llama):

@@ -34,6 +34,7 @@ import torch
 from . import engine
 from . import interventions as iv
 from .batches import ROWS, chunks, layer_hidden, pad_left
+from .head import greedy
 from .hooks import hooked
 from .experiments import summarize
 from .protocol import PAPER, Protocol
@@ -370,8 +371,8 @@ def protocol_stages(model: Model, protocol: Protocol = PAPER, tv_layer: int | No
 @torch.no_grad()
 def matmul_rates(model: Model, repeats: int = 5) -> dict[str, float]:
     """FLOP/s of this machine's matrix products on the model's own weights, best of `repeats`: the linear maps
-    of a decoder layer on engine.SWEEP_ROWS rows, and the unembedding's argmax (`engine.greedy`, as the
-    protocol runs it) on engine.HEAD_ROWS rows."""
+    of a decoder layer on engine.SWEEP_ROWS rows, and the unembedding's argmax on engine.HEAD_ROWS rows, as the
+    protocol runs it (`head.greedy`: bf16-screened where that pays) and in float32 products only."""
     def rate(module, rows: int, run=None) -> float:
         x = torch.randn(rows, module.in_features, dtype=model.dtype, device=model.device)
         run = run or module
@@ -382,8 +383,9 @@ def matmul_rates(model: Model, repeats: int = 5) -> dict[str, float]:
     linears = [m for m in model.layers[0].modules() if isinstance(m, torch.nn.Linear)]
     flops = [2 * m.in_features * m.out_features for m in linears]
     seconds = [f / rate(m, engine.SWEEP_ROWS) for f, m in zip(flops, linears)]
-    head = rate(model.unembed, engine.HEAD_ROWS, lambda x: engine.greedy(model, x))
-    return {"layers": sum(flops) / sum(seconds), "head": head}
+    head = rate(model.unembed, engine.HEAD_ROWS, lambda x: greedy(model, x))
+    exact = rate(model.unembed, engine.HEAD_ROWS, lambda x: greedy(model, x, screen=False))
+    return {"layers": sum(flops) / sum(seconds), "head": head, "head_float32": exact}
 
 
 def compute_floor(model: Model, protocol: Protocol = PAPER) -> tuple[pd.DataFrame, dict]:
@@ -488,7 +490,8 @@ def main(args) -> None:
         print("\n== compute floor per stage (paper protocol in this process; FLOPs / matrix-product rate here)")
         table, rates = compute_floor(model)
         print(f"rates: {rates['layers'] / 1e9:.0f} GFLOP/s (decoder layers, {engine.SWEEP_ROWS} rows), "
-              f"{rates['head'] / 1e9:.0f} GFLOP/s (unembedding, {engine.HEAD_ROWS} rows)")
+              f"{rates['head'] / 1e9:.0f} GFLOP/s (unembedding's argmax, {engine.HEAD_ROWS} rows; float32 products "
+              f"only: {rates['head_float32'] / 1e9:.0f})")
         print(table.to_string(index=False, float_format="%.2f"))
     if not args.skip_reproduce:
         del model

@@ -10,7 +10,7 @@
   A vector added to the query's own state (`Added`, a function vector) takes that state from the last
   token run once, unpatched, on the same prefix.
 - Only last-position logits are needed, and only their argmax: rows go through the unembedding in large
-  products, a block of the vocabulary at a time, so each block's logits stay in cache (`greedy`).
+  products, a block of the vocabulary at a time, screened in bf16 where that pays (`head.greedy`).
 
 It drives the transformers modules with plain forward hooks (the nnsight API stays in `interventions`);
 tests check that both give the same answers.
@@ -28,16 +28,16 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
 from .batches import PREDICT_ROWS, ROWS, chunks, layer_hidden, pad_left
+from .head import greedy
 from .hooks import hooked, stand_in
 from .models import Model, check_finite
 from .prompts import DEFAULT_FORMAT, PromptFormat
 
-__all__ = ["Added", "cached_prefix", "device_rows", "episode_states", "forward", "GPU_SCALE", "greedy", "HEAD_ROWS",
+__all__ = ["Added", "cached_prefix", "device_rows", "episode_states", "forward", "GPU_SCALE", "HEAD_ROWS",
            "last_token_batch", "layer_sweep", "layer_sweeps", "next_tokens", "predict", "run_after",
-           "split_common_prefix", "suffix_batch", "SWEEP_ROWS", "sweep_states", "VOCAB_BLOCK"]
+           "split_common_prefix", "suffix_batch", "SWEEP_ROWS", "sweep_states"]
 
 HEAD_ROWS = 1024  # rows per pass through the unembedding: each block of its weights is read once for them all
-VOCAB_BLOCK = 4096  # vocabulary entries per unembedding product: 1024 x 4096 float32 logits (16 MB) stay in cache
 SWEEP_ROWS = int(os.environ.get("TV_UTILS_SWEEP_ROWS", 1024))  # queries per sweep chunk (rows per forward) on CPU
 GPU_SCALE = 4  # a GPU wants bigger batches (fewer launches); these sizes fit a 7B model on an 80 GB card
 
@@ -95,25 +95,6 @@ def predict(model: Model, final_states: torch.Tensor, done=lambda rows: None) ->
         preds.append(greedy(model, final_states[part]).to(model.device))
         done(part.stop - part.start)
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
-
-
-def greedy(model: Model, states: torch.Tensor) -> torch.Tensor:
-    """argmax over the vocabulary of the unembedding of `states` [N, H], VOCAB_BLOCK entries at a time, the first
-    maximum winning as in argmax: all N x vocab logits are never written and re-read (Gemma's 262k vocabulary:
-    2-2.5x faster on a 2-core CPU; the same answers as one product, tested on every tiny family)."""
-    head = model.unembed
-    weight, bias = head.weight, head.bias
-    best_value = best_index = None
-    for block in chunks(weight.shape[0], VOCAB_BLOCK):
-        logits = torch.nn.functional.linear(states, weight[block], None if bias is None else bias[block])
-        value, index = logits.max(-1)  # the first maximum's index, as argmax gives, in one pass (argmax: 2.7x slower)
-        if best_value is None:
-            best_value, best_index = value, index
-        else:
-            better = value > best_value  # strict: on a tie the earlier block's (lower) index stays, as in argmax
-            best_value = torch.where(better, value, best_value)
-            best_index = torch.where(better, index + block.start, best_index)
-    return best_index
 
 
 def split_common_prefix(seqs: list[list[int]]) -> int:
