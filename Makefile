@@ -38,7 +38,7 @@ lock:  # re-resolve pyproject.toml's ranges into requirements-lock.txt; run `mak
 	bash scripts/lock.sh
 
 # The committed reference (figures/), which the course reads, is written only here, on purpose. On 2 CPU cores:
-# reproduce ~15 min (5 seeds), function-vectors ~10-14 min; depth needs the models of `python -m tv_utils depth -h`
+# reproduce ~15 min (5 seeds), function-vectors ~6-14 min (CPUs with AMX the faster); depth needs the models of `python -m tv_utils depth -h`
 # installed (install-model). Review `git diff --stat figures` before committing.
 reference: setup
 	$(PY) -m tv_utils reproduce --seeds 0 1 2 3 4 --out figures

@@ -1,6 +1,7 @@
 """Capture/patch invariants on tiny random models of six families, and engine == nnsight reference."""
 
 import copy
+import types
 
 import pytest
 import torch
@@ -228,9 +229,28 @@ def test_bf16_logits_stay_within_the_screens_bound(hidden):
     assert 0 < ratio <= 1, ratio
 
 
-def test_screen_is_used_only_where_it_pays(tiny_float32):
-    """A tiny head (less than 8 vocabulary blocks) is never screened: its products are too small to gain."""
-    assert not head.screen_pays(tiny_float32)
+def test_screen_is_used_only_where_it_pays(tiny_float32, monkeypatch):
+    """Screened: a float32 head without bias, of 8 vocabulary blocks or more, on a CPU with AMX; else exact."""
+    assert not head.screen_pays(tiny_float32)  # a tiny head: its products are too small to gain
+
+    def model(vocab=8 * head.VOCAB_BLOCK, bias=False, dtype=torch.float32):
+        return types.SimpleNamespace(unembed=torch.nn.Linear(64, vocab, bias=bias, dtype=dtype))
+
+    monkeypatch.setattr(head, "cpu_has_amx", lambda: True)
+    assert head.screen_pays(model())
+    assert not head.screen_pays(model(vocab=8 * head.VOCAB_BLOCK - 1))
+    assert not head.screen_pays(model(bias=True))
+    assert not head.screen_pays(model(dtype=torch.bfloat16))
+    monkeypatch.setattr(head, "cpu_has_amx", lambda: False)
+    assert not head.screen_pays(model())
+
+
+def test_amx_is_read_from_the_cpu_flags(tmp_path):
+    (tmp_path / "amx").write_text("flags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n")
+    (tmp_path / "zen4").write_text("flags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n")
+    assert head.cpu_has_amx(str(tmp_path / "amx"))
+    assert not head.cpu_has_amx(str(tmp_path / "zen4"))  # AVX512-BF16 alone: the screen was not faster there
+    assert not head.cpu_has_amx(str(tmp_path / "missing"))  # not Linux
 
 
 def test_layer_out_of_range_names_the_range(tiny_llama):

@@ -6,7 +6,7 @@ answers (but where two logits agree to float32 rounding, as between any two mach
   (its logits stay in cache); the first maximum wins, as in argmax.
 - `screened`: the same products in bfloat16, whose error is bounded (`SCREEN_SLACK`); only the few tokens
   that the bound cannot rule out get their float32 logit, and the argmax is taken over those. Used on CPUs
-  with bf16 units (`screen_pays`), where bf16 products are several times faster than float32 ones.
+  with AMX (`screen_pays`), where it was measured faster than `exact` (bench/README.md).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 
 from .batches import chunks
 
-__all__ = ["cpu_has_bf16", "greedy", "SCREEN_MAX_HIDDEN", "SCREEN_SLACK", "screen_pays", "VOCAB_BLOCK"]
+__all__ = ["cpu_has_amx", "greedy", "SCREEN_MAX_HIDDEN", "SCREEN_SLACK", "screen_pays", "VOCAB_BLOCK"]
 
 VOCAB_BLOCK = 4096  # vocabulary entries per product: 1024 x 4096 float32 logits (16 MB) stay in cache
 
@@ -109,19 +109,19 @@ def _bf16_copy(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def screen_pays(model) -> bool:
-    """True for a screenable head of at least 8 blocks on a CPU with bf16 units
-    (`cpu_has_bf16`): elsewhere bf16 products are slower than float32 (~7x on AVX2 only)."""
+    """True for a screenable head of at least 8 blocks on a CPU with AMX (`cpu_has_amx`). Elsewhere the screen
+    does not pay: not faster with AVX512-BF16 alone (an AMD EPYC, 2026-12-05), ~7x slower on AVX2 only."""
     weight = model.unembed.weight
     return (weight.device.type == "cpu" and weight.shape[0] >= 8 * VOCAB_BLOCK and _screenable(model.unembed)
-            and cpu_has_bf16())
+            and cpu_has_amx())
 
 
 @functools.cache
-def cpu_has_bf16() -> bool:
-    """Whether this CPU lists AVX512-BF16 or AMX-BF16 (Linux's /proc/cpuinfo; elsewhere False). A fact of the
-    machine, not a timing: which way the head runs never depends on the load."""
+def cpu_has_amx(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU lists AMX-BF16 (Linux's /proc/cpuinfo; elsewhere False). A fact of the machine, not a
+    timing: which way the head runs never depends on the load."""
     try:
-        flags = Path("/proc/cpuinfo").read_text().split()
+        flags = Path(cpuinfo).read_text().split()
     except OSError:
         return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return "amx_bf16" in flags
