@@ -42,6 +42,7 @@ lock:  # re-resolve pyproject.toml's ranges into requirements-lock.txt; run `mak
 # installed (install-model). Review `git diff --stat figures` before committing.
 reference: setup
 	$(PY) -m tv_utils reproduce --seeds 0 1 2 3 4 --out figures
+	$(PY) -m tv_utils departures --out figures  # the official code's protocol, and each departure from it (~15 min)
 	$(PY) -m tv_utils conflict --out figures
 	$(PY) -m tv_utils widgets --out figures  # what the ICL playground and conflict widget show at once
 	$(PY) -m tv_utils geometry --out figures

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
+from tv_utils.analyses.departures import DEPARTURES
 from tv_utils.tasks import TASK_NAMES
 
 pytestmark = pytest.mark.cli  # each test starts `python -m tv_utils`: ~2 s of imports
@@ -277,3 +278,27 @@ def test_a_run_in_the_checkout_leaves_the_reference_alone(tmp_path):
             path.unlink(missing_ok=True)
         for path, aside in kept.items():
             aside.rename(path)
+
+
+def test_the_paper_protocol_then_rescore_and_departures_from_the_command_line(tmp_path, tiny_llama_folder):
+    """`reproduce --protocol paper` stores its predictions; `rescore --scoring kit` re-scores them without the
+    model and gives the run's baseline and ICL back when the rule is the run's own; `departures` writes its table."""
+    model = ["--model", str(tiny_llama_folder)]
+    proc, _ = run_cli(tmp_path, "reproduce", "--tasks", "next_letter", "country_capital", "--n-dev", "4",
+                      "--n-test", "5", "--protocol", "paper", "--no-figures", *model)
+    assert proc.returncode == 0, proc.stderr
+    stem = tmp_path / "results" / ("reproduce_" + str(tiny_llama_folder).replace("/", "_"))
+    report = json.loads(Path(f"{stem}_results.json").read_text())
+    assert {report["protocol"][k] for k in ("prompts", "sampling", "scoring")} == {"paper"}
+    results = pd.read_csv(f"{stem}_results.csv")
+    proc, _ = run_cli(tmp_path, "rescore", f"{stem}_episodes.csv.gz", "--scoring", "paper", "--out", "again.csv")
+    assert proc.returncode == 0, proc.stderr
+    again = pd.read_csv(tmp_path / "again.csv")
+    assert again[["baseline", "icl", "tv"]].values.tolist() == results[["baseline", "icl", "tv"]].values.tolist()
+    proc, _ = run_cli(tmp_path, "rescore", f"{stem}_results.csv", "--scoring", "kit")  # not an episode table
+    assert proc.returncode == 1 and "column(s)" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    proc, _ = run_cli(tmp_path, "departures", "--tasks", "next_letter", "--out", "dep", *model, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    table = pd.read_csv(tmp_path / "dep" / ("departures_" + str(tiny_llama_folder).replace("/", "_") + ".csv"))
+    assert set(table.departure) == set(DEPARTURES) and (table.diff_lo <= table.diff_hi).all()
+    assert set(table.task) == {"next_letter", "mean"} and set(table.method) == {"baseline", "icl", "tv"}

@@ -1,5 +1,5 @@
-"""Command line: `python -m tv_utils {reproduce,depth,geometry,conflict,widgets,vocab,beyond,function-vectors,bench,
-prepare,install-model,scorecard,course}`.
+"""Command line: `python -m tv_utils {reproduce,rescore,departures,depth,geometry,conflict,widgets,vocab,beyond,
+function-vectors,bench,prepare,install-model,scorecard,course}`.
 
 Arguments are checked before any weights load (tasks and task files, counts, layers against the model's config,
 device, dtype): bad input exits with status 2 and one line on stderr, in seconds, writing nothing. Errors the kit
@@ -278,15 +278,17 @@ def _load(args):
 
 def cmd_reproduce(args) -> None:
     import json
-    from dataclasses import asdict
+    from dataclasses import asdict, replace
 
     from .experiments import reference_diff, reproduce, summarize
     from .models import load_remote
-    from .protocol import INTERVALS, WIDE_TIE, Protocol
+    from .protocol import INTERVALS, PROTOCOLS, WIDE_TIE
     from .store import FIGURES, precomputed, results_folder, results_stem, suffixed
 
     model = load_remote(args.model) if args.remote is True else _load(args)
-    protocol = Protocol(k=args.k, n_dev=args.n_dev, n_test=args.n_test, seed=args.seed)
+    conventions = {name: getattr(args, name) for name in ("prompts", "sampling", "scoring") if getattr(args, name)}
+    protocol = replace(PROTOCOLS[args.protocol], k=args.k, n_dev=args.n_dev, n_test=args.n_test, seed=args.seed,
+                       **conventions)
     run = reproduce(model, args.tasks, args.out, protocol, figures=not args.no_figures, remote=args.remote,
                     seeds=args.seeds)
     results = run.results
@@ -315,12 +317,37 @@ def cmd_reproduce(args) -> None:
         text, diff = reference_diff(results, run.per_layer, precomputed(reference.name[:-4], FIGURES),
                                     precomputed(stem.name + "_per_layer", FIGURES))
         stored = json.loads(suffixed(stem, "_results.json").read_text()).get("protocol", {})
+        stored = asdict(PROTOCOLS["kit"]) | stored  # references from before the conventions were named are the kit's
         changed = [f"{k} {v} (reference {stored[k]})" for k, v in asdict(protocol).items() if stored.get(k) != v]
         print(f"\ncompared with the committed reference ({reference.name}): {text}")
         if changed:
             print(f"this run's protocol differs from the reference's: {', '.join(changed)}")
         if len(diff):
             print(diff.to_string(index=False, float_format="%.2f", na_rep=""))
+
+
+def cmd_rescore(args) -> None:
+    import pandas as pd
+
+    from .experiments import rescore
+    from .store import save_table
+
+    text = dict.fromkeys(("query", "answer", "target_text", "pred_text"), str)  # " 7" stays text, "" stays ""
+    results, _ = rescore(pd.read_csv(args.episodes, keep_default_na=False, dtype=text), args.scoring)
+    print(results.to_string(index=False, float_format="%.2f"))
+    if args.out:
+        save_table(results, args.out)
+        print(f"\nwritten to {args.out}")
+
+
+def cmd_departures(args) -> None:
+    from .analyses import departures
+
+    result = departures.run(_load(args), args.tasks, out_dir=args.out)
+    table = result["table"]
+    print(table[table.task != "mean"].to_string(index=False, float_format="%.2f"))
+    print("\nmean over tasks, kit's convention minus the paper's [95% bootstrap over queries]:")
+    print(departures.markdown(table))
 
 
 def cmd_depth(args) -> None:
@@ -457,6 +484,13 @@ def main(argv=None) -> None:
     p.add_argument("--k", type=_count, default=5, help="demonstrations per episode")
     p.add_argument("--n-dev", type=_count, default=50)
     p.add_argument("--n-test", type=_count, default=50)
+    p.add_argument("--protocol", choices=["kit", "paper"], default="kit",
+                   help="whose conventions: the kit's (default), or the official code's prompt spacing, sampling "
+                        "and scoring (README 'Departures')")
+    for name, what in (("prompts", "prompt spacing"), ("sampling", "sampling of queries and dummies"),
+                       ("scoring", "scoring of answers")):
+        p.add_argument(f"--{name}", choices=["kit", "paper"], default=None,
+                       help=f"override --protocol's {what} (to measure one departure at a time)")
     p.add_argument("--remote", nargs="?", const=True, default=False, choices=["local"],
                    help="run through nnsight traces on NDIF (needs NDIF_API_KEY and --model with a model id that "
                         "NDIF hosts); '--remote local' runs nnsight's offline simulation of remote execution on a "
@@ -473,6 +507,18 @@ def main(argv=None) -> None:
         p.add_argument("--n", type=_count, default=50, help="episodes per task")
         p.add_argument("--layer", type=int, default=None, help="default: the best mean dev layer")
         return p
+
+    p = sub.add_parser("rescore", help="a stored run's episodes scored by another rule, without the model")
+    p.add_argument("episodes", help="a reproduce run's episode table (reproduce_<model>_episodes.csv.gz)")
+    p.add_argument("--scoring", choices=["kit", "paper"], required=True)
+    p.add_argument("--out", default=None, help="write the rescored per-task table to this CSV")
+    p.set_defaults(func=cmd_rescore)
+
+    p = sub.add_parser("departures", help="the official protocol, and each of the kit's departures from it, measured")
+    _add_model_args(p)
+    _add_task_args(p, TASK_NAMES)
+    _add_out_args(p, figures=False)
+    p.set_defaults(func=cmd_departures)
 
     p = sub.add_parser("depth", help="layer sweeps of several models on relative depth")
     p.add_argument("--models", nargs="+", default=list(depth.MODELS))

@@ -11,19 +11,22 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import pandas as pd
 import torch
 
 from . import engine, store
 from .models import Model
 from .prompts import DEFAULT_FORMAT, PromptFormat, accepted_ids, usable_task
-from .protocol import (INTERVALS, PAPER, Protocol, best_mean_layer, best_of, compare, episode_hits, episode_table,
-                       layer_stability, main_seed, mean_interval, ratio_interval, tie_layers, tie_span, with_intervals)
+from .protocol import (INTERVALS, PAPER, Protocol, best_mean_layer, best_of, compare, episode_table, layer_stability,
+                       main_seed, mean_interval, ratio_interval, score, tie_layers, tie_span, with_intervals,
+                       with_query_intervals)
 from .tasks import TASK_NAMES, Task, get_task, sample_episodes
 
 __all__ = ["default_layer", "encode_queries", "evaluate_task", "layer_accuracy", "METHODS", "per_layer_accuracy",
-           "prepare_split", "QUICK_EPISODES", "quick_tasks", "reference_diff", "reproduce", "Run", "run_tasks",
-           "run_with_theta", "sample_split", "seed_summary", "SEEDS_METRICS", "Split", "summarize", "traced_tasks"]
+           "prepare_split", "QUICK_EPISODES", "quick_tasks", "reference_diff", "reproduce", "rescore",
+           "RESCORE_COLUMNS", "Run", "run_tasks", "run_with_theta", "sample_split", "seed_summary", "SEEDS_METRICS",
+           "Split", "summarize", "traced_tasks"]
 
 
 def _targets(episodes, answer_ids: dict[str, int], device) -> torch.Tensor:
@@ -53,8 +56,8 @@ class Split:
 def sample_split(model: Model, task: Task | str, split: str, n: int, protocol: Protocol, fmt: PromptFormat):
     """A split's episodes over the pairs this tokenizer can score, and their target tokens."""
     task = get_task(task) if isinstance(task, str) else task
-    usable, answer_ids = usable_task(task, model.tokenizer, fmt)
-    episodes = sample_episodes(usable, n, protocol.k, protocol.n_dummies, split, protocol.seed)
+    usable, answer_ids = usable_task(task, model.tokenizer, fmt, protocol.prompts)
+    episodes = sample_episodes(usable, n, protocol.k, protocol.n_dummies, split, protocol.seed, protocol.sampling)
     return usable, episodes, _targets(episodes, answer_ids, model.device)
 
 
@@ -72,7 +75,8 @@ def layer_accuracy(model: Model, task, n: int = PAPER.n_dev, protocol: Protocol 
                    split: str = "dev") -> pd.DataFrame:
     """Task-vector accuracy at every layer on one split (the dev half of `evaluate_task`), with 95% intervals."""
     s = prepare_split(model, task, split, n, protocol, icl=False)
-    dev_hits = episode_hits(model, engine.layer_sweep(model, s.queries, s.theta), s.target[:, None], s.accepted)
+    dev_hits = score(model, s.task, s.episodes, engine.layer_sweep(model, s.queries, s.theta), s.target,
+                     protocol.scoring)
     return _curve(model, s.task, list(range(model.n_layers)), dev_hits)
 
 
@@ -154,14 +158,16 @@ def run_with_theta(model: Model, task_names=TASK_NAMES, protocol: Protocol = PAP
     dev = [sample_split(model, t, "dev", p.n_dev, p, fmt) for t in task_names]
     test = [sample_split(model, t, "test", p.n_test, p, fmt) for t in task_names]
     say = (lambda text: f"{text} ({len(dev)} tasks, {model.name})") if progress else (lambda text: None)  # noqa: E731
-    dev_theta, dev_hits = _dev_stage(model, dev, layers, fmt, say)
+    dev_theta, dev_pred = _dev_stage(model, dev, layers, fmt, say)
+    dev_hits = [score(model, task, episodes, pred, target, p.scoring, fmt).cpu()
+                for pred, (task, episodes, target) in zip(dev_pred, dev)]
     best = [best_of(layers, hits.double().mean(0).tolist()) for hits in dev_hits]
     test_theta, predictions = _test_stage(model, test, best, fmt, say)
-    test_hits = []
-    for predicted, (task, episodes, target) in zip(predictions, test):
-        accepted = accepted_ids(model.tokenizer, task, episodes, fmt)  # None unless the task accepts several answers
-        test_hits.append({method: episode_hits(model, pred, target, accepted) for method, pred in predicted.items()})
-    run = _tables(model, [task for task, _, _ in dev], layers, dev_hits, test_hits, p)
+    test_hits = [{method: score(model, task, episodes, pred, target, p.scoring, fmt) for method, pred in pred_m.items()}
+                 for pred_m, (task, episodes, target) in zip(predictions, test)]
+    scored = [{"dev": (d[1], d[2], d_pred, d_hits), "test": (t[1], t[2], t_pred, t_hits)}
+              for d, d_pred, d_hits, t, t_pred, t_hits in zip(dev, dev_pred, dev_hits, test, predictions, test_hits)]
+    run = _tables(model, [task for task, _, _ in dev], layers, scored, p)
     return run, {"dev": _per_task(dev_theta, dev), "test": _per_task(test_theta, test)}
 
 
@@ -175,14 +181,13 @@ def _flat(splits) -> list:
 
 
 def _dev_stage(model: Model, dev, layers, fmt, say) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """theta of every dev episode, then every query patched at every layer: (theta, hits [n_dev, n_layers] per
+    """theta of every dev episode, then every query patched at every layer: (theta, answers [n_dev, n_layers] per
     task)."""
     theta, _ = engine.episode_states(model, _flat(dev), fmt, icl=False, progress=say("dev task vectors"),
                                      by_length=True)
     sweep = engine.layer_sweep(model, encode_queries(model, _flat(dev), fmt), theta, layers,
                                progress=say(f"dev sweep, {len(layers)} layers"))
-    return theta, [episode_hits(model, answers, target[:, None], accepted_ids(model.tokenizer, task, episodes, fmt))
-                   .cpu() for answers, (task, episodes, target) in zip(_per_task(sweep, dev), dev)]
+    return theta, [answers.cpu() for answers in _per_task(sweep, dev)]
 
 
 def _test_stage(model: Model, test, best: list[int], fmt, say) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
@@ -205,10 +210,27 @@ def _test_stage(model: Model, test, best: list[int], fmt, say) -> tuple[torch.Te
 METHODS = ("baseline", "icl", "tv")  # the results table's accuracy columns
 
 
-def _tables(model: Model, tasks, layers, dev_hits, test_hits, protocol: Protocol) -> Run:
-    """The run's tables from its hits: dev hits [n_dev, n_layers] and test hits {method: [n_test]} per task."""
-    rows, curves, episodes, stability = [], [], [], []
-    for task, dev, test in zip(tasks, dev_hits, test_hits):
+def _columns(tokenizer, episodes, target, pred) -> tuple[dict, dict]:
+    """The episode table's columns of one split and method: per episode the query and its answer (stripped, as
+    the task writes them) with the target token and its text; per cell the predicted token and its text (decoded
+    without special tokens, as the official code reads it; ids beyond the tokenizer as ""), so that any scoring
+    rule can be applied later (`rescore`)."""
+    target, pred = target.cpu(), pred.cpu()
+    ids = sorted({*pred.flatten().tolist(), *target.tolist()})
+    known = [i for i in ids if i < len(tokenizer)]
+    text = dict.fromkeys(ids, "") | dict(zip(known, tokenizer.batch_decode([[i] for i in known],
+                                                                           skip_special_tokens=True)))
+    per_episode = {"query": [ep.query[0].strip() for ep in episodes], "answer": [ep.query[1] for ep in episodes],
+                   "target": target.tolist(), "target_text": [text[i] for i in target.tolist()]}
+    return per_episode, {"pred": pred.numpy(), "pred_text": np.vectorize(text.get, otypes=[object])(pred.numpy())}
+
+
+def _tables(model: Model, tasks, layers, scored: list[dict], protocol: Protocol) -> Run:
+    """The run's tables from each task's scored splits, {"dev": (episodes, targets, predictions, hits)
+    [n_dev, n_layers], "test": (episodes, targets, {method: predictions [n_test]}, {method: hits})}."""
+    rows, curves, episodes, stability, test_hits, queries = [], [], [], [], {}, {}
+    for task, split in zip(tasks, scored):
+        (dev_eps, dev_target, dev_pred, dev), (test_eps, test_target, test_pred, test) = split["dev"], split["test"]
         dev_acc = dev.double().mean(0).tolist()
         best = best_of(layers, dev_acc)
         ties = " ".join(map(str, tie_layers(layers, dev_acc, len(dev))))
@@ -218,18 +240,23 @@ def _tables(model: Model, tasks, layers, dev_hits, test_hits, protocol: Protocol
                      "best_layer": best, "tie_layers": ties, "tie_span": tie_span(ties),
                      "layer_share": shares.get(best, 0.0), "n_layers": model.n_layers})
         curves.append(_curve(model, task, layers, dev))
-        episodes += [episode_table(task.name, "dev", "tv", dev.numpy(), layers, seed=protocol.seed)]
+        episodes += [episode_table(task.name, "dev", "tv", dev.numpy(), layers,
+                                   *_columns(model.tokenizer, dev_eps, dev_target, dev_pred), seed=protocol.seed)]
         episodes += [episode_table(task.name, "test", m, test[m].cpu().numpy(), best if m == "tv" else None,
+                                   *_columns(model.tokenizer, test_eps, test_target, test_pred[m]),
                                    seed=protocol.seed) for m in METHODS]
+        test_hits |= {(task.name, m): test[m].cpu().numpy() for m in METHODS}
+        queries[task.name] = [ep.query[0].strip() for ep in test_eps]
         stability.append(pd.DataFrame({"task": task.name, "layer": list(shares), "share": list(shares.values())}))
-    results = with_intervals(pd.DataFrame(rows), METHODS, "n_test")
+    results = with_query_intervals(pd.DataFrame(rows), list(METHODS), test_hits, queries)
     results["tv_over_icl"] = results["tv"] / results["icl"].where(results["icl"] > 0)
     episodes = pd.concat(episodes, ignore_index=True)
     test = episodes[episodes.split == "test"]
     tv_icl = compare(test, "tv", "icl").set_index("task").loc[results.task]
     results["tv_minus_icl"] = tv_icl["diff"].to_numpy()
     results["tv_minus_icl_lo"], results["tv_minus_icl_hi"] = tv_icl["diff_lo"].to_numpy(), tv_icl["diff_hi"].to_numpy()
-    results["tv_vs_icl_p"], results["tv_vs_icl"] = tv_icl["p_value"].to_numpy(), tv_icl["verdict"].to_numpy()
+    results["tv_vs_icl_p"], results["tv_vs_icl_p_holm"] = tv_icl["p_value"].to_numpy(), tv_icl["p_holm"].to_numpy()
+    results["tv_vs_icl"] = tv_icl["verdict"].to_numpy()
     return Run(results, pd.concat(curves, ignore_index=True), episodes, pd.concat(stability, ignore_index=True))
 
 
@@ -241,17 +268,19 @@ def traced_tasks(model: Model, task_names=TASK_NAMES, protocol: Protocol = PAPER
 
     from .interventions import reference_protocol
 
-    tasks = [usable_task(get_task(t) if isinstance(t, str) else t, model.tokenizer, fmt)[0] for t in task_names]
     batch_size = None if remote is True else 32
     runs = [reference_protocol(model, task, protocol, fmt, remote, batch_size)
-            for task in tqdm(tasks, desc=f"traced protocol ({model.name})", disable=not progress)]
-    return _tables(model, tasks, list(range(model.n_layers)), [run["dev_hits"] for run in runs],
-                   [{m: run[f"{m}_hits"] for m in METHODS} for run in runs], protocol)
+            for task in tqdm(task_names, desc=f"traced protocol ({model.name})", disable=not progress)]
+    scored = [{"dev": (run["dev_episodes"], run["dev_target"], run["dev_pred"], run["dev_hits"]),
+               "test": (run["test_episodes"], run["test_target"], {m: run[f"{m}_pred"] for m in METHODS},
+                        {m: run[f"{m}_hits"] for m in METHODS})} for run in runs]
+    return _tables(model, [run["task"] for run in runs], list(range(model.n_layers)), scored, protocol)
 
 
 def summarize(results: pd.DataFrame, episodes: pd.DataFrame | None = None) -> pd.DataFrame:
     """Means per category and overall, with the TV/ICL ratio of the means; given the run's episodes, each with
-    its 95% bootstrap interval (episodes of the main seed resampled within tasks)."""
+    its 95% bootstrap interval (queries of the main seed, with their episodes, resampled within tasks; episodes
+    in tables without queries)."""
     by_cat = results.groupby("category", sort=False)[list(METHODS)].mean()
     by_cat.loc["all"] = results[list(METHODS)].mean()
     by_cat["tv_over_icl"] = by_cat["tv"] / by_cat["icl"]
@@ -260,15 +289,66 @@ def summarize(results: pd.DataFrame, episodes: pd.DataFrame | None = None) -> pd
         return by_cat
     test = main_seed(episodes)
     test = test[test.split == "test"]
-    hits = {(task, m): g.hit.to_numpy() for (task, m), g in test.groupby(["task", "method"], sort=False)}
+    groups = test.groupby(["task", "method"], sort=False)
+    hits = {key: g.hit.to_numpy() for key, g in groups}
+    queries = {task: g["query"].tolist() for (task, m), g in groups if m == "tv"} if "query" in test else None
     for i, category in enumerate(by_cat.category):
         tasks = results.task if category == "all" else results.task[results.category == category]
+        by_query = [queries[t] for t in tasks] if queries else None
         for m in METHODS:
-            by_cat.loc[i, [f"{m}_lo", f"{m}_hi"]] = mean_interval([hits[t, m] for t in tasks], f"{category}/{m}")
+            by_cat.loc[i, [f"{m}_lo", f"{m}_hi"]] = mean_interval([hits[t, m] for t in tasks], f"{category}/{m}",
+                                                                  queries_by_task=by_query)
         by_cat.loc[i, ["tv_over_icl_lo", "tv_over_icl_hi"]] = ratio_interval(
-            [hits[t, "tv"] for t in tasks], [hits[t, "icl"] for t in tasks], category)
+            [hits[t, "tv"] for t in tasks], [hits[t, "icl"] for t in tasks], category, queries_by_task=by_query)
     order = ["category"] + [c for m in (*METHODS, "tv_over_icl") for c in (m, f"{m}_lo", f"{m}_hi")]
     return by_cat[order]
+
+
+RESCORE_COLUMNS = ("seed", "task", "split", "method", "layer", "episode", "query", "answer", "target", "target_text",
+                   "pred", "pred_text")  # what `rescore` needs of a stored episode table
+
+
+def rescore(episodes: pd.DataFrame, scoring: str,
+            categories: dict[str, str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A stored run's episodes scored again by another rule, without the model: (results, episodes).
+
+    scoring="kit": the predicted token's stripped text equals the target token's (or the ids are equal);
+    "paper": the official string rules on the decoded prediction (`prompts.paper_match`). The best layer is chosen
+    again on the rescored dev curve; test predictions of the task vector exist only at the layer the run chose,
+    so TV is reported there, and `layer_rescored` gives the layer the rescored dev curve would choose. A user's
+    task that accepts several answers is scored on its first. `categories` ({task: category}) defaults to the
+    paper's tasks' (others are "custom")."""
+    from .prompts import paper_match
+
+    missing = [c for c in RESCORE_COLUMNS if c not in episodes]
+    if missing:
+        raise ValueError(f"this episode table has no {', '.join(missing)} column(s): it was stored before runs kept "
+                         f"their predictions; run reproduce again to rescore it")
+    if scoring not in ("kit", "paper"):
+        raise ValueError(f"unknown scoring {scoring!r}; valid: kit, paper")
+    cats = {t: get_task(t).category for t in TASK_NAMES} | (categories or {})
+    table = episodes.copy()
+    pred, target = table.pred_text.fillna("").astype(str), table.target_text.fillna("").astype(str)
+    if scoring == "kit":
+        stripped = pred.str.strip()
+        same = (table.pred == table.target) | ((stripped != "") & (stripped == target.str.strip()))
+        table["hit"] = same.astype(int)
+    else:
+        decoded = pred.str.split("\n").str[0]
+        table["hit"] = [int(paper_match(cats.get(t, "custom"), p, a))
+                        for t, p, a in zip(table.task, decoded, table.answer.astype(str))]
+    rows = []
+    for (seed, task), group in table.groupby(["seed", "task"], sort=False):
+        dev = group[group.split == "dev"].pivot_table(index="episode", columns="layer", values="hit")
+        test = group[group.split == "test"]
+        hits = {m: test[test.method == m].sort_values("episode").hit for m in METHODS}
+        layers = [int(c) for c in dev.columns]
+        rows.append({"seed": seed, "task": task, "category": cats.get(task, "custom"), "n_test": len(hits["tv"]),
+                     **{m: hits[m].mean() for m in METHODS},
+                     "n_queries": test[test.method == "tv"]["query"].nunique(),
+                     "best_layer": int(test[test.method == "tv"].layer.iloc[0]),
+                     "layer_rescored": best_of(layers, dev.mean().tolist())})
+    return pd.DataFrame(rows), table
 
 
 SEEDS_METRICS = ("baseline", "icl", "tv", "tv_over_icl", "best_layer")

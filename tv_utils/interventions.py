@@ -137,34 +137,37 @@ def reference_protocol(model: Model, task, protocol=None, fmt=None, remote: bool
     the same numbers with the fast engine): dummies -> theta -> patched sweep on dev -> best layer -> test.
     Returns each method's hits per episode (dev: [n_dev, n_layers]) and accuracies. It only uses nnsight
     traces, so it also runs on NDIF (remote=True) or in nnsight's simulation ("local")."""
-    from .prompts import DEFAULT_FORMAT, accepted_ids, hits, usable_task
-    from .protocol import PAPER, best_of
+    from .prompts import DEFAULT_FORMAT, usable_task
+    from .protocol import PAPER, best_of, score
     from .tasks import get_task, sample_episodes
 
     p, fmt = protocol or PAPER, fmt or DEFAULT_FORMAT
-    usable, answer_ids = usable_task(get_task(task) if isinstance(task, str) else task, model.tokenizer, fmt)
+    usable, answer_ids = usable_task(get_task(task) if isinstance(task, str) else task, model.tokenizer, fmt,
+                                     p.prompts)
     run = dict(batch_size=batch_size, remote=remote)
 
     def split(name: str, n: int):
-        episodes = sample_episodes(usable, n, p.k, p.n_dummies, name, p.seed)
+        episodes = sample_episodes(usable, n, p.k, p.n_dummies, name, p.seed, p.sampling)
         dummies = model.encode([prompt for ep in episodes for prompt in fmt.episode_prompts(ep)[1:]])
         theta = task_vectors(model, dummies, p.n_dummies, **run)  # A(S): [episodes, layers, hidden]
         queries = model.encode([fmt.query(ep.query[0]) for ep in episodes])
-        target = torch.tensor([answer_ids[ep.query[1]] for ep in episodes])
-        return episodes, theta, queries, (target, accepted_ids(model.tokenizer, usable, episodes, fmt))
+        return episodes, theta, queries, torch.tensor([answer_ids[ep.query[1]] for ep in episodes])
 
-    def scored(predicted, answers) -> torch.Tensor:  # hits per episode (and layer): greedy answers scored as text
-        target, accepted = answers  # accepted: further answers, for a task that accepts several (else None)
-        return hits(model.tokenizer, predicted.cpu(), target[:, None], accepted)
+    def scored(predicted, episodes, target) -> torch.Tensor:  # hits per episode (and layer), by the protocol's rule
+        return score(model, usable, episodes, predicted.cpu(), target, p.scoring, fmt)
 
-    _, theta, queries, target = split("dev", p.n_dev)
-    dev_hits = scored(patched_answers(model, queries, theta, range(model.n_layers), **run), target)  # f(x; θ)
+    dev_episodes, theta, queries, dev_target = split("dev", p.n_dev)
+    dev_pred = patched_answers(model, queries, theta, range(model.n_layers), **run).cpu()  # f(x; θ)
+    dev_hits = scored(dev_pred, dev_episodes, dev_target)
     dev_acc = dev_hits.double().mean(0).tolist()
     best = best_of(list(range(model.n_layers)), dev_acc)
     episodes, theta, queries, target = split("test", p.n_test)
     icl = model.encode([fmt.episode_icl(ep) for ep in episodes])
-    out = {"baseline_hits": scored(patched_answers(model, queries, None, [None], **run), target)[:, 0],
-           "icl_hits": scored(patched_answers(model, icl, None, [None], **run), target)[:, 0],
-           "tv_hits": scored(patched_answers(model, queries, theta, [best], **run), target)[:, 0]}
+    pred = {"baseline": patched_answers(model, queries, None, [None], **run)[:, 0].cpu(),
+            "icl": patched_answers(model, icl, None, [None], **run)[:, 0].cpu(),
+            "tv": patched_answers(model, queries, theta, [best], **run)[:, 0].cpu()}
+    out = {f"{m}_hits": scored(pred[m], episodes, target) for m in pred} | {f"{m}_pred": pred[m] for m in pred}
     accuracies = {m: out[f"{m}_hits"].double().mean().item() for m in ("baseline", "icl", "tv")}
-    return {**out, **accuracies, "best_layer": best, "dev_acc": dev_acc, "dev_hits": dev_hits}
+    return {**out, **accuracies, "best_layer": best, "dev_acc": dev_acc, "dev_hits": dev_hits, "dev_pred": dev_pred,
+            "task": usable, "dev_episodes": dev_episodes, "test_episodes": episodes, "dev_target": dev_target,
+            "test_target": target}

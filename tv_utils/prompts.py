@@ -15,6 +15,16 @@ Answer conventions, all here:
 - a user's task may accept several answers to an input (`Task.accepted`): prompts show the first, and a
   prediction is a hit when it matches the first token of any of them (`accepted_ids`). Tasks with one answer
   per input are scored exactly as before.
+
+The official code's conventions (`Protocol(prompts="paper", scoring="paper")`, roeehendel/icl_task_vectors) differ
+by task type, and are here too: `usable_task(..., spacing="paper")` writes algorithmic and knowledge tasks with no
+space (`example:a->b`, `example:France->Paris`) and mapping tasks (translation, linguistic) with a space before
+the input and the output (`example: dog-> chien`), kept when at least SPACED_SHARE as many answers stay single
+tokens by the official test (`"!" + answer` tokenizes to two tokens); knowledge and algorithmic tasks keep every
+pair. `paper_hits` scores as the official code: the greedy token decoded, cut at the first new line, stripped, and
+compared as a string with the answer: equal, or for knowledge tasks a prefix either way. (The official
+translation scorer also accepts a WordNet synonym; no offline WordNet with French and Spanish installs from PyPI,
+so translations are matched exactly here: a departure, README "Departures".)
 """
 
 from __future__ import annotations
@@ -25,8 +35,8 @@ import torch
 
 from .tasks import Episode, Task
 
-__all__ = ["accepted_ids", "answer_token_ids", "answers_token_ids", "DEFAULT_FORMAT", "encode", "hits",
-           "PromptFormat", "SPACED_SHARE", "usable_task"]
+__all__ = ["accepted_ids", "answer_token_ids", "answers_token_ids", "decoded_answers", "DEFAULT_FORMAT", "encode",
+           "hits", "paper_hits", "paper_match", "PromptFormat", "SPACED_SHARE", "SPACINGS", "usable_task"]
 
 
 @dataclass(frozen=True)
@@ -89,14 +99,23 @@ def answers_token_ids(tokenizer, answers: list[str], fmt: PromptFormat = DEFAULT
 SPACED_SHARE = 0.7
 
 
-def usable_task(task: Task, tokenizer, fmt: PromptFormat = DEFAULT_FORMAT) -> tuple[Task, dict[str, int]]:
+SPACINGS = ("kit", "paper")  # how `usable_task` spaces a task's prompts
+
+
+def usable_task(task: Task, tokenizer, fmt: PromptFormat = DEFAULT_FORMAT,
+                spacing: str = "kit") -> tuple[Task, dict[str, int]]:
     """The task restricted to pairs this tokenizer can score, and each kept answer's target token.
 
-    A pair is scorable when its answer's first token is more than white space, and (unless the task allows
-    multi-token answers) its only token. Answers are written after a space when that keeps at least
-    SPACED_SHARE as many pairs as writing them without (`Task.spaced`), as the paper's code decides: the
-    paper's 18 tasks keep their space; numbers on Gemma (` 8` is `▁` + `8`) drop it and score on the digit.
+    spacing="kit": a pair is scorable when its answer's first token is more than white space, and (unless the
+    task allows multi-token answers) its only token. Answers are written after a space when that keeps at least
+    SPACED_SHARE as many pairs as writing them without (`Task.spaced`); inputs never take a space. Numbers on
+    Gemma (` 8` is `▁` + `8`) drop the space and score on the digit. spacing="paper": as the official code, by
+    task type (`_paper_task`); a user's (custom) task, which the official code has no rule for, keeps the kit's.
     """
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown spacing {spacing!r}; valid spacings: {', '.join(SPACINGS)}")
+    if spacing == "paper" and task.category != "custom":
+        return _paper_task(task, tokenizer, fmt)
     answers = [y for _, y in task.pairs]
     forms = {spaced: _scorable(task, tokenizer, answers_token_ids(tokenizer, answers, fmt, spaced))
              for spaced in (True, False)}
@@ -104,6 +123,28 @@ def usable_task(task: Task, tokenizer, fmt: PromptFormat = DEFAULT_FORMAT) -> tu
     targets = forms[spaced]
     kept = tuple(pair for pair in task.pairs if pair[1] in targets)
     return replace(task, pairs=kept, spaced=spaced), targets
+
+
+def _paper_task(task: Task, tokenizer, fmt: PromptFormat) -> tuple[Task, dict[str, int]]:
+    """The official code's version of one of the paper's tasks: mapping tasks (translation, linguistic) keep the
+    answers that `"!" + answer` tokenizes into two tokens (mapping_task.py `_is_single_token`), spaced (input and
+    output, `{" dog": " chien"}`) when that keeps at least SPACED_SHARE as many as unspaced; algorithmic and
+    knowledge tasks keep every pair, unspaced. Targets are the answers' first tokens (for the kit's scorer)."""
+    spaced = False
+    if task.category in ("translation", "linguistic"):
+        single = {sp: {y for _, y in task.pairs if len(tokenizer.tokenize("!" + (" " if sp else "") + y)) == 2}
+                  for sp in (True, False)}
+        spaced = len(single[True]) >= SPACED_SHARE * len(single[False])
+        keep = single[spaced]
+        task = replace(task, pairs=tuple(p for p in task.pairs if p[1] in keep),
+                       accepted=tuple((x, ys) for x, ys in task.accepted if ys[0] in keep))
+    if spaced:
+        task = replace(task, pairs=tuple((" " + x, y) for x, y in task.pairs),
+                       accepted=tuple((" " + x, ys) for x, ys in task.accepted))
+    task = replace(task, spaced=spaced)
+    answers = [y for _, y in task.pairs]
+    first = {y: ids[0] for y, ids in zip(answers, answers_token_ids(tokenizer, answers, fmt, spaced)) if ids}
+    return task, first
 
 
 def _scorable(task: Task, tokenizer, token_ids: list[list[int]]) -> dict[str, int]:
@@ -157,3 +198,32 @@ def hits(tokenizer, predicted: torch.Tensor, target: torch.Tensor,
     text = {i: tokenizer.decode([i]).strip() if i < size else "" for i in {i for pair in pairs for i in pair}}
     same = [p == t or (text[p] != "" and text[p] == text[t]) for p, t in pairs]
     return torch.tensor(same, dtype=torch.bool).view(predicted.shape)
+
+
+def decoded_answers(tokenizer, predicted) -> list[str]:
+    """Each predicted token id as the official code reads it: decoded without special tokens, cut at the first
+    new line (the example separator) and stripped."""
+    texts = tokenizer.batch_decode([[int(i)] for i in predicted], skip_special_tokens=True)
+    return [t.split("\n")[0].strip() for t in texts]
+
+
+def paper_match(category: str, predicted: str, answer: str) -> bool:
+    """The official rule for one decoded prediction against one answer (task.py `compare_outputs`): both stripped,
+    equal; for knowledge tasks (`allow_prefix`), and for a user's tasks, whose answers may be several tokens long,
+    both non-empty and one a prefix of the other."""
+    predicted, answer = predicted.strip(), answer.strip()
+    if category in ("knowledge", "custom"):
+        return bool(predicted) and bool(answer) and (predicted.startswith(answer) or answer.startswith(predicted))
+    return predicted == answer
+
+
+def paper_hits(tokenizer, task: Task, episodes, predicted: torch.Tensor) -> torch.Tensor:
+    """Hits of predicted token ids ([n_episodes] or [n_episodes, n_layers]) under the official scoring: each
+    decoded prediction (`decoded_answers`) against every answer its episode's query accepts (`paper_match`)."""
+    flat = predicted.cpu().reshape(len(episodes), -1)
+    unique = sorted(set(flat.flatten().tolist()))
+    text = dict(zip(unique, decoded_answers(tokenizer, unique)))
+    answers = [task.answers(ep.query[0]) for ep in episodes]
+    rows = [[any(paper_match(task.category, text[i], a) for a in accepted) for i in row]
+            for row, accepted in zip(flat.tolist(), answers)]
+    return torch.tensor(rows, dtype=torch.bool).view(predicted.shape)

@@ -1,17 +1,27 @@
 """The paper's protocol and the uncertainty of its numbers, in one place.
 
 Settings: k = 5 demonstrations, 50 dev and 50 test episodes per task, theta averaged over 2 dummy queries,
-a seed that draws the queries, demonstrations and dummies. Scoring: a hit is the greedy next token equal to
-the answer's first token (`prompts.hits`; to that of any accepted answer, for a user's task that accepts several).
+a seed that draws the queries, demonstrations and dummies. Three settings say whose conventions are followed,
+each "kit" (the default) or "paper" (the official code, roeehendel/icl_task_vectors; `VARIANTS`):
+- `prompts`: the spacing of the prompts (`prompts.usable_task`);
+- `sampling`: how queries and dummies are drawn (`tasks.sample_episodes`);
+- `scoring`: what counts as a hit (`score`): the kit's comparison of the greedy token's text with the answer's
+  first token (`prompts.hits`), or the official string rules (`prompts.paper_hits`).
 The layer is chosen on dev (the first layer with the top dev accuracy, the paper's rule) and accuracy is reported
 on test.
 
-Uncertainty, 95% everywhere:
-- one accuracy (k hits of n episodes): Wilson score interval;
-- a mean over tasks, or the TV/ICL ratio of means: percentile bootstrap, resampling episodes within each task;
-- two methods on the same episodes: McNemar's test and Tango's score interval of the difference, which
-  inverts it (`paired`); a verdict is "better" or "worse" only at p < 0.05, else "no detectable
-  difference" (over 18 tasks, about one false verdict in twenty comparisons is expected: `holm` corrects);
+Uncertainty, 95% everywhere. The unit of evidence is the query: episodes that ask the same query are not
+independent (a model that knows `f -> g` gets it right in every episode that asks it), so wherever a table's
+episodes repeat queries, intervals resample queries with their episodes (a cluster bootstrap), and the number of
+distinct queries stands beside every accuracy:
+- one accuracy: Wilson score interval when every episode asks its own query; else the percentile bootstrap over
+  queries (`query_interval`), and at 0 or 1, where every resample agrees, Wilson over the distinct queries;
+- a mean over tasks, or the TV/ICL ratio of means: percentile bootstrap, resampling queries (or episodes, in
+  tables without queries) within each task;
+- two methods on the same episodes (`compare`): the exact McNemar test on the discordant episodes, Holm's
+  correction over the tasks compared, and the difference's interval by the same bootstrap over queries; a verdict
+  is "better" or "worse" only where the Holm-corrected p < 0.05, else "no detectable difference". (`paired`
+  keeps the single-comparison score test with Tango's interval.)
 - the chosen layer: the share of bootstrap resamples of the dev episodes that pick each layer.
 Every resample is drawn from a generator seeded by its label, so the same data give the same bytes.
 """
@@ -25,18 +35,21 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-__all__ = ["accuracy", "ALPHA", "best_mean_layer", "best_of", "compare", "episode_hits", "episode_table", "holm",
-           "INTERVALS", "layer_stability", "main_seed", "mean_interval", "mean_of_proportions", "N_BOOT",
-           "N_BOOT_LAYER", "newcombe", "paired", "PAPER", "Protocol", "ratio_interval", "tango", "tie_layers",
-           "tie_span", "verdict", "VERDICTS", "WIDE_TIE", "wilson", "with_intervals", "Z95"]
+__all__ = ["accuracy", "ALPHA", "best_mean_layer", "best_of", "compare", "difference_interval", "episode_hits",
+           "episode_table", "holm", "INTERVALS", "KIT", "layer_stability", "main_seed", "mcnemar_exact",
+           "mean_interval", "mean_of_proportions", "N_BOOT", "N_BOOT_LAYER", "newcombe", "paired", "PAPER",
+           "Protocol", "PROTOCOLS", "query_interval", "ratio_interval", "score", "tango", "tie_layers", "tie_span",
+           "VARIANTS", "verdict", "VERDICTS", "WIDE_TIE", "wilson", "with_intervals", "with_query_intervals", "Z95"]
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 N_BOOT = 2000  # bootstrap resamples for intervals of means and ratios
 N_BOOT_LAYER = 1000  # resamples of the dev episodes for the stability of the chosen layer
 ALPHA = 0.05
 VERDICTS = ("better", "worse", "no detectable difference")
-INTERVALS = ("95%: Wilson per task; bootstrap over episodes within tasks for means and TV/ICL; paired "
-             "comparisons (TV vs ICL): McNemar score test at p < 0.05 with Tango's interval")
+INTERVALS = ("95%: per task, a bootstrap over queries where episodes repeat them (Wilson where they don't, and "
+             "over the distinct queries at 0 and 1); means and TV/ICL, the same bootstrap within tasks; paired "
+             "comparisons (TV vs ICL): exact McNemar, Holm-corrected over the tasks, verdicts at p < 0.05")
+VARIANTS = ("kit", "paper")  # whose conventions each of prompts, sampling and scoring follows
 
 
 @dataclass(frozen=True)
@@ -46,9 +59,25 @@ class Protocol:
     n_test: int = 50  # episodes that report accuracy
     n_dummies: int = 2  # dummy queries theta is averaged over
     seed: int = 0  # draws queries, demonstrations and dummies (and the dev/test split of the queries)
+    prompts: str = "kit"  # "paper": the official spacing per task type (prompts.usable_task)
+    sampling: str = "kit"  # "paper": each query drawn afresh from all inputs (tasks.sample_episodes)
+    scoring: str = "kit"  # "paper": the decoded token against the answer string, by task type (prompts.paper_hits)
+
+    def __post_init__(self):
+        for name in ("prompts", "sampling", "scoring"):
+            if getattr(self, name) not in VARIANTS:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; valid: {', '.join(VARIANTS)}")
+
+    @property
+    def variant(self) -> str:
+        """"paper" or "kit" when all three conventions are one's, else "mixed"."""
+        used = {self.prompts, self.sampling, self.scoring}
+        return used.pop() if len(used) == 1 else "mixed"
 
 
-PAPER = Protocol()
+PAPER = Protocol()  # the paper's counts (k, episodes, dummies) with the kit's conventions: today's default
+KIT = PAPER
+PROTOCOLS = {"kit": KIT, "paper": Protocol(prompts="paper", sampling="paper", scoring="paper")}
 
 
 # ----- scoring and the choice of layer -----
@@ -65,6 +94,18 @@ def episode_hits(model, predicted, target, accepted=None):
     from .prompts import hits
 
     return hits(model.tokenizer, predicted, target, accepted)
+
+
+def score(model, task, episodes, predicted, target, scoring: str = "kit", fmt=None):
+    """Hits of predicted ids ([n_episodes] or [n_episodes, n_layers]) of one task's episodes by the protocol's
+    scoring: "kit" (`episode_hits` against the target tokens [n_episodes], and any further accepted answers) or
+    "paper" (`prompts.paper_hits`, the official string rules). `task` is the usable task the episodes come from."""
+    from .prompts import DEFAULT_FORMAT, accepted_ids, paper_hits
+
+    if scoring == "paper":
+        return paper_hits(model.tokenizer, task, episodes, predicted)
+    accepted = accepted_ids(model.tokenizer, task, episodes, fmt or DEFAULT_FORMAT)
+    return episode_hits(model, predicted, target[:, None] if predicted.ndim == 2 else target, accepted)
 
 
 def best_of(layers, accuracy) -> int:
@@ -140,6 +181,40 @@ def with_intervals(table: pd.DataFrame, columns, n) -> pd.DataFrame:
     return table
 
 
+def query_interval(hits, queries=None, label: str = "", n_boot: int = N_BOOT) -> tuple[float, float]:
+    """95% interval of one accuracy whose episodes may repeat queries: Wilson when every episode asks its own query
+    (or `queries` is None); else the percentile bootstrap that resamples queries with all their episodes, and at 0
+    or 1 (every resample the same) Wilson over the distinct queries, as if each had been asked once."""
+    hits = np.asarray(hits, dtype=float)
+    if queries is None or len(set(queries)) == len(hits):
+        return wilson(int(hits.sum()), len(hits))
+    if hits.min() == hits.max():
+        n = len(set(queries))
+        return wilson(n * int(hits[0]), n)
+    return _percentiles(_boot_means([hits], _rng("query", label), n_boot, queries_by_task=[queries])[0])
+
+
+def _clusters(queries) -> tuple[np.ndarray, np.ndarray]:
+    """Each episode's query as a code 0..q-1 (in order of first appearance), and each query's episode count."""
+    codes, _ = pd.factorize(pd.Series(list(queries), dtype=object))
+    return codes, np.bincount(codes)
+
+
+def with_query_intervals(table: pd.DataFrame, columns, hits: dict, queries: dict, key: str = "task") -> pd.DataFrame:
+    """`table` with `<col>_lo`, `<col>_hi` after each accuracy column, from `query_interval` of the episodes behind
+    each row: hits[(row's key, col)] and queries[row's key] (one query per episode), and `n_queries` (the distinct
+    queries) after the last interval."""
+    table = table.copy()
+    for col in columns:
+        bounds = [query_interval(hits[k, col], queries[k], f"{k}/{col}") for k in table[key]]
+        at = table.columns.get_loc(col) + 1
+        table.insert(at, f"{col}_lo", [lo for lo, _ in bounds])
+        table.insert(at + 1, f"{col}_hi", [hi for _, hi in bounds])
+    table.insert(table.columns.get_loc(f"{columns[-1]}_hi") + 1, "n_queries",
+                 [len(set(queries[k])) for k in table[key]])
+    return table
+
+
 def mean_of_proportions(accuracies, ns, z: float = Z95) -> tuple[float, float]:
     """Normal 95% interval of a mean of independent accuracies (tasks on their own episodes), from their binomial
     variances: the closed form of `mean_interval`'s bootstrap, for figures drawn from summary tables."""
@@ -148,29 +223,52 @@ def mean_of_proportions(accuracies, ns, z: float = Z95) -> tuple[float, float]:
     return max(0.0, mean - z * se), min(1.0, mean + z * se)
 
 
-def mean_interval(hits_by_task, label: str = "", n_boot: int = N_BOOT) -> tuple[float, float]:
-    """95% bootstrap interval of the mean over tasks of per-task accuracy, resampling episodes within each task
+def mean_interval(hits_by_task, label: str = "", n_boot: int = N_BOOT, queries_by_task=None) -> tuple[float, float]:
+    """95% bootstrap interval of the mean over tasks of per-task accuracy, resampling within each task its queries
+    with their episodes (`queries_by_task`: one query per episode, per task) or, without them, its episodes
     (`hits_by_task`: one array of 0/1 per task)."""
-    return _percentiles(_boot_means(hits_by_task, _rng("mean", label), n_boot).mean(0))
+    rng = _rng("mean", label)
+    seeds = rng.integers(0, 2**32, size=len(hits_by_task)) if queries_by_task is not None else None
+    return _percentiles(_boot_means(hits_by_task, rng, n_boot, seeds, queries_by_task).mean(0))
 
 
-def ratio_interval(num_by_task, den_by_task, label: str = "", n_boot: int = N_BOOT) -> tuple[float, float]:
+def ratio_interval(num_by_task, den_by_task, label: str = "", n_boot: int = N_BOOT,
+                   queries_by_task=None) -> tuple[float, float]:
     """95% bootstrap interval of mean(num) / mean(den) over tasks, e.g. TV/ICL; both methods are scored on the
-    same episodes, so each resample takes the same episodes for both."""
+    same episodes, so each resample takes the same episodes (or queries, given `queries_by_task`) for both."""
     rng = _rng("ratio", label)
     seeds = rng.integers(0, 2**32, size=len(num_by_task))
-    num = _boot_means(num_by_task, None, n_boot, seeds).mean(0)
-    den = _boot_means(den_by_task, None, n_boot, seeds).mean(0)
+    num = _boot_means(num_by_task, None, n_boot, seeds, queries_by_task).mean(0)
+    den = _boot_means(den_by_task, None, n_boot, seeds, queries_by_task).mean(0)
     return _percentiles(num / np.where(den > 0, den, np.nan))
 
 
-def _boot_means(hits_by_task, rng, n_boot: int, seeds=None) -> np.ndarray:
-    """[n_tasks, n_boot] means of resampled episodes; `seeds` (one per task) pairs two methods' resamples."""
+def difference_interval(a_by_task, b_by_task, queries_a, queries_b, paired: bool, label: str = "",
+                        n_boot: int = N_BOOT) -> tuple[list[tuple[float, float]], tuple[float, float]]:
+    """95% bootstrap intervals of mean(a) - mean(b), per task and for the mean over tasks, resampling each task's
+    queries with their episodes. paired: a and b score the same episodes (same queries, in the same order), and
+    each resample takes the same queries for both; else the two runs are resampled independently."""
+    rng = _rng("difference", label)
+    seeds_a = rng.integers(0, 2**32, size=len(a_by_task))
+    seeds_b = seeds_a if paired else rng.integers(0, 2**32, size=len(a_by_task))
+    diff = (_boot_means(a_by_task, None, n_boot, seeds_a, queries_a)
+            - _boot_means(b_by_task, None, n_boot, seeds_b, queries_b))
+    return [_percentiles(row) for row in diff], _percentiles(diff.mean(0))
+
+
+def _boot_means(hits_by_task, rng, n_boot: int, seeds=None, queries_by_task=None) -> np.ndarray:
+    """[n_tasks, n_boot] means of resampled episodes, or of resampled queries with their episodes; `seeds` (one
+    per task) pairs two methods' resamples."""
     out = []
     for i, hits in enumerate(hits_by_task):
         hits = np.asarray(hits, dtype=float)
         gen = np.random.default_rng(seeds[i]) if seeds is not None else rng
-        out.append(hits[gen.integers(0, len(hits), size=(n_boot, len(hits)))].mean(1))
+        if queries_by_task is None:
+            out.append(hits[gen.integers(0, len(hits), size=(n_boot, len(hits)))].mean(1))
+            continue
+        codes, counts = _clusters(queries_by_task[i])
+        picks = gen.integers(0, len(counts), size=(n_boot, len(counts)))
+        out.append(np.bincount(codes, weights=hits)[picks].sum(1) / counts[picks].sum(1))
     return np.array(out)
 
 
@@ -227,6 +325,16 @@ def tango(wins: int, losses: int, n: int, z: float = Z95) -> tuple[float, float]
     return solve(z), solve(-z)
 
 
+def mcnemar_exact(wins: int, losses: int) -> float:
+    """Two-sided exact McNemar p-value: the binomial test of wins against losses among the discordant episodes
+    (p = 1 when there are none); exact where the score test's normal approximation fails, with few discordant."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(wins, losses) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
 def verdict(diff: float, p: float, alpha: float = ALPHA) -> str:
     if p >= alpha or diff == 0:
         return "no detectable difference"
@@ -245,19 +353,37 @@ def holm(p_values) -> list[float]:
 
 def compare(episodes: pd.DataFrame, a: str, b: str, by=("task",)) -> pd.DataFrame:
     """Paired comparison of methods a and b per group of a tidy episode table (columns `method`, `episode`,
-    `hit` and those in `by`): one row per group with the difference a - b, its interval, p, Holm-adjusted p
-    over the groups, and the verdict."""
+    `hit` and those in `by`; a `query` column, where present, is the unit the interval resamples): one row per
+    group with the difference a - b and its 95% interval, the exact McNemar p, Holm-adjusted p over the groups,
+    and the verdict, which follows the adjusted p. Without queries the interval is Tango's (`paired`)."""
     by = list(by)
-    wide = episodes[episodes.method.isin([a, b])].pivot_table(index=[*by, "episode"], columns="method",
-                                                              values="hit", sort=False)
+    index = [*by, "episode", *(["query"] if "query" in episodes else [])]
+    wide = episodes[episodes.method.isin([a, b])].pivot_table(index=index, columns="method", values="hit",
+                                                              sort=False)
     rows = []
     for key, group in wide.groupby(level=by, sort=False):
         key = key if isinstance(key, tuple) else (key,)
-        rows.append({**dict(zip(by, key)), "a": a, "b": b, "n": len(group),
-                     **paired(group[a].to_numpy(), group[b].to_numpy())})
+        x, y = group[a].to_numpy().astype(bool), group[b].to_numpy().astype(bool)
+        wins, losses = int((x & ~y).sum()), int((~x & y).sum())
+        if "query" in index:
+            lo, hi = _paired_query_interval(x, y, group.index.get_level_values("query"), "/".join(map(str, key)))
+        else:
+            lo, hi = tango(wins, losses, len(x))
+        rows.append({**dict(zip(by, key)), "a": a, "b": b, "n": len(group), "diff": (wins - losses) / len(x),
+                     "diff_lo": lo, "diff_hi": hi, "p_value": mcnemar_exact(wins, losses)})
     table = pd.DataFrame(rows)
     table["p_holm"] = holm(table.p_value)
+    table["verdict"] = [verdict(d, p) for d, p in zip(table["diff"], table.p_holm)]
     return table
+
+
+def _paired_query_interval(a, b, queries, label: str, n_boot: int = N_BOOT) -> tuple[float, float]:
+    """95% percentile bootstrap of mean(a) - mean(b) resampling queries with their episodes; Tango's interval when
+    every episode asks its own query."""
+    if len(set(queries)) == len(a):
+        return tango(int((a & ~b).sum()), int((~a & b).sum()), len(a))
+    diff = a.astype(float) - b.astype(float)
+    return _percentiles(_boot_means([diff], _rng("paired", label), n_boot, queries_by_task=[queries])[0])
 
 
 def main_seed(episodes: pd.DataFrame) -> pd.DataFrame:
@@ -265,14 +391,20 @@ def main_seed(episodes: pd.DataFrame) -> pd.DataFrame:
     return episodes[episodes.seed == episodes.seed.iloc[0]] if "seed" in episodes else episodes
 
 
-def episode_table(task: str, split: str, method: str, hits, layers=None, **keys) -> pd.DataFrame:
+def episode_table(task: str, split: str, method: str, hits, layers=None, per_episode=None, per_cell=None,
+                  **keys) -> pd.DataFrame:
     """One tidy block of per-episode hits: rows (task, split, method, layer, episode, hit) for hits of shape
     [n_episodes] (at one layer, or none: layer empty) or [n_episodes, len(layers)] (one column per layer);
-    `keys` adds constant columns first (e.g. seed=0)."""
+    `keys` adds constant columns first (e.g. seed=0); `per_episode` ({name: n values}, e.g. the query) columns
+    before the hit, `per_cell` ({name: values of hits' shape}, e.g. the predicted token) after it."""
     hits = np.asarray(hits, dtype=int)
     n = hits.shape[0]
     if hits.ndim == 1:
         hits, layers = hits[:, None], [layers]
-    return pd.DataFrame({**keys, "task": task, "split": split, "method": method,
-                         "layer": pd.array(list(layers) * n, dtype="Int64"),
-                         "episode": np.repeat(np.arange(n), len(layers)), "hit": hits.reshape(-1)})
+    table = {**keys, "task": task, "split": split, "method": method,
+             "layer": pd.array(list(layers) * n, dtype="Int64"), "episode": np.repeat(np.arange(n), len(layers))}
+    table |= {name: np.repeat(np.asarray(values, dtype=object), len(layers))
+              for name, values in (per_episode or {}).items()}
+    table["hit"] = hits.reshape(-1)
+    table |= {name: np.asarray(values).reshape(-1) for name, values in (per_cell or {}).items()}
+    return pd.DataFrame(table)

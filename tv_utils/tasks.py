@@ -21,7 +21,7 @@ from importlib.resources import files
 from pathlib import Path
 
 __all__ = ["ARROW", "CATEGORIES", "check_episode_size", "Episode", "get_task", "KNOWN_CATEGORIES", "load_task_dir",
-           "load_task_file", "make_task", "parse_pairs", "sample_episodes", "split_queries", "Task",
+           "load_task_file", "make_task", "parse_pairs", "sample_episodes", "SAMPLINGS", "split_queries", "Task",
            "TASK_FILE_FORMATS", "TASK_NAMES", "tasks_in"]
 
 CATEGORIES = ("algorithmic", "translation", "linguistic", "knowledge")  # the paper's
@@ -297,27 +297,37 @@ def check_episode_size(task: Task, k: int, n_dummies: int) -> None:
         )
 
 
+SAMPLINGS = ("kit", "paper")  # how `sample_episodes` draws queries and dummies
+
+
 def sample_episodes(
-    task: Task, n: int, k: int = 5, n_dummies: int = 2, split: str = "test", seed: int = 0
+    task: Task, n: int, k: int = 5, n_dummies: int = 2, split: str = "test", seed: int = 0, sampling: str = "kit"
 ) -> list[Episode]:
-    """n seeded episodes: the query from the split's pool, demos and dummies from the other pairs."""
+    """n seeded episodes.
+
+    sampling="kit": the query from the split's pool (`split_queries`: dev and test ask disjoint halves), the
+    demonstrations and dummies from the other pairs, all distinct. sampling="paper", as the official code
+    (task.py `create_dataset`, task_vectors.py `get_single_context_task_hiddens`): every episode draws its query
+    afresh from all inputs, whatever the split, its demonstrations from the other inputs, and its dummies from
+    all inputs but the query (so a dummy may repeat a demonstration's input)."""
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"unknown sampling {sampling!r}; valid samplings: {', '.join(SAMPLINGS)}")
     check_episode_size(task, k, n_dummies)
     pools = split_queries(task, seed)
     if split not in pools:
         raise KeyError(f"unknown split {split!r}; valid splits: {', '.join(pools)}")
-    rng = random.Random(f"{task.name}/{seed}/{split}/{k}/{n_dummies}")
+    paper = sampling == "paper"
+    rng = random.Random(f"{task.name}/{seed}/{split}/{k}/{n_dummies}" + ("/paper" if paper else ""))
     episodes = []
     for _ in range(n):
-        query = rng.choice(pools[split])
+        query = rng.choice(task.pairs if paper else pools[split])
         others = [p for p in task.pairs if p[0] != query[0]]
-        chosen = rng.sample(others, k + n_dummies)
-        episodes.append(
-            Episode(
-                demos=tuple(chosen[:k]),
-                dummies=tuple(x for x, _ in chosen[k:]),
-                query=query,
-                task=task.name,
-                spaced=task.spaced,
-            )
-        )
+        if paper:
+            demos = rng.sample(others, k)
+            dummies = rng.sample([x for x, _ in others], n_dummies)
+        else:
+            chosen = rng.sample(others, k + n_dummies)
+            demos, dummies = chosen[:k], [x for x, _ in chosen[k:]]
+        episodes.append(Episode(demos=tuple(demos), dummies=tuple(dummies), query=query, task=task.name,
+                                spaced=task.spaced))
     return episodes

@@ -333,7 +333,7 @@ def compare_methods(model: Model, tasks=TASK_NAMES, k: int | None = None, ks=K_C
     k = k or int(best_of(ks, [by_k[by_k.k == n].dev_accuracy.mean() for n in ks]))
     heads = top_heads(effects, k)
     tv_test = tv_run.episodes[tv_run.episodes.split == "test"]
-    rows, curves, episodes = [], [], [tv_test.drop(columns=["seed", "split"])]
+    rows, curves, episodes = [], [], [tv_test[["task", "method", "layer", "episode", "hit"]]]  # as the other methods
     for task, mean, fv_run, tv_add, theta, (_, row) in tqdm(
             list(zip(tasks, head_means, runs[k], [e[-1] for e in evaluated], thetas["test"], results.iterrows())),
             desc="shuffled labels"):

@@ -1,0 +1,196 @@
+"""The official code's protocol as a named setting (`Protocol(prompts=, sampling=, scoring=)`), the statistics by
+query, and rescoring a stored run: prompts against strings written from the official code's rules, its sampling,
+its scoring, exact McNemar with Holm, the coverage of the query-clustered interval, and `rescore` against live runs."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tv_utils import protocol as P
+from tv_utils.experiments import RESCORE_COLUMNS, rescore, run_tasks
+from tv_utils.prompts import DEFAULT_FORMAT, SPACED_SHARE, decoded_answers, paper_match, usable_task
+from tv_utils.tasks import get_task, make_task, sample_episodes
+
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+PAPER = P.PROTOCOLS["paper"]
+
+
+def official_prompt(demos, query, mapping: bool) -> str:
+    """few_shot_format.py with the task's pairs as the official task classes hold them: mapping tasks as
+    {" dog": " chien"} (mapping_task.py), the others bare."""
+    sp = " " if mapping else ""
+    lines = [f"example:{sp}{x}->{sp}{y}" for x, y in demos]
+    return "\n".join(lines) + "\n" + f"example:{sp}{query}->"
+
+
+def official_mapping(tokenizer, pairs) -> tuple[bool, set]:
+    """mapping_task.py's filter: answers with `"!" + answer` two tokens, spaced when that keeps >= 70% as many."""
+    single = {sp: {y for _, y in pairs if len(tokenizer.tokenize("!" + sp + y)) == 2} for sp in (" ", "")}
+    spaced = len(single[" "]) >= 0.7 * len(single[""])
+    return spaced, single[" " if spaced else ""]
+
+
+def check_official_prompts(tokenizer, task, mapping: bool):
+    usable, targets = usable_task(task, tokenizer, DEFAULT_FORMAT, "paper")
+    if mapping:
+        spaced, kept = official_mapping(tokenizer, task.pairs)
+        assert {y for _, y in usable.pairs} == kept and usable.spaced == spaced
+    else:
+        assert [(x, y) for x, y in usable.pairs] == list(task.pairs) and not usable.spaced  # every pair, bare
+        spaced = False
+    for ep in sample_episodes(usable, 4, 5, 2, "test", 0, "paper"):
+        bare = [(x.strip(), y) for x, y in ep.demos]
+        prompts = DEFAULT_FORMAT.episode_prompts(ep)
+        assert prompts[0] == official_prompt(bare, ep.query[0].strip(), mapping and spaced)
+        assert prompts[1:] == [official_prompt(bare, d.strip(), mapping and spaced) for d in ep.dummies]
+        assert DEFAULT_FORMAT.query(ep.query[0]) == official_prompt([], ep.query[0].strip(), mapping and spaced)[1:]
+    return usable
+
+
+@pytest.mark.tiny
+def test_official_prompts_of_each_task_type_on_a_tiny_tokenizer(tokenizer):
+    letters = list(zip(LETTERS[:-1], LETTERS[1:]))
+    check_official_prompts(tokenizer, make_task("shift", letters, "algorithmic"), mapping=False)
+    check_official_prompts(tokenizer, make_task("capital", [("Fr", "Paris"), ("It", "Rome"), *letters[:10]],
+                                                "knowledge"), mapping=False)
+    # the char tokenizer has one token for " b" and for "b": single letters stay, words split and are dropped
+    words = [*letters[:12], ("dog", "chien"), ("cat", "chat")]
+    usable = check_official_prompts(tokenizer, make_task("fr", words, "translation"), mapping=True)
+    assert usable.spaced and len(usable.pairs) == 12 and usable.pairs[0] == (" a", "b")
+    assert DEFAULT_FORMAT.episode_icl(sample_episodes(usable, 1, 2, 2, "dev", 0, "paper")[0]).startswith("example: ")
+
+
+def test_official_prompts_of_each_task_type_on_gemma(gemma):
+    for name, mapping in (("next_letter", False), ("list_first", False), ("to_upper", False), ("en_fr", True),
+                          ("es_en", True), ("antonyms", True), ("present_simple_gerund", True),
+                          ("country_capital", False), ("location_religion", False)):
+        usable = check_official_prompts(gemma.tokenizer, get_task(name), mapping)
+        if mapping:  # Gemma keeps the paper's mapping tasks spaced, as the official code would
+            assert usable.spaced, name
+    assert SPACED_SHARE == 0.7
+
+
+@pytest.mark.tiny
+def test_official_sampling_draws_each_query_afresh_from_all_inputs():
+    task = make_task("shift", list(zip(LETTERS[:-1], LETTERS[1:])), "algorithmic")
+    dev = sample_episodes(task, 200, 5, 2, "dev", 0, "paper")
+    test = sample_episodes(task, 200, 5, 2, "test", 0, "paper")
+    assert dev == sample_episodes(task, 200, 5, 2, "dev", 0, "paper")  # seeded
+    inputs = {x for x, _ in task.pairs}
+    assert {ep.query[0] for ep in dev} == inputs == {ep.query[0] for ep in test}  # no dev/test halves
+    overlap = 0
+    for ep in dev:
+        demo_inputs = {x for x, _ in ep.demos}
+        assert ep.query[0] not in demo_inputs and ep.query[0] not in ep.dummies
+        assert len(demo_inputs) == 5 and len(set(ep.dummies)) == 2
+        overlap += bool(demo_inputs & set(ep.dummies))
+    assert overlap > 0  # a dummy may repeat a demonstration's input, as in the official code
+    kit = sample_episodes(task, 200, 5, 2, "test", 0)
+    assert len({ep.query[0] for ep in kit}) <= 13  # the kit's test half
+    with pytest.raises(ValueError, match="unknown sampling 'fresh'"):
+        sample_episodes(task, 2, sampling="fresh")
+    with pytest.raises(ValueError, match="unknown scoring"):
+        P.Protocol(scoring="strict")
+
+
+@pytest.mark.tiny
+def test_official_scoring_rules(tokenizer):
+    assert paper_match("translation", " chien", "chien") and not paper_match("translation", "chi", "chien")
+    assert paper_match("knowledge", "Christian", "Christianity") and paper_match("knowledge", "New Delhi", "New")
+    assert paper_match("knowledge", "Par", "Paris")  # a prefix either way counts, as task.py's allow_prefix
+    assert not paper_match("knowledge", "", "Paris") and not paper_match("linguistic", "Went", "went")
+    ids = tokenizer.convert_tokens_to_ids([" b", "\n", "<eos>", "b"])
+    assert decoded_answers(tokenizer, ids) == ["b", "", "", "b"]
+
+
+@pytest.mark.tiny
+def test_exact_mcnemar_and_holm_verdicts():
+    assert P.mcnemar_exact(11, 3) == pytest.approx(0.0574, abs=1e-4)  # the score test gives 0.033
+    assert P.mcnemar_exact(0, 5) == 0.0625 and P.mcnemar_exact(1, 7) == pytest.approx(0.0703, abs=1e-4)
+    assert P.mcnemar_exact(0, 0) == 1.0 and P.mcnemar_exact(4, 4) == 1.0
+    # task "a": 9 wins and no loss (exact p = 0.0039); "b": 6 wins (p = 0.031), which Holm over 3 tasks raises
+    # to 0.031 * 2 = 0.0625: no verdict; "c": no discordant episode
+    rows = []
+    for task, wins in (("a", 9), ("b", 6), ("c", 0)):
+        for e in range(40):
+            rows += [{"task": task, "episode": e, "method": "tv", "hit": int(e < wins)},
+                     {"task": task, "episode": e, "method": "icl", "hit": 0}]
+    table = P.compare(pd.DataFrame(rows), "tv", "icl").set_index("task")
+    assert table.loc["a", "p_value"] == pytest.approx(2 / 2**9) and table.loc["a", "verdict"] == "better"
+    assert table.loc["b", "p_value"] < 0.05 < table.loc["b", "p_holm"]
+    assert table.loc["b", "verdict"] == "no detectable difference"
+
+
+@pytest.mark.tiny
+def test_query_interval_covers_the_truth_where_the_episode_interval_does_not():
+    """26 queries, each with its own accuracy (strong query effects); a run's 50 episodes ask 13 of them (a seeded
+    half, as the kit's test pool) with repeats; the truth is the mean over all 26. The interval that resamples
+    queries covers it about 95% of the time; Wilson over the 50 episodes, which treats them as independent, far
+    less."""
+    rng = np.random.default_rng(0)
+    cover = {"query": 0, "episode": 0}
+    reps = 300
+    for r in range(reps):
+        p = rng.beta(0.3, 0.3, size=26)
+        pool = rng.choice(26, size=13, replace=False)
+        queries = rng.choice(pool, size=50)
+        hits = rng.random(50) < p[queries]
+        truth = p.mean()
+        lo, hi = P.query_interval(hits, queries.tolist(), f"sim/{r}")
+        cover["query"] += lo <= truth <= hi
+        lo, hi = P.wilson(int(hits.sum()), 50)
+        cover["episode"] += lo <= truth <= hi
+    assert 0.91 <= cover["query"] / reps <= 0.99  # 0.95 with this seed
+    assert cover["episode"] / reps <= 0.85  # 0.80
+    assert P.query_interval([1, 1, 1, 1], ["a", "a", "b", "b"]) == P.wilson(2, 2)  # all right: 2 queries' worth
+    assert P.query_interval([1, 0, 1], ["a", "b", "c"]) == P.wilson(2, 3)  # all distinct: Wilson
+
+
+@pytest.mark.tiny
+def test_runs_keep_queries_and_predictions_and_rescore_matches_a_live_run(tiny_llama):
+    tasks = [make_task("shift", list(zip(LETTERS[:-1], LETTERS[1:])), "algorithmic"),
+             make_task("capital", [(c * 2, c.upper() + "x") for c in LETTERS], "knowledge")]
+    small = P.Protocol(k=3, n_dev=6, n_test=8, seed=1)
+    kit = run_tasks(tiny_llama, tasks, small, progress=False)
+    assert set(RESCORE_COLUMNS) <= set(kit.episodes.columns)
+    assert (kit.results.n_queries <= 8).all() and "tv_vs_icl_p_holm" in kit.results
+    same, _ = rescore(kit.episodes, "kit", {"capital": "knowledge"})
+    assert same[["baseline", "icl", "tv"]].to_numpy().tolist() == kit.results[["baseline", "icl", "tv"]].to_numpy(
+        ).tolist()
+    paper = run_tasks(tiny_llama, tasks, P.Protocol(k=3, n_dev=6, n_test=8, seed=1, scoring="paper"),
+                      progress=False)
+    stored = kit.episodes.astype({"pred_text": str})
+    stored.to_csv(buffer := __import__("io").StringIO(), index=False)
+    buffer.seek(0)
+    text = dict.fromkeys(("query", "answer", "target_text", "pred_text"), str)
+    rescored, table = rescore(pd.read_csv(buffer, keep_default_na=False, dtype=text), "paper",
+                              {"capital": "knowledge"})
+    dev = table[table.split == "dev"].groupby(["task", "layer"], sort=False).hit.mean()
+    assert dev.tolist() == paper.per_layer.dev_acc.tolist()  # every dev cell rescored as the live run scored it
+    for (_, live), (_, again) in zip(paper.results.iterrows(), rescored.iterrows()):
+        assert (live.baseline, live.icl) == (again.baseline, again.icl)
+        assert again.layer_rescored == live.best_layer
+        if again.best_layer == live.best_layer:
+            assert again.tv == live.tv
+    with pytest.raises(ValueError, match="no query, answer"):
+        rescore(kit.episodes.drop(columns=["query", "answer"]), "paper")
+
+
+@pytest.mark.tiny
+def test_the_paper_protocol_runs_and_the_traced_path_agrees(tiny_llama):
+    from tv_utils.interventions import reference_protocol
+
+    task = make_task("fr", [(c, d) for c, d in zip(LETTERS, LETTERS[::-1])], "translation")
+    p = P.Protocol(k=3, n_dev=6, n_test=5, seed=2, prompts="paper", sampling="paper", scoring="paper")
+    run = run_tasks(tiny_llama, [task], p, progress=False)
+    ref = reference_protocol(tiny_llama, task, p)
+    assert run.results.iloc[0][["baseline", "icl", "tv", "best_layer"]].tolist() == pytest.approx(
+        [ref["baseline"], ref["icl"], ref["tv"], ref["best_layer"]])
+    assert all(q == q.strip() for q in run.episodes["query"])  # the official " a" is stored as "a"
+    assert torch.equal(ref["tv_pred"], torch.tensor(run.episodes.query("split == 'test' and method == 'tv'").pred
+                                                    .tolist()))
+    assert P.PROTOCOLS["paper"].variant == "paper" and P.Protocol(scoring="paper").variant == "mixed"
+    assert math.isfinite(run.results.tv_lo.iloc[0])
