@@ -118,10 +118,11 @@ def test_exact_mcnemar_and_holm_verdicts():
         for e in range(40):
             rows += [{"task": task, "episode": e, "method": "tv", "hit": int(e < wins)},
                      {"task": task, "episode": e, "method": "icl", "hit": 0}]
-    table = P.compare(pd.DataFrame(rows), "tv", "icl").set_index("task")
+    table = P.compare(pd.DataFrame(rows), "tv", "icl", exact=True).set_index("task")
     assert table.loc["a", "p_value"] == pytest.approx(2 / 2**9) and table.loc["a", "verdict"] == "better"
     assert table.loc["b", "p_value"] < 0.05 < table.loc["b", "p_holm"]
     assert table.loc["b", "verdict"] == "no detectable difference"
+    assert P.compare(pd.DataFrame(rows), "tv", "icl").set_index("task").loc["b", "verdict"] == "better"  # score test
 
 
 @pytest.mark.tiny

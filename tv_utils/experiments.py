@@ -252,7 +252,7 @@ def _tables(model: Model, tasks, layers, scored: list[dict], protocol: Protocol)
     results["tv_over_icl"] = results["tv"] / results["icl"].where(results["icl"] > 0)
     episodes = pd.concat(episodes, ignore_index=True)
     test = episodes[episodes.split == "test"]
-    tv_icl = compare(test, "tv", "icl").set_index("task").loc[results.task]
+    tv_icl = compare(test, "tv", "icl", exact=True).set_index("task").loc[results.task]
     results["tv_minus_icl"] = tv_icl["diff"].to_numpy()
     results["tv_minus_icl_lo"], results["tv_minus_icl_hi"] = tv_icl["diff_lo"].to_numpy(), tv_icl["diff_hi"].to_numpy()
     results["tv_vs_icl_p"], results["tv_vs_icl_p_holm"] = tv_icl["p_value"].to_numpy(), tv_icl["p_holm"].to_numpy()

@@ -18,10 +18,11 @@ distinct queries stands beside every accuracy:
   queries (`query_interval`), and at 0 or 1, where every resample agrees, Wilson over the distinct queries;
 - a mean over tasks, or the TV/ICL ratio of means: percentile bootstrap, resampling queries (or episodes, in
   tables without queries) within each task;
-- two methods on the same episodes (`compare`): the exact McNemar test on the discordant episodes, Holm's
-  correction over the tasks compared, and the difference's interval by the same bootstrap over queries; a verdict
-  is "better" or "worse" only where the Holm-corrected p < 0.05, else "no detectable difference". (`paired`
-  keeps the single-comparison score test with Tango's interval.)
+- two methods on the same episodes (`compare(..., exact=True)`, reproduce's tables): the exact McNemar test on
+  the discordant episodes, Holm's correction over the tasks compared, and the difference's interval by the same
+  bootstrap over queries; a verdict is "better" or "worse" only where the Holm-corrected p < 0.05, else "no
+  detectable difference". (The analyses not yet on the paper protocol still use `paired`: the score test with
+  Tango's interval, verdicts at the uncorrected p.)
 - the chosen layer: the share of bootstrap resamples of the dev episodes that pick each layer.
 Every resample is drawn from a generator seeded by its label, so the same data give the same bytes.
 """
@@ -351,29 +352,34 @@ def holm(p_values) -> list[float]:
     return out.tolist()
 
 
-def compare(episodes: pd.DataFrame, a: str, b: str, by=("task",)) -> pd.DataFrame:
+def compare(episodes: pd.DataFrame, a: str, b: str, by=("task",), exact: bool = False) -> pd.DataFrame:
     """Paired comparison of methods a and b per group of a tidy episode table (columns `method`, `episode`,
-    `hit` and those in `by`; a `query` column, where present, is the unit the interval resamples): one row per
-    group with the difference a - b and its 95% interval, the exact McNemar p, Holm-adjusted p over the groups,
-    and the verdict, which follows the adjusted p. Without queries the interval is Tango's (`paired`)."""
+    `hit` and those in `by`): one row per group with the difference a - b, its 95% interval, p, Holm-adjusted p
+    over the groups, and the verdict.
+
+    exact=False (`paired`): McNemar's score test, Tango's interval, the verdict at the uncorrected p. exact=True:
+    the exact McNemar test, the verdict at the Holm-adjusted p, and, where the table has a `query` column, the
+    interval from a bootstrap over queries (reproduce's tables; the other analyses move to it with the paper
+    protocol)."""
     by = list(by)
-    index = [*by, "episode", *(["query"] if "query" in episodes else [])]
+    index = [*by, "episode", *(["query"] if exact and "query" in episodes else [])]
     wide = episodes[episodes.method.isin([a, b])].pivot_table(index=index, columns="method", values="hit",
                                                               sort=False)
     rows = []
     for key, group in wide.groupby(level=by, sort=False):
         key = key if isinstance(key, tuple) else (key,)
-        x, y = group[a].to_numpy().astype(bool), group[b].to_numpy().astype(bool)
-        wins, losses = int((x & ~y).sum()), int((~x & y).sum())
-        if "query" in index:
-            lo, hi = _paired_query_interval(x, y, group.index.get_level_values("query"), "/".join(map(str, key)))
-        else:
-            lo, hi = tango(wins, losses, len(x))
-        rows.append({**dict(zip(by, key)), "a": a, "b": b, "n": len(group), "diff": (wins - losses) / len(x),
-                     "diff_lo": lo, "diff_hi": hi, "p_value": mcnemar_exact(wins, losses)})
+        row = paired(group[a].to_numpy(), group[b].to_numpy())
+        if exact:
+            x, y = group[a].to_numpy().astype(bool), group[b].to_numpy().astype(bool)
+            row["p_value"] = mcnemar_exact(int((x & ~y).sum()), int((~x & y).sum()))
+            if "query" in index:
+                row["diff_lo"], row["diff_hi"] = _paired_query_interval(
+                    x, y, group.index.get_level_values("query"), "/".join(map(str, key)))
+        rows.append({**dict(zip(by, key)), "a": a, "b": b, "n": len(group), **row})
     table = pd.DataFrame(rows)
     table["p_holm"] = holm(table.p_value)
-    table["verdict"] = [verdict(d, p) for d, p in zip(table["diff"], table.p_holm)]
+    if exact:
+        table["verdict"] = [verdict(d, p) for d, p in zip(table["diff"], table.p_holm)]
     return table
 
 
