@@ -43,6 +43,7 @@ lock:  # re-resolve pyproject.toml's ranges into requirements-lock.txt; run `mak
 reference: setup
 	$(PY) -m tv_utils reproduce --seeds 0 1 2 3 4 --out figures
 	$(PY) -m tv_utils departures --out figures  # the official code's protocol, and each departure from it (~15 min)
+	$(PY) -m tv_utils departures --conflict --out figures
 	$(PY) -m tv_utils conflict --out figures
 	$(PY) -m tv_utils widgets --out figures  # what the ICL playground and conflict widget show at once
 	$(PY) -m tv_utils geometry --out figures

@@ -195,3 +195,53 @@ def test_the_paper_protocol_runs_and_the_traced_path_agrees(tiny_llama):
                                                     .tolist()))
     assert P.PROTOCOLS["paper"].variant == "paper" and P.Protocol(scoring="paper").variant == "mixed"
     assert math.isfinite(run.results.tv_lo.iloc[0])
+
+
+@pytest.mark.tiny
+def test_conflict_as_in_the_official_overriding_experiment(tiny_llama):
+    """`conflict.paper_protocol()`: 4 demonstrations, 100 pairs, the paper's prompts and A's string rule for both
+    answers; episodes whose A and B answers share their first token are counted."""
+    from tv_utils.analyses import conflict
+
+    protocol, n = conflict.paper_protocol()
+    assert (protocol.k, n, protocol.variant) == (4, 100, "paper")
+    episodes = conflict.shared_queries("next_letter", "to_upper", protocol, 6, "test", tiny_llama.tokenizer)
+    assert all(len(ep.demos) == 4 for ep in episodes)
+    assert DEFAULT_FORMAT.episode_icl(episodes[0]).count("->") == 5 and "-> " not in DEFAULT_FORMAT.episode_icl(
+        episodes[0])  # letters bare, as token_operation_task.py writes them
+    hits = conflict.conflict_hits(tiny_llama, [("next_letter", "to_upper")], n=6, protocol=protocol)
+    test = hits[hits.split == "test"]
+    assert test.groupby("scored_on").episode.nunique().tolist() == [6, 6]
+    assert not test.same_first_token.any()  # b -> c and b -> B never share a token
+    table = conflict.conflict_table(hits)
+    assert (table.same_first_token == 0).all() and (table.n == 6).all()
+    kit = conflict.conflict_hits(tiny_llama, [("next_letter", "to_upper")], n=6)
+    assert "same_first_token" not in kit  # the kit's tables keep their columns
+
+
+@pytest.mark.tiny
+def test_task_words_at_best_plus_two_against_a_control(tiny_llama):
+    """`vocab.task_words`: per task its layer (best + 2, capped at the last), the official figure's word filter,
+    the share of task answers among θ's words and the control's, and the dummies' and query's answer ranks."""
+    from tv_utils.analyses import vocab
+
+    tasks = {"next_letter": 1, "to_upper": 3}
+    table = vocab.task_words(tiny_llama, tasks, PAPER, n=4)
+    assert table.layer.tolist() == [3, 3] and table.best_layer.tolist() == [1, 3]
+    assert table[["task_share", "control_share"]].stack().between(0, 1).all()
+    for words in table.top_words:
+        assert all(w.isalpha() and w.isascii() for w in words.split(", ") if w)
+        assert len({w.lower() for w in words.split(", ")}) == len(words.split(", "))
+    assert (table.dummy_answer_median_rank >= 0).all() and (table.query_answer_median_rank >= 0).all()
+
+
+@pytest.mark.tiny
+def test_conflict_departures_compare_the_kits_settings_with_the_official_ones(tiny_llama, tmp_path):
+    from tv_utils.analyses.departures import conflict_departures
+
+    table = conflict_departures(tiny_llama, [("next_letter", "to_upper")], out_dir=tmp_path)
+    assert len(table) == 2 and set(table.n_paper) == {100} and set(table.n_kit) == {50}
+    row = table.iloc[1]
+    assert row.acc_b_kit_minus_paper == pytest.approx(row.acc_b_kit - row.acc_b_paper)
+    assert row.acc_b_diff_lo <= row.acc_b_kit_minus_paper <= row.acc_b_diff_hi
+    assert (tmp_path / "departures_tiny-llama_conflict.csv").exists()

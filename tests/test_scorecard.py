@@ -189,3 +189,31 @@ def test_committed_claims_of_both_models():
     for name in ("gemma3-270m", "qwen2.5-coder-1.5b"):
         claims = scorecard.stored_claims(name)
         assert list(claims.verdict) == ["holds", "partly", "holds", "partly", "partly"], name
+
+
+def test_a_referees_rules():
+    """rules="referee": the depth band only (no "partly" for a middle layer outside it), a majority of the five
+    conflict pairs raised (exact p with Holm), and task words counted against the control's."""
+    table, episodes, per_layer, geometry, pairs, vocab = claim_tables(best=11)  # depth 0.61: the kit's "partly"
+    p = {i: 0.001 if i < 3 else 0.5 for i in range(5)}
+    pairs["change_b_p"] = [p[int(a[1:])] for a in pairs.task_a]
+    pairs["change_b"] = [0.4 if m == "ICL + theta of B" else np.nan for m in pairs.method]
+    words = pd.DataFrame({"task": table.task, "task_share": [0.4, 0.3, 0.0], "control_share": [0.1, 0.1, 0.05],
+                          "dummy_answer_median_rank": 3.0, "query_answer_median_rank": 200.0})
+    kit = scorecard.claims(table, episodes, per_layer, geometry, pairs, vocab).set_index("claim").verdict
+    ref = scorecard.claims(table, episodes, per_layer, geometry, pairs, vocab, rules="referee",
+                           task_words=words).set_index("claim")
+    assert kit["best layer in the middle"] == "partly" and ref.verdict["best layer in the middle"] == "does not hold"
+    assert ref.verdict["θ(B) overrides demos of A"] == "holds"  # 3 of 5, each 0.001 * 5 after Holm at most
+    assert ref.verdict["θ through the unembedding shows task tokens"] == "holds"  # 2 of 3 tasks beat the control
+    assert "best layer + 2" in ref.rule["θ through the unembedding shows task tokens"]
+    pairs["change_b_p"] = [0.001 if a in ("a0", "a1") else 0.5 for a in pairs.task_a]  # 2 of 5: no majority
+    ref = scorecard.claims(table, episodes, per_layer, geometry, pairs, vocab, rules="referee").set_index("claim")
+    assert ref.verdict["θ(B) overrides demos of A"] == "does not hold"
+    assert ref.verdict["θ through the unembedding shows task tokens"] == "not run"
+    card = scorecard.scorecard(results(), paper_model=scorecard.CLOSEST_MODEL)
+    acc = card[card.section == "accuracy"].set_index(["task", "metric"])
+    assert acc.loc[("next_letter", "tv"), "paper_mean"] == pytest.approx(MEAN_TV["next_letter"])
+    assert acc.loc[("next_letter", "tv"), "paper_model"] == "Pythia 2.8B"
+    with pytest.raises(ValueError, match="unknown rules"):
+        scorecard.claims(table, rules="lenient")

@@ -343,7 +343,12 @@ def cmd_rescore(args) -> None:
 def cmd_departures(args) -> None:
     from .analyses import departures
 
-    result = departures.run(_load(args), args.tasks, out_dir=args.out)
+    model = _load(args)
+    if args.conflict:
+        table = departures.conflict_departures(model, out_dir=args.out)
+        print(table.to_string(index=False, float_format="%.2f"))
+        return
+    result = departures.run(model, args.tasks, out_dir=args.out)
     table = result["table"]
     print(table[table.task != "mean"].to_string(index=False, float_format="%.2f"))
     print("\nmean over tasks, kit's convention minus the paper's [95% bootstrap over queries]:")
@@ -370,8 +375,11 @@ def cmd_geometry(args) -> None:
 def cmd_conflict(args) -> None:
     from .analyses import conflict
 
-    table = conflict.run(_load(args), args.pairs or conflict.PAPER_CONFLICTS, n=args.n, layer=args.layer,
-                         out_dir=args.out, figures=not args.no_figures)
+    from .protocol import PAPER
+
+    protocol, n = conflict.paper_protocol() if args.protocol == "paper" else (PAPER, 50)
+    table = conflict.run(_load(args), args.pairs or conflict.PAPER_CONFLICTS, n=args.n or n, layer=args.layer,
+                         out_dir=args.out, figures=not args.no_figures, protocol=protocol)
     print(table.to_string(index=False, float_format="%.2f"))
 
 
@@ -393,7 +401,11 @@ def cmd_vocab(args) -> None:
     from .analyses import vocab
 
     result = vocab.run(_load(args), args.tasks, n=args.n, layer=args.layer, out_dir=args.out,
-                       figures=not args.no_figures)
+                       figures=not args.no_figures, paper=args.paper)
+    if args.paper:
+        print(result["task_words"].drop(columns=["model", "control_words"]).to_string(index=False,
+                                                                                   float_format="%.2f"))
+        return
     top, layer = result["top_tokens"], result["layer"]
     for specific, title in ((False, "raw"), (True, "task-specific (tokens shared by many tasks removed)")):
         at = top[(top.layer == layer) & (top.specific == specific)]
@@ -450,7 +462,7 @@ def cmd_install_model(args) -> None:
 def cmd_scorecard(args) -> None:
     from . import scorecard
 
-    result = scorecard.run(args.model_name, args.results, args.out, figures=not args.no_figures)
+    result = scorecard.run(args.model_name, args.results, args.out, figures=not args.no_figures, rules=args.rules)
     print(f"run read from {result['results_file']}")
     print(result["text"])
     print(f"scorecard written to {result['paths'][0]}")
@@ -518,6 +530,9 @@ def main(argv=None) -> None:
     _add_model_args(p)
     _add_task_args(p, TASK_NAMES)
     _add_out_args(p, figures=False)
+    p.add_argument("--conflict", action="store_true",
+                   help="the conflict experiment instead: the kit's settings against the official overriding "
+                        "experiment's, pair by pair (departures_<model>_conflict.csv)")
     p.set_defaults(func=cmd_departures)
 
     p = sub.add_parser("depth", help="layer sweeps of several models on relative depth")
@@ -531,7 +546,10 @@ def main(argv=None) -> None:
         func=cmd_geometry)
     p = analysis_parser("conflict", "demonstrations of task A with the task vector of task B (paper Table 2)", ())
     p.add_argument("--pairs", nargs="+", type=_task_pair, metavar="A:B", help="default: the paper's five pairs")
-    p.set_defaults(func=cmd_conflict)
+    p.add_argument("--protocol", choices=["kit", "paper"], default="kit",
+                   help="the kit's conventions (5 demonstrations, 50 pairs), or the official overriding experiment's "
+                        "(its prompts, sampling and scoring, 4 demonstrations, 100 pairs)")
+    p.set_defaults(func=cmd_conflict, n=None)
     p = sub.add_parser("widgets", help="what the ICL playground and the conflict widget show without running the "
                                        "model: every setting they offer, on the notebooks' 10 episodes")
     _add_model_args(p)
@@ -541,6 +559,10 @@ def main(argv=None) -> None:
                    help="which widget's table to write (default: both)")
     p.set_defaults(func=cmd_widgets)
     p = analysis_parser("vocab", "project task vectors through the unembedding (paper Table 3)")
+    p.add_argument("--paper", action="store_true",
+                   help="the paper's figure instead: θ's top words at each task's best layer + 2 (from the stored "
+                        "reproduce run), the share that are the task's answers against a control θ, and the ranks "
+                        "of the dummies' and the query's answers (vocab_<model>_task_words.csv)")
     p.set_defaults(func=cmd_vocab, n=20)
     p = analysis_parser("beyond", "interpolation, a reusable task-vector library and its cost, robustness",
                         beyond.TASKS)
@@ -593,6 +615,9 @@ def main(argv=None) -> None:
                    help="the model whose stored run to score (no weights load)")
     p.add_argument("--results", default=None, metavar="DIR",
                    help="where to read the run (default: the committed reference results)")
+    p.add_argument("--rules", choices=["kit", "referee"], default="kit",
+                   help="the kit's rules, or a referee's: per task against Pythia 2.8B, the paper's depth band only, "
+                        "a majority of conflict pairs, task words at best + 2 against a control (`vocab --paper`)")
     _add_out_args(p)
     p.set_defaults(func=cmd_scorecard)
 

@@ -217,13 +217,14 @@ def paper_match(category: str, predicted: str, answer: str) -> bool:
     return predicted == answer
 
 
-def paper_hits(tokenizer, task: Task, episodes, predicted: torch.Tensor) -> torch.Tensor:
+def paper_hits(tokenizer, task: Task, episodes, predicted: torch.Tensor, answers=None) -> torch.Tensor:
     """Hits of predicted token ids ([n_episodes] or [n_episodes, n_layers]) under the official scoring: each
-    decoded prediction (`decoded_answers`) against every answer its episode's query accepts (`paper_match`)."""
+    decoded prediction (`decoded_answers`) against every answer its episode's query accepts (`paper_match`, by
+    `task`'s category), or against `answers` (one tuple of accepted answers per episode, e.g. another task's)."""
     flat = predicted.cpu().reshape(len(episodes), -1)
     unique = sorted(set(flat.flatten().tolist()))
     text = dict(zip(unique, decoded_answers(tokenizer, unique)))
-    answers = [task.answers(ep.query[0]) for ep in episodes]
+    answers = [task.answers(ep.query[0]) for ep in episodes] if answers is None else answers
     rows = [[any(paper_match(task.category, text[i], a) for a in accepted) for i in row]
             for row, accepted in zip(flat.tolist(), answers)]
     return torch.tensor(rows, dtype=torch.bool).view(predicted.shape)

@@ -19,11 +19,11 @@ import numpy as np
 import pandas as pd
 
 from . import store
-from .protocol import best_mean_layer, main_seed, mean_interval, mean_of_proportions, ratio_interval
+from .protocol import best_mean_layer, holm, main_seed, mean_interval, mean_of_proportions, ratio_interval
 
-__all__ = ["CLAIM_RULES", "claims", "claims_text", "COLUMNS", "depth_verdict", "LABELS", "MEAN_ROW", "METRICS",
-           "MIDDLE", "paper_per_task", "paper_results", "run", "scorecard", "stored_claims", "TOP_RANK",
-           "TV_OVER_ICL_MIN", "verdict", "verdict_text"]
+__all__ = ["CLAIM_RULES", "CLOSEST_MODEL", "claims", "claims_text", "COLUMNS", "depth_verdict", "LABELS",
+           "MEAN_ROW", "METRICS", "MIDDLE", "paper_per_task", "paper_results", "REFEREE_RULES", "RULES", "run",
+           "scorecard", "stored_claims", "TOP_RANK", "TV_OVER_ICL_MIN", "verdict", "verdict_text"]
 
 METRICS = ("baseline", "icl", "tv")
 LABELS = {"baseline": "Baseline", "icl": "ICL", "tv": "TV"}
@@ -104,6 +104,10 @@ def scorecard(results: pd.DataFrame, conflict: pd.DataFrame | None = None, paper
             value = per_task[metric].get(task, np.nan) if metric in per_task else np.nan
             add("accuracy", task, metric, value, results[metric].iloc[i], lo.iloc[i], hi.iloc[i],
                 source=table_source if pd.notna(value) else "")
+    if paper_model != "mean":  # one model's numbers, with the mean of the 7 beside them
+        seven = paper_per_task(paper)
+        for row in rows:
+            row["paper_mean"] = seven[row["metric"]].get(row["task"], np.nan) if row["metric"] in seven else np.nan
 
     shared = results[results["task"].isin(per_task.index)]
     hits = _test_hits(episodes, shared["task"]) if episodes is not None else None
@@ -139,7 +143,7 @@ def scorecard(results: pd.DataFrame, conflict: pd.DataFrame | None = None, paper
                 value, source = _fact(paper, "conflict", metric, task=f"{a}:{b}")
                 add("conflict", f"{a}:{b}", metric, value, row[column].iloc[0], lo.iloc[0], hi.iloc[0],
                     by="LLaMA 13B", source=source)
-    return pd.DataFrame(rows, columns=COLUMNS)
+    return pd.DataFrame(rows, columns=COLUMNS + (["paper_mean"] if paper_model != "mean" else []))
 
 
 def _test_hits(episodes: pd.DataFrame, tasks) -> dict:
@@ -212,15 +216,38 @@ CLAIM_RULES = {
 }
 
 
+# A referee's rules (the fidelity issue): the paper's depth band only, a majority of conflict pairs, and task
+# tokens counted in θ's top words at the paper's layer (best + 2) against a control θ (`vocab.task_words`)
+TASK_WORDS_HOLDS, TASK_WORDS_PARTLY = 2 / 3, 1 / 6
+REFEREE_RULES = CLAIM_RULES | {
+    "best layer in the middle": "holds: L/depth (L: best mean dev layer) within the paper's range over its 7 "
+                                "models; else does not hold",
+    "θ(B) overrides demos of A": "θ(B) at B's best dev layer (the paper's rule) raises accuracy on B "
+                                 "significantly (exact McNemar, Holm over the pairs) on a majority of the pairs: "
+                                 "holds; else does not hold",
+    "θ through the unembedding shows task tokens": "θ's top 20 words at each task's best layer + 2 (the paper's "
+                                                   "figure) hold more of the task's answers than those of the "
+                                                   "control (the mean θ over all tasks): holds on ≥ 2/3 of the "
+                                                   "tasks; partly on ≥ 1/6; else does not hold",
+}
+RULES = {"kit": CLAIM_RULES, "referee": REFEREE_RULES}
+CLOSEST_MODEL = "Pythia 2.8B"  # the paper's model closest in size to the kit's, for per-task rows
+
+
 def _mean_ci(values, lo, hi) -> str:
     return f"{values:.2f} [{lo:.2f}, {hi:.2f}]"
 
 
 def claims(results: pd.DataFrame, episodes: pd.DataFrame | None = None, per_layer: pd.DataFrame | None = None,
            geometry: pd.DataFrame | None = None, conflict: pd.DataFrame | None = None,
-           vocab_rank: pd.DataFrame | None = None) -> pd.DataFrame:
+           vocab_rank: pd.DataFrame | None = None, rules: str = "kit",
+           task_words: pd.DataFrame | None = None) -> pd.DataFrame:
     """The paper's five claims for one model's stored tables: a verdict (holds / partly / does not hold / not
-    run) by the fixed rule of CLAIM_RULES, and the numbers it rests on, with their 95% intervals."""
+    run) by the fixed rule of RULES[rules] ("kit", or "referee": REFEREE_RULES, whose claim 5 reads
+    `vocab.task_words`), and the numbers it rests on, with their 95% intervals."""
+    if rules not in RULES:
+        raise ValueError(f"unknown rules {rules!r}; valid: {', '.join(RULES)}")
+    referee = rules == "referee"
     from .analyses.conflict import CONFLICT, OVERRIDE
     from .analyses.conflict import REGULAR as NO_THETA
 
@@ -229,7 +256,7 @@ def claims(results: pd.DataFrame, episodes: pd.DataFrame | None = None, per_laye
 
     def add(claim, verdict_, evidence):
         rows.append({"model": model, "claim": claim, "verdict": verdict_, "evidence": evidence,
-                     "rule": CLAIM_RULES[claim]})
+                     "rule": RULES[rules][claim]})
 
     claim = "TV ≈ ICL ≫ baseline"
     if episodes is None:
@@ -255,7 +282,8 @@ def claims(results: pd.DataFrame, episodes: pd.DataFrame | None = None, per_laye
         L = best_mean_layer(per_layer)
         curve = per_layer.groupby("layer")["dev_acc"].mean()
         depth, per_task = L / n_layers, results["best_layer"] / results["n_layers"]
-        add(claim, HOLDS if depth_lo <= depth <= depth_hi else PARTLY if MIDDLE[0] <= depth <= MIDDLE[1] else FAILS,
+        middle = not referee and MIDDLE[0] <= depth <= MIDDLE[1]
+        add(claim, HOLDS if depth_lo <= depth <= depth_hi else PARTLY if middle else FAILS,
             f"L = {L} of {n_layers} layers, depth {depth:.2f} (paper {depth_lo:.2f}-{depth_hi:.2f}); mean dev "
             f"accuracy {curve[L]:.2f} at L, {curve.iloc[0]:.2f} at the first layer, {curve.iloc[-1]:.2f} at "
             f"the last; per-task best layers at depth {per_task.min():.2f}-{per_task.max():.2f} "
@@ -278,7 +306,11 @@ def claims(results: pd.DataFrame, episodes: pd.DataFrame | None = None, per_laye
         add(claim, NOT_RUN, "no conflict run with paired verdicts stored")
     else:
         rule, best, plain = (conflict[conflict.method == m] for m in (CONFLICT, OVERRIDE, NO_THETA))
-        raised = int((rule.change_b_verdict == "better").sum())
+        if referee:  # the conflict table's p-values are exact only from runs with the paper protocol
+            p_holm = holm(rule.change_b_p)
+            raised = int(sum((p < 0.05) and d > 0 for p, d in zip(p_holm, rule.change_b)))
+        else:
+            raised = int((rule.change_b_verdict == "better").sum())
         mean = rule.acc_b.mean()
         text = (f"accuracy on B, mean of {len(rule)} pairs: {_mean_ci(mean, *mean_of_proportions(rule.acc_b, rule.n))} "
                 f"with θ(B) at B's best layer (raised significantly on {raised} of {len(rule)}), "
@@ -286,10 +318,26 @@ def claims(results: pd.DataFrame, episodes: pd.DataFrame | None = None, per_laye
         if len(best):
             text += (f", {_mean_ci(best.acc_b.mean(), *mean_of_proportions(best.acc_b, best.n))} at the best "
                      f"override layer chosen on dev (layers {' '.join(map(str, best.layer))})")
-        add(claim, HOLDS if raised >= 4 and mean >= 0.5 else PARTLY if raised >= 1 else FAILS, text)
+        if referee:
+            add(claim, HOLDS if raised > len(rule) / 2 else FAILS, text)
+        else:
+            add(claim, HOLDS if raised >= 4 and mean >= 0.5 else PARTLY if raised >= 1 else FAILS, text)
 
     claim = "θ through the unembedding shows task tokens"
-    if vocab_rank is None:
+    if referee:
+        if task_words is None:
+            add(claim, NOT_RUN, "no task-words table stored (`vocab --paper`)")
+        else:
+            more = task_words[task_words.task_share > task_words.control_share]
+            share = len(more) / len(task_words)
+            add(claim, HOLDS if share >= TASK_WORDS_HOLDS else PARTLY if share >= TASK_WORDS_PARTLY else FAILS,
+                f"θ's top words at best + 2 hold more of the task's answers than the control's on {len(more)} of "
+                f"{len(task_words)} tasks ({', '.join(more.task) or 'none'}); mean share "
+                f"{task_words.task_share.mean():.2f} against {task_words.control_share.mean():.2f}; the dummies' "
+                f"answers rank "
+                f"{task_words.dummy_answer_median_rank.median():.0f} (median over tasks) in θ, the query's "
+                f"{task_words.query_answer_median_rank.median():.0f}")
+    elif vocab_rank is None:
         add(claim, NOT_RUN, "no vocabulary run stored")
     else:
         ranks = vocab_rank.set_index(["task", "layer"]).median_rank
@@ -303,8 +351,8 @@ def claims(results: pd.DataFrame, episodes: pd.DataFrame | None = None, per_laye
     return pd.DataFrame(rows, columns=["model", "claim", "verdict", "evidence", "rule"])
 
 
-def stored_claims(model_name: str, folder: str | Path | None = None) -> pd.DataFrame:
-    """`claims` from a model's stored tables (default: the committed reference results)."""
+def stored_claims(model_name: str, folder: str | Path | None = None, rules: str = "kit") -> pd.DataFrame:
+    """`claims` from a model's stored tables (default: the committed reference results), by RULES[rules]."""
     name, folder = model_name.replace("/", "_"), folder or store.FIGURES
 
     def read(kind: str, part: str = ""):
@@ -315,22 +363,23 @@ def stored_claims(model_name: str, folder: str | Path | None = None) -> pd.DataF
         raise ValueError(f"no reproduce_{name}_results.csv in {folder} or the committed results; "
                          f"run `python -m tv_utils reproduce --model {model_name}` first")
     return claims(results, read("reproduce", "episodes"), read("reproduce", "per_layer"), read("geometry", "scores"),
-                  read("conflict"), read("vocab", "answer_rank"))
+                  read("conflict"), read("vocab", "answer_rank"), rules, read("vocab", "task_words"))
 
 
 def claims_text(table: pd.DataFrame) -> str:
     """The claims table as a few lines: verdict, then the numbers."""
     lines = [f"The paper's claims on {table.model.iloc[0]}:"]
     for row in table.itertuples():
-        lines.append(textwrap.fill(f"{row.claim}: {row.verdict.upper()}. {row.evidence}", 100,
+        lines.append(textwrap.fill(f"{row.claim}: {row.verdict.upper()}. {row.evidence}. Rule: {row.rule}", 100,
                                    initial_indent="  ", subsequent_indent="    "))
     return "\n".join(lines)
 
 
 def run(model_name: str, results_folder: str | Path | None = None, out_dir: str | Path | None = None,
-        figures: bool = True) -> dict:
+        figures: bool = True, rules: str = "kit") -> dict:
     """Scorecard of a stored run (default: the committed reference results), written as
-    scorecard_<model>.csv and, with `figures`, scorecard_<model>.{html,png}."""
+    scorecard_<model>.csv and, with `figures`, scorecard_<model>.{html,png}. rules="referee": per-task rows
+    against the paper's closest model (CLOSEST_MODEL, the 7-model mean beside) and the claims by REFEREE_RULES."""
     from . import plots
 
     folder = results_folder or store.FIGURES
@@ -340,8 +389,9 @@ def run(model_name: str, results_folder: str | Path | None = None, out_dir: str 
         raise ValueError(f"no reproduce_{name}_results.csv in {folder} or the committed results; "
                          f"run `python -m tv_utils reproduce --model {model_name}` first")
     card = scorecard(results, store.precomputed(f"conflict_{name}", folder),
+                     paper_model=CLOSEST_MODEL if rules == "referee" else "mean",
                      episodes=store.precomputed(f"reproduce_{name}_episodes", folder))
-    claim_table = stored_claims(model_name, folder)
+    claim_table = stored_claims(model_name, folder, rules)
     stem = store.results_stem("scorecard", model_name, out_dir)
     paths = [store.save_table(card, store.suffixed(stem, ".csv")),
              store.save_table(claim_table, store.suffixed(stem, "_claims.csv"))]

@@ -9,16 +9,20 @@ import numpy as np
 import pandas as pd
 import torch
 
+from dataclasses import replace
+
 from .. import engine, store
 from ..experiments import prepare_split
-from ..protocol import PAPER, Protocol, best_of, compare, episode_hits, episode_table, tie_layers, with_intervals
+from ..protocol import (PAPER, PROTOCOLS, Protocol, best_of, compare, episode_hits, episode_table, score, tie_layers,
+                        with_intervals)
 from ..models import Model
-from ..prompts import DEFAULT_FORMAT, PromptFormat, answer_token_ids
+from ..prompts import DEFAULT_FORMAT, PromptFormat, answer_token_ids, answers_token_ids, paper_hits, usable_task
 from ..tasks import TASK_NAMES, Episode, get_task, make_task, sample_episodes
 
 __all__ = ["B_ALONE", "b_dev_sweep", "chosen_layers", "CONFLICT", "conflict_by_layer", "conflict_hits",
            "conflict_pair", "conflict_partners", "conflict_table", "conflicting_tasks", "followed_task", "OVERRIDE",
-           "PAPER_CONFLICTS", "REGULAR", "run", "run_widget", "shared_queries", "stored_pairs", "widget_file",
+           "PAPER_CONFLICTS", "PAPER_OVERRIDING", "paper_protocol", "REGULAR", "run", "run_widget", "shared_queries",
+           "stored_pairs", "widget_file",
            "WIDGET_N", "widget_pairs", "widget_table"]
 
 PAPER_CONFLICTS = (
@@ -30,16 +34,30 @@ PAPER_CONFLICTS = (
 )
 
 
-def shared_queries(a: str, b: str, protocol: Protocol, n: int, split: str = "test") -> list[Episode]:
-    """Episodes of task A whose query input also has an answer under task B (so both can be scored)."""
+# The official overriding.py: 4 demonstrations, and 100 test pairs (each with theta of one of B's 100 episodes)
+PAPER_OVERRIDING = {"k": 4, "n": 100}
+
+
+def paper_protocol(seed: int = 0) -> tuple[Protocol, int]:
+    """The official overriding experiment's protocol and episode count: the paper's conventions, k = 4, n = 100."""
+    return replace(PROTOCOLS["paper"], k=PAPER_OVERRIDING["k"], seed=seed), PAPER_OVERRIDING["n"]
+
+
+def shared_queries(a: str, b: str, protocol: Protocol, n: int, split: str = "test", tokenizer=None) -> list[Episode]:
+    """Episodes of task A whose query input also has an answer under task B (so both can be scored). With the
+    paper's prompts (which need the `tokenizer`), both tasks are first made usable as the official code makes them
+    (`prompts.usable_task`: single-token answers for the mapping tasks, their spacing)."""
     task_a, task_b = get_task(a), get_task(b)
-    b_answers = dict(task_b.pairs)
-    shared = [(x, y) for x, y in task_a.pairs if x in b_answers]
+    if protocol.prompts == "paper":
+        task_a, task_b = (usable_task(t, tokenizer, DEFAULT_FORMAT, "paper")[0] for t in (task_a, task_b))
+    b_answers = {x.strip() for x, _ in task_b.pairs}
+    shared = [(x, y) for x, y in task_a.pairs if x.strip() in b_answers]
     if len(shared) < protocol.k + protocol.n_dummies + 1:
         raise ValueError(f"tasks {a!r} and {b!r} share only {len(shared)} inputs; pick tasks over the same inputs, "
                          f"e.g. {', '.join(f'{p}/{q}' for p, q in PAPER_CONFLICTS)}")
-    return sample_episodes(make_task(a, shared, task_a.category), n, protocol.k, protocol.n_dummies, split,
-                           protocol.seed)
+    pool = replace(task_a, pairs=tuple(shared)) if protocol.prompts == "paper" else make_task(a, shared,
+                                                                                            task_a.category)
+    return sample_episodes(pool, n, protocol.k, protocol.n_dummies, split, protocol.seed, protocol.sampling)
 
 
 def conflict_partners(task_a: str, min_shared: int = 8) -> list[str]:
@@ -65,9 +83,12 @@ def conflict_hits(model: Model, pairs=PAPER_CONFLICTS, n: int = 50, protocol: Pr
     """Every episode behind the conflict tables, tidy (task_a, task_b, split, method, layer, episode, scored_on,
     hit): B's own dev sweep (theta of B alone, scored on B); and episodes of demonstrations of A (`splits`: the
     dev ones choose the best override layer), without theta and with theta(B) written at every layer, scored on
-    A's and on B's answers."""
+    A's and on B's answers. The protocol's conventions apply: with the paper's, prompts and answers are the
+    official code's and both answers are scored by A's rule (overriding.py), and a column `same_first_token`
+    marks the episodes whose A and B answers start with the same token (both can then "hit" at once)."""
     from tqdm.auto import tqdm
 
+    paper = protocol.prompts == "paper"
     blocks = []
     for a, b in tqdm(pairs, desc=f"conflicting pairs ({model.name})", unit="pair", disable=not progress):
         for name in (a, b):
@@ -76,23 +97,36 @@ def conflict_hits(model: Model, pairs=PAPER_CONFLICTS, n: int = 50, protocol: Pr
         keys = dict(task_a=a, task_b=b)
         b_split = prepare_split(model, b, "dev", n, protocol, fmt, icl=False)
         layers = list(range(model.n_layers))
-        alone = episode_hits(model, engine.layer_sweep(model, b_split.queries, b_split.theta), b_split.target[:, None])
+        alone = score(model, b_split.task, b_split.episodes, engine.layer_sweep(model, b_split.queries, b_split.theta),
+                      b_split.target, protocol.scoring, fmt)
         blocks.append(episode_table("", "dev", B_ALONE, alone.cpu().numpy(), layers, **keys, scored_on="B"))
-        answers_b = dict(get_task(b).pairs)
+        answers_b = {x.strip(): y for x, y in (b_split.task if paper else get_task(b)).pairs}
         for split in splits:
-            episodes = shared_queries(a, b, protocol, n, split)
-            tok = model.tokenizer
-            targets = {"A": torch.tensor([answer_token_ids(tok, ep.query[1], fmt)[0] for ep in episodes]),
-                       "B": torch.tensor([answer_token_ids(tok, answers_b[ep.query[0]], fmt)[0] for ep in episodes])}
+            episodes = shared_queries(a, b, protocol, n, split, model.tokenizer)
+            answers = {"A": [ep.query[1] for ep in episodes], "B": [answers_b[ep.query[0].strip()] for ep in episodes]}
+            spaced = episodes[0].spaced if paper else True
+            targets = {side: torch.tensor([ids[0] for ids in answers_token_ids(model.tokenizer, ys, fmt, spaced)])
+                       for side, ys in answers.items()}
+            same = {"same_first_token": (targets["A"] == targets["B"]).numpy()} if paper else None
             icl = model.encode([fmt.episode_icl(ep) for ep in episodes])
             regular = engine.next_tokens(model, icl).cpu()
             patched = engine.layer_sweep(model, icl, b_split.theta).cpu()  # theta(B) of B's i-th dev episode
-            for scored_on, target in targets.items():
-                blocks.append(episode_table("", split, REGULAR, episode_hits(model, regular, target).numpy(), None,
-                                            **keys, scored_on=scored_on))
-                blocks.append(episode_table("", split, CONFLICT, episode_hits(model, patched, target[:, None]).numpy(),
-                                            layers, **keys, scored_on=scored_on))
+            for side, target in targets.items():
+                hit = _scorer(model, a, episodes, answers[side], protocol.scoring)
+                blocks.append(episode_table("", split, REGULAR, hit(regular, target).numpy(), None, same,
+                                            **keys, scored_on=side))
+                blocks.append(episode_table("", split, CONFLICT, hit(patched, target[:, None]).numpy(), layers,
+                                            same, **keys, scored_on=side))
     return pd.concat(blocks, ignore_index=True).drop(columns="task")
+
+
+def _scorer(model: Model, a: str, episodes, answers, scoring: str):
+    """hits(predicted, target) for one side of a conflict: the kit's first-token match, or the official string
+    rule of task A (overriding.py scores both answers with A's `compare_outputs`)."""
+    if scoring == "paper":
+        return lambda predicted, _: paper_hits(model.tokenizer, get_task(a), episodes, predicted,
+                                               [(y,) for y in answers])
+    return lambda predicted, target: episode_hits(model, predicted, target)
 
 
 def chosen_layers(hits: pd.DataFrame, layer: int | None = None) -> pd.DataFrame:
@@ -112,11 +146,12 @@ def chosen_layers(hits: pd.DataFrame, layer: int | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def conflict_table(hits: pd.DataFrame, layer: int | None = None) -> pd.DataFrame:
+def conflict_table(hits: pd.DataFrame, layer: int | None = None, exact: bool = False) -> pd.DataFrame:
     """Paper Table 2 from `conflict_hits`, on the test episodes: per pair, plain ICL, theta(B) at the paper's
     layer, and theta(B) at the best override layer, each with accuracy on A's and B's answers (95% Wilson
-    intervals) and, for the two with theta, the change against plain ICL on the same episodes (McNemar). Without
-    dev episodes of the conflict there is no override row."""
+    intervals) and, for the two with theta, the change against plain ICL on the same episodes (McNemar's score
+    test, or with `exact` the exact test with Holm over the pairs, `protocol.compare`). Without dev episodes of
+    the conflict there is no override row."""
     choice = chosen_layers(hits, layer).set_index(["task_a", "task_b"])
     test = hits[hits.split == "test"]
     picked = []
@@ -131,11 +166,14 @@ def conflict_table(hits: pd.DataFrame, layer: int | None = None) -> pd.DataFrame
     wide = picked.pivot_table(index=[*keys, "episode"], columns="scored_on", values="hit", sort=False).reset_index()
     table = wide.groupby(keys, sort=False).agg(n=("episode", "size"), acc_a=("A", "mean"), acc_b=("B", "mean"))
     table = with_intervals(table.reset_index(), ["acc_a", "acc_b"], "n")
+    if "same_first_token" in picked:  # the paper protocol's runs: episodes where A's and B's answers share a token
+        same = picked[picked.scored_on == "A"].groupby(keys, sort=False).same_first_token.sum()
+        table["same_first_token"] = same.loc[list(zip(*(table[k] for k in keys)))].astype(int).to_numpy()
     table["b_dev_ties"] = [choice.loc[(a, b), "b_dev_ties"] if m == CONFLICT else None
                            for a, b, m in zip(table.task_a, table.task_b, table.method)]
     pair_of = picked.task_a + ":" + picked.task_b
     for method in [m for m in (CONFLICT, OVERRIDE) if m in set(table.method)]:
-        changes = compare(picked.assign(task=pair_of), method, REGULAR, by=("task", "scored_on"))
+        changes = compare(picked.assign(task=pair_of), method, REGULAR, by=("task", "scored_on"), exact=exact)
         at = table.method == method
         for scored_on in ("A", "B"):
             change = changes[changes.scored_on == scored_on].set_index("task")
@@ -173,7 +211,8 @@ def conflicting_tasks(model: Model, pairs=PAPER_CONFLICTS, n: int = 50, layer: i
     if layer is not None:
         model.check_layer(layer)
     splits = ("dev", "test") if override else ("test",)
-    return conflict_table(_named(conflict_hits(model, pairs, n, protocol, fmt, splits), model), layer)
+    return conflict_table(_named(conflict_hits(model, pairs, n, protocol, fmt, splits), model), layer,
+                          exact=protocol.variant == "paper")
 
 
 def _named(hits: pd.DataFrame, model: Model) -> pd.DataFrame:
@@ -182,15 +221,16 @@ def _named(hits: pd.DataFrame, model: Model) -> pd.DataFrame:
 
 
 def run(model: Model, pairs=PAPER_CONFLICTS, n: int = 50, layer: int | None = None,
-        out_dir: str | Path | None = None, figures: bool = True) -> pd.DataFrame:
+        out_dir: str | Path | None = None, figures: bool = True, protocol: Protocol = PAPER) -> pd.DataFrame:
     """Writes conflict_<model>.csv (Table 2), conflict_<model>_by_layer.csv (every layer), ..._episodes.csv
-    (every hit) and, with `figures`, their charts; returns the table."""
+    (every hit) and, with `figures`, their charts; returns the table. `paper_protocol()` gives the official
+    overriding experiment's protocol and n."""
     from .. import plots
 
     if layer is not None:
         model.check_layer(layer)
-    hits = _named(conflict_hits(model, pairs, n=n, progress=True), model)
-    table, by_layer = conflict_table(hits, layer), conflict_by_layer(hits, layer)
+    hits = _named(conflict_hits(model, pairs, n=n, protocol=protocol, progress=True), model)
+    table, by_layer = conflict_table(hits, layer, exact=protocol.variant == "paper"), conflict_by_layer(hits, layer)
     stem = store.results_stem("conflict", model.name, out_dir)
     store.save_table(table, f"{stem}.csv")
     store.save_table(by_layer, f"{stem}_by_layer.csv")

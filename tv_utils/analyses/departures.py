@@ -6,6 +6,10 @@ the table gives both accuracies, their difference (kit's minus the paper's) and 
 over queries: paired where the two score the same predictions (scoring: the paper run's episodes rescored), from
 two independent resamples where the episodes differ (spacing and sampling draw other prompts). The mean over tasks
 gets the same. The paper run's episodes, with their predictions, are stored for `rescore`.
+
+The conflict experiment (paper Table 2) departs in its own settings too (the official overriding.py: 4
+demonstrations, 100 pairs, single-token answers scored as strings; the kit's: 5, 50, first tokens):
+`conflict_departures` runs both and compares them pair by pair.
 """
 
 from __future__ import annotations
@@ -18,10 +22,10 @@ import pandas as pd
 from .. import store
 from ..experiments import METHODS, rescore, run_tasks
 from ..models import Model
-from ..protocol import PROTOCOLS, Protocol, difference_interval
+from ..protocol import PROTOCOLS, Protocol, difference_interval, newcombe
 from ..tasks import TASK_NAMES
 
-__all__ = ["DEPARTURES", "differences", "markdown", "run"]
+__all__ = ["conflict_departures", "DEPARTURES", "differences", "markdown", "run"]
 
 # name -> the conventions that the kit's version of this departure replaces in the official protocol
 DEPARTURES = {"spacing": {"prompts": "kit"}, "sampling": {"sampling": "kit"}, "scoring": {"scoring": "kit"},
@@ -80,3 +84,31 @@ def markdown(table: pd.DataFrame) -> str:
                  for r in group.set_index("method").loc[list(METHODS)].itertuples()]
         lines.append(f"| {departure} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def conflict_departures(model: Model, pairs=None, out_dir: str | Path | None = None) -> pd.DataFrame:
+    """The conflict experiment with the kit's settings and with the official overriding experiment's
+    (`conflict.paper_protocol`): per pair and method (plain ICL, θ(B) at B's best layer), accuracy on A and on B
+    in each, the difference (kit's minus the paper's, Newcombe's interval: the runs ask different episodes), and
+    the paper run's episodes whose A and B answers share a first token. Writes departures_<model>_conflict.csv."""
+    from . import conflict
+
+    pairs = pairs or conflict.PAPER_CONFLICTS
+    protocol, n = conflict.paper_protocol()
+    kit = conflict.conflicting_tasks(model, pairs).set_index(["task_a", "task_b", "method"])
+    paper = conflict.conflicting_tasks(model, pairs, n=n, protocol=protocol).set_index(["task_a", "task_b", "method"])
+    rows = []
+    for key in [k for k in paper.index if k[2] != conflict.OVERRIDE]:
+        p, k = paper.loc[key], kit.loc[key]
+        row = {"task_a": key[0], "task_b": key[1], "method": key[2], "n_paper": int(p.n), "n_kit": int(k.n),
+               "layer_paper": int(p.layer), "layer_kit": int(k.layer),
+               "same_first_token_paper": int(p.same_first_token)}
+        for side in ("a", "b"):
+            lo, hi = newcombe(k[f"acc_{side}"], int(k.n), p[f"acc_{side}"], int(p.n))
+            row |= {f"acc_{side}_paper": p[f"acc_{side}"], f"acc_{side}_kit": k[f"acc_{side}"],
+                    f"acc_{side}_kit_minus_paper": k[f"acc_{side}"] - p[f"acc_{side}"],
+                    f"acc_{side}_diff_lo": lo, f"acc_{side}_diff_hi": hi}
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    store.save_table(table, f"{store.results_stem('departures', model.name, out_dir)}_conflict.csv")
+    return table

@@ -9,13 +9,17 @@ import numpy as np
 import pandas as pd
 import torch
 
+import re
+
 from .. import store
 from ..experiments import default_layer, prepare_split
 from ..protocol import PAPER, Protocol
 from ..models import Model
+from ..prompts import answers_token_ids
 from ..tasks import TASK_NAMES
 
-__all__ = ["answer_rank", "project", "run", "top_tokens", "vocabulary_projection"]
+__all__ = ["answer_rank", "paper_top_words", "PAPER_WORDS", "project", "run", "task_words", "top_tokens",
+           "vocabulary_projection"]
 
 
 def _is_word(token: str) -> bool:
@@ -94,12 +98,24 @@ def vocabulary_projection(model: Model, tasks=TASK_NAMES, layers=None, n: int = 
 
 
 def run(model: Model, tasks=TASK_NAMES, n: int = 20, layer: int | None = None, out_dir: str | Path | None = None,
-        figures: bool = True) -> dict:
+        figures: bool = True, paper: bool = False) -> dict:
     """`vocabulary_projection` at every layer, written as vocab_<model>_{top_tokens,answer_rank}.csv and,
     with `figures`, the task-specific top tokens at L (`layer`, else the best mean dev layer) and the rank
-    curves; returns {"layer": L, "top_tokens": ..., "answer_rank": ...}."""
+    curves; returns {"layer": L, "top_tokens": ..., "answer_rank": ...}. paper=True writes instead
+    vocab_<model>_task_words.csv (`task_words` under the paper protocol, at the stored reproduce run's best
+    layers + 2, on 50 test episodes as the official main.py) and returns {"task_words": ...}."""
     from .. import plots
 
+    if paper:
+        from ..protocol import PROTOCOLS
+
+        stored = store.precomputed(store.results_stem("reproduce", model.name, out_dir).name + "_results", out_dir)
+        if stored is None:
+            raise ValueError(f"no stored reproduce run of {model.name}: run reproduce first (its best layers)")
+        best = dict(zip(stored.task, stored.best_layer.astype(int)))
+        words = task_words(model, {t: best[t] for t in tasks if t in best}, PROTOCOLS["paper"], n=50)
+        store.save_table(words, f"{store.results_stem('vocab', model.name, out_dir)}_task_words.csv")
+        return {"task_words": words}
     layer = default_layer(model, out_dir) if layer is None else model.check_layer(layer)
     top, ranks = vocabulary_projection(model, tasks, n=n)
     stem = store.results_stem("vocab", model.name, out_dir)
@@ -109,3 +125,60 @@ def run(model: Model, tasks=TASK_NAMES, n: int = 20, layer: int | None = None, o
         store.save_figure(plots.top_tokens_table(top[top.specific], layer), f"{stem}_top_tokens")
         store.save_figure(plots.answer_rank_curves(ranks, highlight=layer), f"{stem}_answer_rank")
     return {"layer": layer, "top_tokens": top, "answer_rank": ranks}
+
+
+PAPER_WORDS = 20  # scripts/figures/main.py lists the first 20 words of theta's top 100 tokens
+LETTERS_ONLY = re.compile("^[a-zA-Z]+$")
+
+
+def paper_top_words(model: Model, theta: torch.Tensor, k: int = PAPER_WORDS, pool: int = 100) -> list[list[str]]:
+    """The official figure's top words of each vector [N, H]: its top `pool` tokens, stripped, letters only,
+    repeats dropped ignoring case, the first k (scripts/figures/main.py `create_top_tokens_table`)."""
+    out = []
+    for logp in project(model, theta):
+        seen, words = set(), []
+        for i in logp.topk(min(pool, logp.numel())).indices.tolist():
+            word = model.decode_token(i).strip()
+            if LETTERS_ONLY.match(word) and word.lower() not in seen:
+                seen.add(word.lower())
+                words.append(word)
+        out.append(words[:k])
+    return out
+
+
+def task_words(model: Model, best_layers: dict[str, int], protocol: Protocol, n: int = 50,
+               offset: int = 2) -> pd.DataFrame:
+    """Claim 5 as the paper shows it, with a control: per task, the top words of its mean θ (n test episodes) at
+    its best dev layer + `offset` (the paper's figure), the share of them that are the task's answers (the first
+    token of any answer, ignoring case), and the same share for the control, the mean of every task's mean θ at
+    that layer (what all θs share). Beside it, where each episode's answers rank in its own θ: its dummies'
+    (θ is read at a dummy query, so it has seen their inputs) and its query's (which θ never saw)."""
+    splits = {t: prepare_split(model, t, "test", n, protocol, icl=False) for t in best_layers}
+    layers = {t: min(model.n_layers - 1, best + offset) for t, best in best_layers.items()}
+    means = {t: s.theta.float().mean(0) for t, s in splits.items()}  # [n_layers, H] per task
+    control = torch.stack(list(means.values())).mean(0)
+    rows = []
+    for task, s in splits.items():
+        layer = layers[task]
+        answers = [y for _, y in s.task.pairs]
+        first = {ids[0] for ids in answers_token_ids(model.tokenizer, answers, spaced=s.task.spaced) if ids}
+        vocabulary = {model.decode_token(i).strip().lower() for i in first}
+        words, control_words = paper_top_words(model, torch.stack([means[task][layer], control[layer]]))
+        answer_of = dict(s.task.pairs)
+        dummy_answers = [[answer_of[d] for d in ep.dummies] for ep in s.episodes]
+        dummy_ids = torch.tensor([[ids[0] for ids in answers_token_ids(model.tokenizer, row, spaced=s.task.spaced)]
+                                  for row in dummy_answers])
+        logp = project(model, s.theta[:, layer].float())
+        dummy_ranks = torch.stack([answer_rank(logp, column) for column in dummy_ids.T])  # [n_dummies, n]
+        rows.append({"model": model.name, "task": task, "category": s.task.category, "best_layer": best_layers[task],
+                     "layer": layer, "n": len(s.episodes), "top_words": ", ".join(words),
+                     "task_share": _share(words, vocabulary), "control_words": ", ".join(control_words),
+                     "control_share": _share(control_words, vocabulary),
+                     "dummy_answer_median_rank": dummy_ranks.float().median().item(),
+                     "query_answer_median_rank": answer_rank(logp, s.target.cpu()).float().median().item()})
+    return pd.DataFrame(rows)
+
+
+def _share(words: list[str], vocabulary: set[str]) -> float:
+    """The share of `words` that are in `vocabulary` (lower case); 0 for no words."""
+    return sum(w.lower() in vocabulary for w in words) / len(words) if words else 0.0
