@@ -148,6 +148,10 @@ def test_query_interval_covers_the_truth_where_the_episode_interval_does_not():
     assert cover["episode"] / reps <= 0.85  # 0.80
     assert P.query_interval([1, 1, 1, 1], ["a", "a", "b", "b"]) == P.wilson(2, 2)  # all right: 2 queries' worth
     assert P.query_interval([1, 0, 1], ["a", "b", "c"]) == P.wilson(2, 3)  # all distinct: Wilson
+    same = pd.DataFrame([{"task": "t", "episode": e, "query": "ab"[e % 2], "method": m, "hit": 1}
+                         for e in range(10) for m in ("tv", "icl")])
+    row = P.compare(same, "tv", "icl", exact=True).iloc[0]  # both always right on 2 queries: not a [0, 0] interval
+    assert (row.diff_lo, row.diff_hi) == pytest.approx(P.tango(0, 0, 2)) and row.diff_lo < 0 < row.diff_hi
 
 
 @pytest.mark.tiny

@@ -385,10 +385,14 @@ def compare(episodes: pd.DataFrame, a: str, b: str, by=("task",), exact: bool = 
 
 def _paired_query_interval(a, b, queries, label: str, n_boot: int = N_BOOT) -> tuple[float, float]:
     """95% percentile bootstrap of mean(a) - mean(b) resampling queries with their episodes; Tango's interval when
-    every episode asks its own query."""
+    every episode asks its own query, and, where every episode's difference is the same (every resample agrees),
+    Tango's over the distinct queries, as if each had been asked once."""
     if len(set(queries)) == len(a):
         return tango(int((a & ~b).sum()), int((~a & b).sum()), len(a))
     diff = a.astype(float) - b.astype(float)
+    if diff.min() == diff.max():
+        n = len(set(queries))
+        return tango(n * int(diff[0] > 0), n * int(diff[0] < 0), n)
     return _percentiles(_boot_means([diff], _rng("paired", label), n_boot, queries_by_task=[queries])[0])
 
 
