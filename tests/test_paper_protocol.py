@@ -249,3 +249,18 @@ def test_conflict_departures_compare_the_kits_settings_with_the_official_ones(ti
     assert row.acc_b_kit_minus_paper == pytest.approx(row.acc_b_kit - row.acc_b_paper)
     assert row.acc_b_diff_lo <= row.acc_b_kit_minus_paper <= row.acc_b_diff_hi
     assert (tmp_path / "departures_tiny-llama_conflict.csv").exists()
+
+
+@pytest.mark.tiny
+def test_a_run_against_the_reference_combines_their_own_intervals():
+    from tv_utils.experiments import reference_diff
+
+    def table(tv, lo, hi):
+        row = {"task": "next_letter", "n_test": 50, "best_layer": 10, "baseline": 0.1, "icl": 0.2, "tv": tv,
+               "tv_lo": lo, "tv_hi": hi}
+        return pd.DataFrame([row | {f"{m}_{s}": np.nan for m in ("baseline", "icl") for s in ("lo", "hi")}])
+
+    _, diff = reference_diff(table(0.8, 0.59, 0.96), None, table(0.76, 0.63, 0.86))
+    row = diff.set_index("method").loc["tv"]
+    assert row.difference_lo == pytest.approx(0.04 - math.hypot(0.8 - 0.59, 0.86 - 0.76))
+    assert row.difference_hi == pytest.approx(0.04 + math.hypot(0.96 - 0.8, 0.76 - 0.63))

@@ -109,6 +109,8 @@ def test_compare_and_episode_tables_are_tidy():
 def test_newcombe_interval_of_two_runs():
     lo, hi = P.newcombe(0.5, 50, 0.5, 50)
     assert lo == pytest.approx(-hi) and 0.15 < hi < 0.25
+    wider = P.newcombe(0.5, 50, 0.5, 50, (0.2, 0.8), (0.2, 0.8))  # each run's own (e.g. query-clustered) interval
+    assert wider == pytest.approx((-math.sqrt(0.18), math.sqrt(0.18))) and wider[1] > hi
 
 
 def test_the_main_seed_alone_gives_the_summary_intervals():

@@ -411,11 +411,17 @@ def reproduce(model: Model, task_names=TASK_NAMES, out_dir: str | Path | None = 
     return run
 
 
+def _bounds(row: pd.Series, column: str):
+    """(lo, hi) of a results row's accuracy column, or None where the table has no interval for it."""
+    lo, hi = row.get(f"{column}_lo"), row.get(f"{column}_hi")
+    return None if lo is None or hi is None or pd.isna(lo) or pd.isna(hi) else (float(lo), float(hi))
+
+
 def reference_diff(results: pd.DataFrame, per_layer: pd.DataFrame, reference: pd.DataFrame,
                    reference_per_layer: pd.DataFrame | None = None) -> tuple[str, pd.DataFrame]:
     """A run against the committed reference, task by task: a one-line verdict, and a table of the accuracies
-    that differ, each with both 95% intervals and that of the difference (Newcombe: the two runs may rest on
-    different episodes)."""
+    that differ, each with both 95% intervals and that of the difference (Newcombe from the two tables' own
+    intervals: the two runs may rest on different episodes)."""
     from .protocol import newcombe
 
     shared = [t for t in results.task if t in set(reference.task)]
@@ -425,7 +431,8 @@ def reference_diff(results: pd.DataFrame, per_layer: pd.DataFrame, reference: pd
         a, b = ours.loc[task], ref.loc[task]
         for m in METHODS:
             if a[m] != b[m]:
-                lo, hi = newcombe(a[m], int(a.n_test), b[m], int(b.get("n_test", PAPER.n_test)))
+                lo, hi = newcombe(a[m], int(a.n_test), b[m], int(b.get("n_test", PAPER.n_test)),
+                                  _bounds(a, m), _bounds(b, m))  # each table's own intervals, where it has them
                 rows.append({"task": task, "method": m, "reference": b[m], "reference_lo": b.get(f"{m}_lo"),
                              "reference_hi": b.get(f"{m}_hi"), "this_run": a[m], "this_run_lo": a[f"{m}_lo"],
                              "this_run_hi": a[f"{m}_hi"], "difference": a[m] - b[m], "difference_lo": lo,

@@ -160,11 +160,12 @@ def wilson(successes, n, z: float = Z95) -> tuple[float, float]:
     return lo, hi
 
 
-def newcombe(p1: float, n1: int, p2: float, n2: int) -> tuple[float, float]:
-    """95% interval of p1 - p2 for two independent proportions (Newcombe's hybrid score, from Wilson intervals):
-    e.g. one task's accuracy in two runs on different episodes."""
-    l1, u1 = wilson(round(p1 * n1), n1)
-    l2, u2 = wilson(round(p2 * n2), n2)
+def newcombe(p1: float, n1: int, p2: float, n2: int, bounds1=None, bounds2=None) -> tuple[float, float]:
+    """95% interval of p1 - p2 for two independent proportions (Newcombe's hybrid score): e.g. one task's accuracy
+    in two runs on different episodes. It combines each proportion's own interval: `bounds1`/`bounds2` (lo, hi)
+    when given (e.g. a table's interval by query), else Wilson's from n1/n2."""
+    l1, u1 = wilson(round(p1 * n1), n1) if bounds1 is None else bounds1
+    l2, u2 = wilson(round(p2 * n2), n2) if bounds2 is None else bounds2
     d = p1 - p2
     return d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
 
