@@ -19,8 +19,7 @@ from . import engine, store
 from .models import Model
 from .prompts import DEFAULT_FORMAT, PromptFormat, accepted_ids, usable_task
 from .protocol import (INTERVALS, PAPER, Protocol, best_mean_layer, best_of, compare, episode_table, layer_stability,
-                       main_seed, mean_interval, ratio_interval, score, tie_layers, tie_span, with_intervals,
-                       with_query_intervals)
+                       main_seed, mean_interval, ratio_interval, score, tie_layers, tie_span, with_query_intervals)
 from .tasks import TASK_NAMES, Task, get_task, sample_episodes
 
 __all__ = ["default_layer", "encode_queries", "evaluate_task", "layer_accuracy", "METHODS", "per_layer_accuracy",
@@ -77,15 +76,19 @@ def layer_accuracy(model: Model, task, n: int = PAPER.n_dev, protocol: Protocol 
     s = prepare_split(model, task, split, n, protocol, icl=False)
     dev_hits = score(model, s.task, s.episodes, engine.layer_sweep(model, s.queries, s.theta), s.target,
                      protocol.scoring)
-    return _curve(model, s.task, list(range(model.n_layers)), dev_hits)
+    return _curve(model, s.task, list(range(model.n_layers)), dev_hits, s.episodes)
 
 
-def _curve(model: Model, task: Task, layers, dev_hits: torch.Tensor) -> pd.DataFrame:
-    """One task's per-layer table: dev accuracy at each layer with its Wilson interval."""
+def _curve(model: Model, task: Task, layers, dev_hits: torch.Tensor, episodes) -> pd.DataFrame:
+    """One task's per-layer table: dev accuracy at each layer with its 95% interval (`query_interval`: over the
+    queries where the episodes repeat them) and the number of distinct queries."""
     curve = pd.DataFrame({"model": model.name, "task": task.name, "category": task.category, "layer": layers,
                           "rel_depth": [l / model.n_layers for l in layers], "n_dev": len(dev_hits),
                           "dev_acc": dev_hits.double().mean(0).tolist()})
-    return with_intervals(curve, ["dev_acc"], "n_dev")
+    queries = [ep.query[0].strip() for ep in episodes]
+    hits = {(layer, "dev_acc"): dev_hits[:, i].numpy() for i, layer in enumerate(layers)}
+    return with_query_intervals(curve, ["dev_acc"], hits, dict.fromkeys(layers, queries), key="layer",
+                                label=f"{task.name}/dev/")
 
 
 QUICK_EPISODES = 10  # per task, in the quick live runs for a model with no stored results
@@ -239,7 +242,7 @@ def _tables(model: Model, tasks, layers, scored: list[dict], protocol: Protocol)
                      "n_test": len(test["tv"]), **{m: test[m].double().mean().item() for m in METHODS},
                      "best_layer": best, "tie_layers": ties, "tie_span": tie_span(ties),
                      "layer_share": shares.get(best, 0.0), "n_layers": model.n_layers})
-        curves.append(_curve(model, task, layers, dev))
+        curves.append(_curve(model, task, layers, dev, dev_eps))
         episodes += [episode_table(task.name, "dev", "tv", dev.numpy(), layers,
                                    *_columns(model.tokenizer, dev_eps, dev_target, dev_pred), seed=protocol.seed)]
         episodes += [episode_table(task.name, "test", m, test[m].cpu().numpy(), best if m == "tv" else None,

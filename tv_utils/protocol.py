@@ -202,13 +202,14 @@ def _clusters(queries) -> tuple[np.ndarray, np.ndarray]:
     return codes, np.bincount(codes)
 
 
-def with_query_intervals(table: pd.DataFrame, columns, hits: dict, queries: dict, key: str = "task") -> pd.DataFrame:
+def with_query_intervals(table: pd.DataFrame, columns, hits: dict, queries: dict, key: str = "task",
+                         label: str = "") -> pd.DataFrame:
     """`table` with `<col>_lo`, `<col>_hi` after each accuracy column, from `query_interval` of the episodes behind
     each row: hits[(row's key, col)] and queries[row's key] (one query per episode), and `n_queries` (the distinct
-    queries) after the last interval."""
+    queries) after the last interval; `label` prefixes the resamples' seeds."""
     table = table.copy()
     for col in columns:
-        bounds = [query_interval(hits[k, col], queries[k], f"{k}/{col}") for k in table[key]]
+        bounds = [query_interval(hits[k, col], queries[k], f"{label}{k}/{col}") for k in table[key]]
         at = table.columns.get_loc(col) + 1
         table.insert(at, f"{col}_lo", [lo for lo, _ in bounds])
         table.insert(at + 1, f"{col}_hi", [hi for _, hi in bounds])
