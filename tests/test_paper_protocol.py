@@ -217,8 +217,9 @@ def test_conflict_as_in_the_official_overriding_experiment(tiny_llama):
     test = hits[hits.split == "test"]
     assert test.groupby("scored_on").episode.nunique().tolist() == [6, 6]
     assert not test.same_first_token.any()  # b -> c and b -> B never share a token
-    table = conflict.conflict_table(hits)
+    table = conflict.conflict_table(hits, exact=True)
     assert (table.same_first_token == 0).all() and (table.n == 6).all()
+    assert (table.n_queries <= 6).all() and table[["acc_a_lo", "acc_b_hi"]].notna().all().all()  # by query
     kit = conflict.conflict_hits(tiny_llama, [("next_letter", "to_upper")], n=6)
     assert "same_first_token" not in kit  # the kit's tables keep their columns
 

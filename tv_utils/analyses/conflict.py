@@ -14,7 +14,7 @@ from dataclasses import replace
 from .. import engine, store
 from ..experiments import prepare_split
 from ..protocol import (PAPER, PROTOCOLS, Protocol, best_of, compare, episode_hits, episode_table, score, tie_layers,
-                        with_intervals)
+                        with_intervals, with_query_intervals)
 from ..models import Model
 from ..prompts import DEFAULT_FORMAT, PromptFormat, answer_token_ids, answers_token_ids, paper_hits, usable_task
 from ..tasks import TASK_NAMES, Episode, get_task, make_task, sample_episodes
@@ -107,7 +107,8 @@ def conflict_hits(model: Model, pairs=PAPER_CONFLICTS, n: int = 50, protocol: Pr
             spaced = episodes[0].spaced if paper else True
             targets = {side: torch.tensor([ids[0] for ids in answers_token_ids(model.tokenizer, ys, fmt, spaced)])
                        for side, ys in answers.items()}
-            same = {"same_first_token": (targets["A"] == targets["B"]).numpy()} if paper else None
+            same = {"query": [ep.query[0].strip() for ep in episodes],
+                    "same_first_token": (targets["A"] == targets["B"]).numpy()} if paper else None
             icl = model.encode([fmt.episode_icl(ep) for ep in episodes])
             regular = engine.next_tokens(model, icl).cpu()
             patched = engine.layer_sweep(model, icl, b_split.theta).cpu()  # theta(B) of B's i-th dev episode
@@ -163,9 +164,18 @@ def conflict_table(hits: pd.DataFrame, layer: int | None = None, exact: bool = F
             picked.append(pair[(pair.method == CONFLICT) & (pair.layer == override)].assign(method=OVERRIDE))
     picked = pd.concat(picked, ignore_index=True)
     keys = ["task_a", "task_b", "method", "layer"]
-    wide = picked.pivot_table(index=[*keys, "episode"], columns="scored_on", values="hit", sort=False).reset_index()
+    by_query = "query" in picked  # the paper protocol's runs keep each episode's query: intervals by query
+    wide = picked.pivot_table(index=[*keys, "episode", *(["query"] if by_query else [])], columns="scored_on",
+                              values="hit", sort=False).reset_index()
     table = wide.groupby(keys, sort=False).agg(n=("episode", "size"), acc_a=("A", "mean"), acc_b=("B", "mean"))
-    table = with_intervals(table.reset_index(), ["acc_a", "acc_b"], "n")
+    if by_query:
+        groups = dict(list(wide.groupby(keys, sort=False)))
+        by_row = {(k, f"acc_{side.lower()}"): g[side].to_numpy() for k, g in groups.items() for side in "AB"}
+        queries = {k: g["query"].tolist() for k, g in groups.items()}
+        table = with_query_intervals(table.reset_index().assign(row=list(groups)), ["acc_a", "acc_b"], by_row,
+                                     queries, key="row", label="conflict/").drop(columns="row")
+    else:
+        table = with_intervals(table.reset_index(), ["acc_a", "acc_b"], "n")
     if "same_first_token" in picked:  # the paper protocol's runs: episodes where A's and B's answers share a token
         same = picked[picked.scored_on == "A"].groupby(keys, sort=False).same_first_token.sum()
         table["same_first_token"] = same.loc[list(zip(*(table[k] for k in keys)))].astype(int).to_numpy()

@@ -89,8 +89,9 @@ def markdown(table: pd.DataFrame) -> str:
 def conflict_departures(model: Model, pairs=None, out_dir: str | Path | None = None) -> pd.DataFrame:
     """The conflict experiment with the kit's settings and with the official overriding experiment's
     (`conflict.paper_protocol`): per pair and method (plain ICL, θ(B) at B's best layer), accuracy on A and on B
-    in each, the difference (kit's minus the paper's, Newcombe's interval: the runs ask different episodes), and
-    the paper run's episodes whose A and B answers share a first token. Writes departures_<model>_conflict.csv."""
+    in each, the difference (kit's minus the paper's, Newcombe's interval from each run's own intervals, by query
+    in the paper's: the runs ask different episodes), the paper run's distinct queries, and its episodes whose A
+    and B answers share a first token. Writes departures_<model>_conflict.csv."""
     from . import conflict
 
     pairs = pairs or conflict.PAPER_CONFLICTS
@@ -102,9 +103,10 @@ def conflict_departures(model: Model, pairs=None, out_dir: str | Path | None = N
         p, k = paper.loc[key], kit.loc[key]
         row = {"task_a": key[0], "task_b": key[1], "method": key[2], "n_paper": int(p.n), "n_kit": int(k.n),
                "layer_paper": int(p.layer), "layer_kit": int(k.layer),
-               "same_first_token_paper": int(p.same_first_token)}
+               "n_queries_paper": int(p.n_queries), "same_first_token_paper": int(p.same_first_token)}
         for side in ("a", "b"):
-            lo, hi = newcombe(k[f"acc_{side}"], int(k.n), p[f"acc_{side}"], int(p.n))
+            lo, hi = newcombe(k[f"acc_{side}"], int(k.n), p[f"acc_{side}"], int(p.n),
+                              *((t[f"acc_{side}_lo"], t[f"acc_{side}_hi"]) for t in (k, p)))  # each run's own
             row |= {f"acc_{side}_paper": p[f"acc_{side}"], f"acc_{side}_kit": k[f"acc_{side}"],
                     f"acc_{side}_kit_minus_paper": k[f"acc_{side}"] - p[f"acc_{side}"],
                     f"acc_{side}_diff_lo": lo, f"acc_{side}_diff_hi": hi}
