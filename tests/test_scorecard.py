@@ -217,3 +217,6 @@ def test_a_referees_rules():
     assert acc.loc[("next_letter", "tv"), "paper_model"] == "Pythia 2.8B"
     with pytest.raises(ValueError, match="unknown rules"):
         scorecard.claims(table, rules="lenient")
+    text = scorecard.claims(table, episodes, per_layer, geometry, pairs, vocab, rules="referee")
+    assert "Rule: holds" in scorecard.claims_text(text, with_rules=True)  # the referee's scorecard prints its rules
+    assert "Rule:" not in scorecard.claims_text(text)

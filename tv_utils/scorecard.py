@@ -366,11 +366,12 @@ def stored_claims(model_name: str, folder: str | Path | None = None, rules: str 
                   read("conflict"), read("vocab", "answer_rank"), rules, read("vocab", "task_words"))
 
 
-def claims_text(table: pd.DataFrame) -> str:
-    """The claims table as a few lines: verdict, then the numbers."""
+def claims_text(table: pd.DataFrame, with_rules: bool = False) -> str:
+    """The claims table as a few lines: verdict, then the numbers (and, `with_rules`, the rule behind each)."""
     lines = [f"The paper's claims on {table.model.iloc[0]}:"]
     for row in table.itertuples():
-        lines.append(textwrap.fill(f"{row.claim}: {row.verdict.upper()}. {row.evidence}. Rule: {row.rule}", 100,
+        rule = f". Rule: {row.rule}" if with_rules else ""
+        lines.append(textwrap.fill(f"{row.claim}: {row.verdict.upper()}. {row.evidence}{rule}", 100,
                                    initial_indent="  ", subsequent_indent="    "))
     return "\n".join(lines)
 
@@ -397,6 +398,6 @@ def run(model_name: str, results_folder: str | Path | None = None, out_dir: str 
              store.save_table(claim_table, store.suffixed(stem, "_claims.csv"))]
     if figures:
         paths += store.save_figure(plots.scorecard_figure(card), stem)
-    return {"card": card, "claims": claim_table, "text": verdict_text(card) + "\n\n" + claims_text(claim_table),
-            "paths": paths,
+    text = verdict_text(card) + "\n\n" + claims_text(claim_table, with_rules=rules == "referee")
+    return {"card": card, "claims": claim_table, "text": text, "paths": paths,
             "results_file": store.stored_file(f"reproduce_{name}_results.csv", folder)}
