@@ -37,9 +37,11 @@ wheel:
 lock:  # re-resolve pyproject.toml's ranges into requirements-lock.txt; run `make test` after it
 	bash scripts/lock.sh
 
-# The committed reference (figures/), which the course reads, is written only here, on purpose. On 2 CPU cores:
-# reproduce ~15 min (5 seeds), function-vectors ~6-14 min (CPUs with AMX the faster); depth needs the models of `python -m tv_utils depth -h`
-# installed (install-model). Review `git diff --stat figures` before committing.
+# The committed reference (figures/), which the course reads, is written only here, on purpose. reproduce, conflict,
+# vocab's task words and scorecard run the official code's protocol (docs/protocol.md); widgets, geometry,
+# beyond, function-vectors, depth and vocab's per-layer tables the kit's conventions. On 2 CPU cores: reproduce ~18 min (5 seeds), function-vectors
+# ~6-14 min (CPUs with AMX the faster); depth needs the models of `python -m tv_utils depth -h` installed
+# (install-model). Review `git diff --stat figures` before committing.
 reference: setup
 	$(PY) -m tv_utils reproduce --seeds 0 1 2 3 4 --out figures
 	$(PY) -m tv_utils departures --out figures  # the official code's protocol, and each departure from it (~15 min)
@@ -53,7 +55,8 @@ reference: setup
 	$(PY) -m tv_utils depth --out figures
 	$(PY) -m tv_utils scorecard --out figures
 
-# The second model's reference (README "Two models"): about 90 minutes in float32 on 2 CPU cores, see the README.
+# The second model's reference (README "Two models"): about 105 minutes in float32 on 2 CPU cores (reproduce 37,
+# conflict 33, geometry 14, vocab 19), see the README.
 reference-qwen: setup
 	$(PY) -m tv_utils install-model qwen2.5-coder-1.5b
 	$(PY) -m tv_utils reproduce --model qwen2.5-coder-1.5b --out figures

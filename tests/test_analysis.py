@@ -1,5 +1,7 @@
 """Analyses on a tiny random Llama: shapes, invariants (alpha=0/1, save/load, logit lens), bad input."""
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -8,11 +10,11 @@ import torch
 from tv_utils import interventions as iv
 from tv_utils.analyses import beyond, conflict, geometry, vocab
 from tv_utils.experiments import default_layer
-from tv_utils.protocol import Protocol
+from tv_utils.protocol import KIT
 
 pytestmark = pytest.mark.tiny
 
-P = Protocol(k=3, n_dev=6, n_test=6)
+P = replace(KIT, k=3, n_dev=6, n_test=6)  # the analyses here run the kit's conventions (their default)
 
 
 def test_conflicting_tasks_table(tiny_llama):
@@ -286,7 +288,7 @@ def test_conflict_pair_is_conflicting_tasks_without_override(gemma):
     the plain and the patched run) gives exactly the table of conflicting_tasks(..., override=False), on the
     notebook's opening pair."""
     pair = ("antonyms", "present_simple_past_simple")
-    slow = conflict.conflicting_tasks(gemma, [pair], n=10, override=False)
+    slow = conflict.conflicting_tasks(gemma, [pair], n=10, protocol=KIT, override=False)
     pd.testing.assert_frame_equal(conflict.conflict_pair(gemma, *pair, n=10), slow)
 
 

@@ -281,11 +281,12 @@ def test_a_run_in_the_checkout_leaves_the_reference_alone(tmp_path):
 
 
 def test_the_paper_protocol_then_rescore_and_departures_from_the_command_line(tmp_path, tiny_llama_folder):
-    """`reproduce --protocol paper` stores its predictions; `rescore --scoring kit` re-scores them without the
-    model and gives the run's baseline and ICL back when the rule is the run's own; `departures` writes its table."""
+    """`reproduce` runs the paper protocol by default and stores its predictions; `rescore --scoring paper`
+    re-scores them without the model and gives the run's accuracies back when the rule is the run's own;
+    `departures` writes its table."""
     model = ["--model", str(tiny_llama_folder)]
     proc, _ = run_cli(tmp_path, "reproduce", "--tasks", "next_letter", "country_capital", "--n-dev", "4",
-                      "--n-test", "5", "--protocol", "paper", "--no-figures", *model)
+                      "--n-test", "5", "--no-figures", *model)
     assert proc.returncode == 0, proc.stderr
     stem = tmp_path / "results" / ("reproduce_" + str(tiny_llama_folder).replace("/", "_"))
     report = json.loads(Path(f"{stem}_results.json").read_text())

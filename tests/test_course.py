@@ -40,6 +40,8 @@ def test_every_fallback_runs_on_a_model_without_results(tiny_llama, no_stored_re
     assert {"task_a", "task_b", "method", "acc_a", "acc_b"} <= set(table.columns)
     top, ranks = course.vocab(tiny_llama)
     assert set(ranks.task) == set(experiments.quick_tasks(tiny_llama)) and "token" in top  # no word tokens here
+    words = course.task_words(tiny_llama)
+    assert words.task.tolist() == results.task.tolist() and (words.layer >= words.best_layer).all()
     mix = course.interpolation(tiny_llama, L, "list_last", "list_first")
     assert len(mix)
     library = course.library(tiny_llama, L)

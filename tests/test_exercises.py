@@ -16,6 +16,7 @@ import torch
 from tv_utils import answer_key
 from tv_utils import exercises as ex
 from tv_utils.interventions import pad_left
+from tv_utils.protocol import KIT
 
 pytestmark = pytest.mark.tiny
 
@@ -641,7 +642,7 @@ def test_conflict_accuracy_is_the_conflict_analysis(tiny_llama):
     a, b, n = "next_letter", "to_upper", 6
     episodes_a, episodes_b, answers_b = ex.conflict_episodes(tiny_llama, a, b, n)
     assert [ep.task for ep in episodes_b] == [b] * n and all(ep.query[0] in answers_b for ep in episodes_a)
-    hits = conflict.conflict_hits(tiny_llama, [(a, b)], n=n, splits=("test",))
+    hits = conflict.conflict_hits(tiny_llama, [(a, b)], n=n, protocol=KIT, splits=("test",))
     patched = hits[hits.method == conflict.CONFLICT].groupby(["layer", "scored_on"]).hit.mean()
     for layer in range(tiny_llama.n_layers):
         on_a, on_b = ex.KIT["conflict_accuracy"](tiny_llama, episodes_a, episodes_b, answers_b, layer)

@@ -197,7 +197,8 @@ def test_the_paper_protocol_runs_and_the_traced_path_agrees(tiny_llama):
     assert all(q == q.strip() for q in run.episodes["query"])  # the official " a" is stored as "a"
     assert torch.equal(ref["tv_pred"], torch.tensor(run.episodes.query("split == 'test' and method == 'tv'").pred
                                                     .tolist()))
-    assert P.PROTOCOLS["paper"].variant == "paper" and P.Protocol(scoring="paper").variant == "mixed"
+    assert P.Protocol() == P.PAPER == P.PROTOCOLS["paper"] and P.PAPER.variant == "paper"  # the default
+    assert P.KIT.variant == "kit" and P.Protocol(scoring="kit").variant == "mixed"
     assert math.isfinite(run.results.tv_lo.iloc[0])
 
 
@@ -220,8 +221,12 @@ def test_conflict_as_in_the_official_overriding_experiment(tiny_llama):
     table = conflict.conflict_table(hits, exact=True)
     assert (table.same_first_token == 0).all() and (table.n == 6).all()
     assert (table.n_queries <= 6).all() and table[["acc_a_lo", "acc_b_hi"]].notna().all().all()  # by query
-    kit = conflict.conflict_hits(tiny_llama, [("next_letter", "to_upper")], n=6)
+    by_layer = conflict.conflict_by_layer(hits)
+    assert (by_layer.n_queries == test[test.method == conflict.CONFLICT]["query"].nunique()).all()
+    assert ((by_layer.acc_b_lo <= by_layer.acc_b) & (by_layer.acc_b <= by_layer.acc_b_hi)).all()
+    kit = conflict.conflict_hits(tiny_llama, [("next_letter", "to_upper")], n=6, protocol=P.KIT)
     assert "same_first_token" not in kit  # the kit's tables keep their columns
+    assert "n_queries" not in conflict.conflict_by_layer(kit)
 
 
 @pytest.mark.tiny
@@ -238,6 +243,23 @@ def test_task_words_at_best_plus_two_against_a_control(tiny_llama):
         assert all(w.isalpha() and w.isascii() for w in words.split(", ") if w)
         assert len({w.lower() for w in words.split(", ")}) == len(words.split(", "))
     assert (table.dummy_answer_median_rank >= 0).all() and (table.query_answer_median_rank >= 0).all()
+
+
+@pytest.mark.tiny
+def test_vocab_run_adds_the_task_words_once_a_reproduce_run_is_stored(tiny_llama, tmp_path):
+    """`vocab.run` writes its per-layer tables; the paper's task words (at the stored run's best layers + 2)
+    only beside a stored reproduce run of the model, whose best layers it needs."""
+    from tv_utils.analyses import vocab
+
+    alone = vocab.run(tiny_llama, ["next_letter"], n=3, layer=1, out_dir=tmp_path, figures=False)
+    assert alone["task_words"] is None and not list(tmp_path.glob("*_task_words.csv"))
+    stored = pd.DataFrame({"task": ["next_letter", "to_upper"], "best_layer": [1, 3]})  # a reproduce run's table
+    stored.to_csv(tmp_path / "reproduce_tiny-llama_results.csv", index=False)
+    best = stored.set_index("task").best_layer
+    words = vocab.run(tiny_llama, ["next_letter", "to_upper"], n=3, layer=1, out_dir=tmp_path,
+                      figures=False)["task_words"]
+    assert words.set_index("task").best_layer.to_dict() == best.to_dict()
+    assert pd.read_csv(tmp_path / "vocab_tiny-llama_task_words.csv").task.tolist() == ["next_letter", "to_upper"]
 
 
 @pytest.mark.tiny

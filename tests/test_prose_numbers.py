@@ -73,13 +73,14 @@ ALLOWED = {
         (r"\broughly 80–90%|2\.8B to 30B", "the paper's own figures"),
         (r"\bfour tasks\b", "the quick sweep's task count for a model with no stored run (experiments.quick_tasks)"),
         (r"\bthree exercises", "the number of exercises in this notebook"),
-        (r"\bone verdict in twenty", "what the 5% level means, not a result"),
+        (r"\bPythia 2\.8B\b", "the name of the paper's model closest in size"),
     ],
     "03_layer_sweep": [
         (r"\b10 (?:dev )?episodes|\bthree tasks", "the live fallback's and this notebook's own sample sizes"),
         (r"\bsix model families", "the families the test suite checks the engine on (tests/conftest.py)"),
         (r"\bsix tasks on four embedded models|\bfour models|\bsix tasks of 30 dev episodes",
          "the design of the depth run (tv_utils.analyses.depth)"),
+        (r"\b0\.30–0\.44\b", "the paper's range of best relative depths (read from its layer figures)"),
     ],
     "04_geometry": [
         (r"\b50 episodes × 18 tasks|\bthree layers|\bfour layers either side|\bsix tasks live, 10 episodes",
@@ -91,7 +92,6 @@ ALLOWED = {
     "05_conflicting_tasks": [
         (r"\b(?:five|5) pairs", "the paper's five pairs of tasks (its Table 2)"),
         (r"\b10 episodes", "the widget's sample size"),
-        (r"\b2\.8B–30B", "the paper's model sizes"),
     ],
     "06_vocabulary_projection": [
         (r"\b20 episodes|\bat least two letters|\bmore than a quarter of the tasks|\btwo layers (?:later|after L)"

@@ -55,12 +55,16 @@ def test_paper_file_parses_and_every_row_has_a_source():
 
 def test_paper_value_inside_our_interval_is_within_and_below_it_is_above():
     tv = MEAN_TV["next_letter"]  # 0.914
-    card = scorecard.scorecard(results(tv=(0.9, 0.9), lo=(tv - 0.05, tv + 0.01), hi=(tv + 0.05, tv + 0.1)))
+    card = scorecard.scorecard(results(tv=(0.9, 0.9), lo=(tv - 0.05, tv + 0.01), hi=(tv + 0.05, tv + 0.1)),
+                               paper_model="mean")
     assert row(card, "accuracy", "next_letter", "tv").verdict == "within"
     assert row(card, "accuracy", "en_es", "tv").verdict == "above"  # the paper's value is below our lower bound
-    card = scorecard.scorecard(results(tv=(0.5, 0.5), lo=(0.4, 0.4), hi=(0.6, 0.6)))
+    card = scorecard.scorecard(results(tv=(0.5, 0.5), lo=(0.4, 0.4), hi=(0.6, 0.6)), paper_model="mean")
     assert row(card, "accuracy", "next_letter", "tv").verdict == "below"
     assert row(card, "accuracy", "next_letter", "tv").paper == pytest.approx(tv)
+    card = scorecard.scorecard(results().assign(n_queries=[21, 40]))  # by default against Pythia 2.8B
+    assert row(card, "accuracy", "next_letter", "tv").paper_model == scorecard.CLOSEST_MODEL
+    assert row(card, "accuracy", "en_es", "icl").n_queries == 40  # the distinct queries behind our accuracy
 
 
 def test_missing_intervals_unknown_tasks_and_a_named_paper_model():
@@ -96,7 +100,7 @@ def test_conflict_rows_compare_with_table_2():
 
 
 def test_summary_rows_and_verdict_text():
-    card = scorecard.scorecard(results(), conflict())
+    card = scorecard.scorecard(results(), conflict(), paper_model="mean")
     mean = row(card, "summary", "mean over tasks", "tv")
     assert mean.ours == pytest.approx(0.55) and np.isnan(mean.ours_lo)
     assert mean.verdict == "per-task intervals above"
@@ -160,7 +164,7 @@ def claim_tables(tv=0.85, icl=0.9, baseline=0.1, best=9, knn=0.95, raised=4, acc
 
 
 def verdicts(**kw) -> list[str]:
-    return list(scorecard.claims(*claim_tables(**kw)).verdict)
+    return list(scorecard.claims(*claim_tables(**kw), rules="kit").verdict)
 
 
 def test_claims_follow_their_rules():
@@ -177,10 +181,11 @@ def test_claims_follow_their_rules():
 
 def test_claims_without_their_tables_say_not_run_and_the_text_fits():
     table, *_ = claim_tables()
-    claims = scorecard.claims(table)
+    claims = scorecard.claims(table, rules="kit")
     assert list(claims.verdict) == ["not run"] * 5
     assert set(claims.rule) == set(scorecard.CLAIM_RULES.values())
-    text = scorecard.claims_text(scorecard.claims(*claim_tables()))
+    assert set(scorecard.claims(table).rule) == set(scorecard.REFEREE_RULES.values())  # the default
+    text = scorecard.claims_text(scorecard.claims(*claim_tables(), rules="kit"))
     assert text.count("HOLDS") == 4 and all(len(line) <= 100 for line in text.splitlines())
 
 
@@ -188,7 +193,8 @@ def test_committed_claims_of_both_models():
     """The verdicts the README and notebook 02 state, from the committed tables."""
     for name in ("gemma3-270m", "qwen2.5-coder-1.5b"):
         claims = scorecard.stored_claims(name)
-        assert list(claims.verdict) == ["holds", "partly", "holds", "partly", "partly"], name
+        assert list(claims.verdict) == ["holds", "does not hold", "holds", "holds", "partly"], name
+        assert claims.rule.tolist() == [scorecard.REFEREE_RULES[c] for c in claims.claim]  # the referee's rules
 
 
 def test_a_referees_rules():
@@ -200,7 +206,7 @@ def test_a_referees_rules():
     pairs["change_b"] = [0.4 if m == "ICL + theta of B" else np.nan for m in pairs.method]
     words = pd.DataFrame({"task": table.task, "task_share": [0.4, 0.3, 0.0], "control_share": [0.1, 0.1, 0.05],
                           "dummy_answer_median_rank": 3.0, "query_answer_median_rank": 200.0})
-    kit = scorecard.claims(table, episodes, per_layer, geometry, pairs, vocab).set_index("claim").verdict
+    kit = scorecard.claims(table, episodes, per_layer, geometry, pairs, vocab, rules="kit").set_index("claim").verdict
     ref = scorecard.claims(table, episodes, per_layer, geometry, pairs, vocab, rules="referee",
                            task_words=words).set_index("claim")
     assert kit["best layer in the middle"] == "partly" and ref.verdict["best layer in the middle"] == "does not hold"
@@ -219,4 +225,22 @@ def test_a_referees_rules():
         scorecard.claims(table, rules="lenient")
     text = scorecard.claims(table, episodes, per_layer, geometry, pairs, vocab, rules="referee")
     assert "Rule: holds" in scorecard.claims_text(text, with_rules=True)  # the referee's scorecard prints its rules
-    assert "Rule:" not in scorecard.claims_text(text)
+    assert "Rule:" not in scorecard.claims_text(text, with_rules=False)
+
+
+def test_the_scorecards_means_carry_the_runs_own_intervals():
+    """The scorecard's means and TV/ICL, and claim 1's numbers, are `experiments.summarize`'s: the bootstrap over
+    the main seed's queries (the committed run keeps five seeds in its episode table)."""
+    from tv_utils import store
+    from tv_utils.experiments import summarize
+
+    results = store.precomputed("reproduce_gemma3-270m_results")
+    episodes = store.precomputed("reproduce_gemma3-270m_episodes")
+    assert episodes.seed.nunique() == 5
+    means = summarize(results, episodes).set_index("category").loc["all"]
+    card = scorecard.scorecard(results, episodes=episodes)
+    for metric in ("baseline", "icl", "tv", "tv_over_icl"):
+        got = row(card, "summary", "mean over tasks", metric)
+        assert (got.ours_lo, got.ours_hi) == pytest.approx((means[f"{metric}_lo"], means[f"{metric}_hi"]))
+    evidence = scorecard.claims(results, episodes).set_index("claim").evidence["TV ≈ ICL ≫ baseline"]
+    assert f"TV/ICL {means.tv_over_icl:.2f} [{means.tv_over_icl_lo:.2f}, {means.tv_over_icl_hi:.2f}]" in evidence

@@ -210,7 +210,7 @@ def _task_list(args) -> list:
 
 def _check(args) -> None:
     """Everything that can be checked without model weights, so that bad input fails fast and writes nothing."""
-    from .protocol import PAPER
+    from .protocol import KIT, PAPER
     from .embedded import DEFAULT_MODEL, count_layers
     from .models import available_devices
     from .tasks import check_episode_size, get_task
@@ -236,7 +236,7 @@ def _check(args) -> None:
             raise UsageError(f"unknown task(s) {', '.join(unknown)} in pair {a}:{b}; "
                              f"valid tasks: {', '.join(TASK_NAMES)}")
         try:
-            shared_queries(a, b, PAPER, 1)
+            shared_queries(a, b, KIT, 1)  # the raw pairs' shared inputs: no tokenizer before the model loads
         except ValueError as e:
             raise UsageError(e) from None
     if getattr(args, "remote", False) is True:
@@ -375,9 +375,9 @@ def cmd_geometry(args) -> None:
 def cmd_conflict(args) -> None:
     from .analyses import conflict
 
-    from .protocol import PAPER
+    from .protocol import KIT
 
-    protocol, n = conflict.paper_protocol() if args.protocol == "paper" else (PAPER, 50)
+    protocol, n = conflict.paper_protocol() if args.protocol == "paper" else (KIT, conflict.KIT_N)
     table = conflict.run(_load(args), args.pairs or conflict.PAPER_CONFLICTS, n=args.n or n, layer=args.layer,
                          out_dir=args.out, figures=not args.no_figures, protocol=protocol)
     print(table.to_string(index=False, float_format="%.2f"))
@@ -401,16 +401,18 @@ def cmd_vocab(args) -> None:
     from .analyses import vocab
 
     result = vocab.run(_load(args), args.tasks, n=args.n, layer=args.layer, out_dir=args.out,
-                       figures=not args.no_figures, paper=args.paper)
-    if args.paper:
-        print(result["task_words"].drop(columns=["model", "control_words"]).to_string(index=False,
-                                                                                   float_format="%.2f"))
-        return
+                       figures=not args.no_figures)
     top, layer = result["top_tokens"], result["layer"]
     for specific, title in ((False, "raw"), (True, "task-specific (tokens shared by many tasks removed)")):
         at = top[(top.layer == layer) & (top.specific == specific)]
         print(f"top tokens of mean theta at layer {layer}, {title}:")
         print(at.groupby("task", sort=False)["token"].apply(lambda s: ", ".join(s[:8])).to_string())
+    if result["task_words"] is None:
+        print("no stored reproduce run of this model: the task words at each best layer + 2 need its best layers "
+              "(run reproduce first)")
+    else:
+        print(result["task_words"].drop(columns=["model", "control_words"]).to_string(index=False,
+                                                                                   float_format="%.2f"))
 
 
 def cmd_beyond(args) -> None:
@@ -496,9 +498,9 @@ def main(argv=None) -> None:
     p.add_argument("--k", type=_count, default=5, help="demonstrations per episode")
     p.add_argument("--n-dev", type=_count, default=50)
     p.add_argument("--n-test", type=_count, default=50)
-    p.add_argument("--protocol", choices=["kit", "paper"], default="kit",
-                   help="whose conventions: the kit's (default), or the official code's prompt spacing, sampling "
-                        "and scoring (README 'Departures')")
+    p.add_argument("--protocol", choices=["paper", "kit"], default="paper",
+                   help="whose conventions: the official code's prompt spacing, sampling and scoring (default), or "
+                        "the kit's (docs/protocol.md, 'Departures')")
     for name, what in (("prompts", "prompt spacing"), ("sampling", "sampling of queries and dummies"),
                        ("scoring", "scoring of answers")):
         p.add_argument(f"--{name}", choices=["kit", "paper"], default=None,
@@ -546,9 +548,9 @@ def main(argv=None) -> None:
         func=cmd_geometry)
     p = analysis_parser("conflict", "demonstrations of task A with the task vector of task B (paper Table 2)", ())
     p.add_argument("--pairs", nargs="+", type=_task_pair, metavar="A:B", help="default: the paper's five pairs")
-    p.add_argument("--protocol", choices=["kit", "paper"], default="kit",
-                   help="the kit's conventions (5 demonstrations, 50 pairs), or the official overriding experiment's "
-                        "(its prompts, sampling and scoring, 4 demonstrations, 100 pairs)")
+    p.add_argument("--protocol", choices=["paper", "kit"], default="paper",
+                   help="the official overriding experiment's conventions (its prompts, sampling and scoring, "
+                        "4 demonstrations, 100 pairs; default), or the kit's (5 demonstrations, 50 pairs)")
     p.set_defaults(func=cmd_conflict, n=None)
     p = sub.add_parser("widgets", help="what the ICL playground and the conflict widget show without running the "
                                        "model: every setting they offer, on the notebooks' 10 episodes")
@@ -559,10 +561,6 @@ def main(argv=None) -> None:
                    help="which widget's table to write (default: both)")
     p.set_defaults(func=cmd_widgets)
     p = analysis_parser("vocab", "project task vectors through the unembedding (paper Table 3)")
-    p.add_argument("--paper", action="store_true",
-                   help="the paper's figure instead: θ's top words at each task's best layer + 2 (from the stored "
-                        "reproduce run), the share that are the task's answers against a control θ, and the ranks "
-                        "of the dummies' and the query's answers (vocab_<model>_task_words.csv)")
     p.set_defaults(func=cmd_vocab, n=20)
     p = analysis_parser("beyond", "interpolation, a reusable task-vector library and its cost, robustness",
                         beyond.TASKS)
@@ -615,9 +613,10 @@ def main(argv=None) -> None:
                    help="the model whose stored run to score (no weights load)")
     p.add_argument("--results", default=None, metavar="DIR",
                    help="where to read the run (default: the committed reference results)")
-    p.add_argument("--rules", choices=["kit", "referee"], default="kit",
-                   help="the kit's rules, or a referee's: per task against Pythia 2.8B, the paper's depth band only, "
-                        "a majority of conflict pairs, task words at best + 2 against a control (`vocab --paper`)")
+    p.add_argument("--rules", choices=["referee", "kit"], default="referee",
+                   help="a referee's rules (default): per task against Pythia 2.8B, the paper's depth band only, a "
+                        "majority of conflict pairs, task words at best + 2 against a control (`vocab`); or the "
+                        "kit's looser ones, against the 7-model mean")
     _add_out_args(p)
     p.set_defaults(func=cmd_scorecard)
 

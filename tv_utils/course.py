@@ -7,6 +7,7 @@ notebook works with any model. The tests run every live fallback once on a tiny 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 
 from . import exercises, store
@@ -15,15 +16,16 @@ from .analyses.conflict import PAPER_CONFLICTS, conflict_hits, conflicting_tasks
 from .analyses.conflict import conflict_by_layer as conflict_by_layer_table
 from .analyses.depth import best_depth
 from .analyses.geometry import TaskVectors, collect_task_vectors, embeddings, geometry_scores, nearest_tasks
+from .analyses.vocab import task_words as vocab_task_words
 from .analyses.vocab import vocabulary_projection
 from .experiments import QUICK_EPISODES, default_layer, quick_tasks, run_tasks
-from .protocol import Protocol
+from .protocol import KIT, PAPER, Protocol
 from .embedded import DEFAULT_MODEL
 from .models import Model, load_model
 
 __all__ = ["compare_models", "COMPARED", "conflict", "conflict_by_layer", "depth_tables", "function_vectors",
            "Functions", "functions", "geometry", "interpolation", "library", "QUICK", "reproduce_tables",
-           "reuse_cost", "robustness", "scorecard", "setup", "stored_table", "use", "vocab"]
+           "reuse_cost", "robustness", "scorecard", "setup", "stored_table", "task_words", "use", "vocab"]
 
 QUICK = QUICK_EPISODES  # episodes per task in the live fallbacks
 
@@ -146,6 +148,16 @@ def vocab(model: Model):
     return top, ranks
 
 
+def task_words(model: Model):
+    """The paper's vocabulary figure with its control (`vocab.task_words`: θ's top words at each task's best
+    layer + 2, under the paper's protocol): the stored table, else the tasks of `reproduce_tables` live."""
+    table = _stored(model, "vocab", "task_words")
+    if table is None:
+        results, _ = reproduce_tables(model)
+        table = vocab_task_words(model, dict(zip(results.task, results.best_layer.astype(int))), PAPER, n=QUICK)
+    return table
+
+
 def interpolation(model: Model, L: int, task_a: str = "present_simple_past_simple",
                   task_b: str = "present_simple_gerund"):
     """Accuracy of α·θ(A) + (1-α)·θ(B) and of scaled θ, against A's and B's answers."""
@@ -196,7 +208,7 @@ def function_vectors(model: Model):
         run = fv.Comparison(table, parts["head_effects"], parts["per_layer"], parts["by_k"], k,
                             fv.top_heads(parts["head_effects"], k), parts["episodes"])
         return run, parts["several_vectors"]
-    tasks, protocol = quick_tasks(model, 2), Protocol(n_dev=QUICK, n_test=QUICK)
+    tasks, protocol = quick_tasks(model, 2), replace(KIT, n_dev=QUICK, n_test=QUICK)  # as the stored run
     run = fv.compare_methods(model, tasks, ks=(2, 5), n_effect=5, protocol=protocol)
     return run, fv.several_vectors(model, tasks[:1], run.heads, n_effect=5, protocol=protocol)
 

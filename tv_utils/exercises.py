@@ -12,6 +12,7 @@ import functools
 import inspect
 import os
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -363,11 +364,11 @@ def check_choose_layer(choose_layer, model, n: int = 8):
     from . import engine
     from .experiments import quick_tasks
     from .experiments import prepare_split
-    from .protocol import Protocol, accuracy, best_of
+    from .protocol import KIT, accuracy, best_of
 
     task = "antonyms" if "antonyms" in quick_tasks(model, 10, need=3 * n) else "next_letter"
 
-    protocol = Protocol(n_dev=n, n_test=n)
+    protocol = replace(KIT, n_dev=n, n_test=n)  # the kit's disjoint dev and test queries, scored as your code scores
     dev = prepare_split(model, task, "dev", n, protocol, icl=False)
     test = prepare_split(model, task, "test", n, protocol, icl=False)
     layers = list(range(model.n_layers))
@@ -705,10 +706,10 @@ def conflict_episodes(model, task_a: str, task_b: str, n: int, protocol=None):
     from .analyses.conflict import shared_queries
     from .experiments import sample_split
     from .prompts import DEFAULT_FORMAT
-    from .protocol import PAPER
+    from .protocol import KIT
     from .tasks import get_task
 
-    protocol = protocol or PAPER
+    protocol = protocol or KIT  # the kit's conventions, which your functions write (conflict_hits(..., protocol=KIT))
     episodes_b = sample_split(model, task_b, "dev", n, protocol, DEFAULT_FORMAT)[1]
     return shared_queries(task_a, task_b, protocol, n, "test"), episodes_b, dict(get_task(task_b).pairs)
 

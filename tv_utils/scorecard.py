@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from . import store
-from .protocol import best_mean_layer, holm, main_seed, mean_interval, mean_of_proportions, ratio_interval
+from .protocol import best_mean_layer, holm, mean_of_proportions
 
 __all__ = ["CLAIM_RULES", "CLOSEST_MODEL", "claims", "claims_text", "COLUMNS", "depth_verdict", "LABELS",
            "MEAN_ROW", "METRICS", "MIDDLE", "paper_per_task", "paper_results", "REFEREE_RULES", "RULES", "run",
@@ -30,13 +30,21 @@ LABELS = {"baseline": "Baseline", "icl": "ICL", "tv": "TV"}
 MEAN_ROW = "mean over tasks"
 REGULAR, CONFLICTING = "ICL (demos of A)", "ICL + theta of B"  # the conflict table's methods
 COLUMNS = ["section", "task", "metric", "paper", "paper_lo", "paper_hi", "ours", "ours_lo", "ours_hi",
-           "verdict", "model", "paper_model", "source"]
+           "n_queries", "verdict", "model", "paper_model", "source"]  # n_queries: distinct queries behind `ours`
+
+
+def _queries(table: pd.DataFrame, i: int) -> float:
+    """Row i's count of distinct queries, where the table has one (tables written before it had none)."""
+    return float(table["n_queries"].iloc[i]) if "n_queries" in table else np.nan
 
 
 def paper_results() -> pd.DataFrame:
     """The paper's numbers, one per row with its source (tv_utils/data/paper_results.csv)."""
     with files("tv_utils").joinpath("data", "paper_results.csv").open(encoding="utf-8") as f:
         return pd.read_csv(f, keep_default_na=False, na_values=[""])
+
+
+CLOSEST_MODEL = "Pythia 2.8B"  # the paper's model closest in size to the kit's, for per-task rows
 
 
 def paper_per_task(paper: pd.DataFrame, paper_model: str = "mean") -> pd.DataFrame:
@@ -80,9 +88,11 @@ def _fact(paper: pd.DataFrame, claim: str, metric: str, model: str | None = None
 
 
 def scorecard(results: pd.DataFrame, conflict: pd.DataFrame | None = None, paper: pd.DataFrame | None = None,
-              paper_model: str = "mean", episodes: pd.DataFrame | None = None) -> pd.DataFrame:
+              paper_model: str = CLOSEST_MODEL, episodes: pd.DataFrame | None = None) -> pd.DataFrame:
     """The scorecard as a tidy table: per task and metric the paper's value, ours with its 95% interval and
-    a verdict; then means over tasks, TV/ICL, relative depth of the best layer, and the conflict pairs.
+    a verdict (per task against `paper_model`, by default the paper's model closest in size, with the 7-model mean
+    beside; "mean": the mean alone); then means over tasks, TV/ICL, relative depth of the best layer, and the
+    conflict pairs.
     Given the run's episodes, the means and TV/ICL get their bootstrap intervals (as `experiments.summarize`)."""
     paper = paper_results() if paper is None else paper
     per_task = paper_per_task(paper, paper_model)
@@ -92,9 +102,9 @@ def scorecard(results: pd.DataFrame, conflict: pd.DataFrame | None = None, paper
     rows = []
 
     def add(section, task, metric, paper_value, ours, lo=np.nan, hi=np.nan, verdict_=None, paper_lo=np.nan,
-            paper_hi=np.nan, by=mean_model, source=table_source):
+            paper_hi=np.nan, by=mean_model, source=table_source, n_queries=np.nan):
         rows.append(dict(section=section, task=task, metric=metric, paper=paper_value, paper_lo=paper_lo,
-                         paper_hi=paper_hi, ours=ours, ours_lo=lo, ours_hi=hi,
+                         paper_hi=paper_hi, ours=ours, ours_lo=lo, ours_hi=hi, n_queries=n_queries,
                          verdict=verdict_ or verdict(paper_value, lo, hi), model=model,
                          paper_model=by, source=source))
 
@@ -103,24 +113,20 @@ def scorecard(results: pd.DataFrame, conflict: pd.DataFrame | None = None, paper
         for i, task in enumerate(results["task"]):
             value = per_task[metric].get(task, np.nan) if metric in per_task else np.nan
             add("accuracy", task, metric, value, results[metric].iloc[i], lo.iloc[i], hi.iloc[i],
-                source=table_source if pd.notna(value) else "")
+                source=table_source if pd.notna(value) else "", n_queries=_queries(results, i))
     if paper_model != "mean":  # one model's numbers, with the mean of the 7 beside them
         seven = paper_per_task(paper)
         for row in rows:
             row["paper_mean"] = seven[row["metric"]].get(row["task"], np.nan) if row["metric"] in seven else np.nan
 
     shared = results[results["task"].isin(per_task.index)]
-    hits = _test_hits(episodes, shared["task"]) if episodes is not None else None
-    label = "all" if len(shared) == len(results) else "shared"
+    means = _means(shared, episodes)
     for metric in METRICS:
-        lo, hi = mean_interval([hits[t, metric] for t in shared.task], f"{label}/{metric}") if hits else (np.nan,) * 2
-        add("summary", MEAN_ROW, metric, per_task.loc[shared["task"], metric].mean(), shared[metric].mean(),
-            lo, hi, verdict_=None if hits else "per-task intervals above")
+        add("summary", MEAN_ROW, metric, per_task.loc[shared["task"], metric].mean(), *means[metric],
+            verdict_=None if episodes is not None else "per-task intervals above")
     ratio, ratio_source = _fact(paper, "model_mean", "tv_over_icl", mean_model)
-    lo, hi = (ratio_interval([hits[t, "tv"] for t in shared.task], [hits[t, "icl"] for t in shared.task], label)
-              if hits else (np.nan, np.nan))
-    add("summary", MEAN_ROW, "tv_over_icl", ratio, shared["tv"].mean() / shared["icl"].mean(), lo, hi,
-        verdict_=None if hits else "per-task intervals above", source=ratio_source)
+    add("summary", MEAN_ROW, "tv_over_icl", ratio, *means["tv_over_icl"],
+        verdict_=None if episodes is not None else "per-task intervals above", source=ratio_source)
 
     depth_lo, depth_source = _fact(paper, "best_layer", "rel_depth_lo")
     depth_hi, _ = _fact(paper, "best_layer", "rel_depth_hi")
@@ -142,15 +148,17 @@ def scorecard(results: pd.DataFrame, conflict: pd.DataFrame | None = None, paper
                 lo, hi = _interval(row, column)
                 value, source = _fact(paper, "conflict", metric, task=f"{a}:{b}")
                 add("conflict", f"{a}:{b}", metric, value, row[column].iloc[0], lo.iloc[0], hi.iloc[0],
-                    by="LLaMA 13B", source=source)
+                    by="LLaMA 13B", source=source, n_queries=_queries(row, 0))
     return pd.DataFrame(rows, columns=COLUMNS + (["paper_mean"] if paper_model != "mean" else []))
 
 
-def _test_hits(episodes: pd.DataFrame, tasks) -> dict:
-    """{(task, method): test hits} of the run's main seed (the first in its episode table)."""
-    episodes = main_seed(episodes)
-    test = episodes[(episodes.split == "test") & episodes.task.isin(tasks)]
-    return {(t, m): g.hit.to_numpy() for (t, m), g in test.groupby(["task", "method"], sort=False)}
+def _means(results: pd.DataFrame, episodes: pd.DataFrame | None) -> dict:
+    """{metric: (mean over the tasks, lo, hi)} for baseline, ICL, TV and TV/ICL: `experiments.summarize`'s
+    "all" row (its bootstrap over the main seed's queries), without intervals when no episodes are given."""
+    from .experiments import summarize
+
+    row = summarize(results, episodes).set_index("category").loc["all"]
+    return {m: (row[m], row.get(f"{m}_lo", np.nan), row.get(f"{m}_hi", np.nan)) for m in (*METRICS, "tv_over_icl")}
 
 
 def _counts(rows: pd.DataFrame, unit: str) -> str:
@@ -231,7 +239,6 @@ REFEREE_RULES = CLAIM_RULES | {
                                                    "tasks; partly on ≥ 1/6; else does not hold",
 }
 RULES = {"kit": CLAIM_RULES, "referee": REFEREE_RULES}
-CLOSEST_MODEL = "Pythia 2.8B"  # the paper's model closest in size to the kit's, for per-task rows
 
 
 def _mean_ci(values, lo, hi) -> str:
@@ -240,11 +247,11 @@ def _mean_ci(values, lo, hi) -> str:
 
 def claims(results: pd.DataFrame, episodes: pd.DataFrame | None = None, per_layer: pd.DataFrame | None = None,
            geometry: pd.DataFrame | None = None, conflict: pd.DataFrame | None = None,
-           vocab_rank: pd.DataFrame | None = None, rules: str = "kit",
+           vocab_rank: pd.DataFrame | None = None, rules: str = "referee",
            task_words: pd.DataFrame | None = None) -> pd.DataFrame:
     """The paper's five claims for one model's stored tables: a verdict (holds / partly / does not hold / not
-    run) by the fixed rule of RULES[rules] ("kit", or "referee": REFEREE_RULES, whose claim 5 reads
-    `vocab.task_words`), and the numbers it rests on, with their 95% intervals."""
+    run) by the fixed rule of RULES[rules] ("referee": REFEREE_RULES, whose claim 5 reads
+    `vocab.task_words`; or the kit's looser CLAIM_RULES), and the numbers it rests on, with their 95% intervals."""
     if rules not in RULES:
         raise ValueError(f"unknown rules {rules!r}; valid: {', '.join(RULES)}")
     referee = rules == "referee"
@@ -262,11 +269,8 @@ def claims(results: pd.DataFrame, episodes: pd.DataFrame | None = None, per_laye
     if episodes is None:
         add(claim, NOT_RUN, "the run kept no episodes")
     else:
-        hits = _test_hits(episodes, results.task)
-        means = {m: (results[m].mean(), *mean_interval([hits[t, m] for t in results.task], f"all/{m}"))
-                 for m in METRICS}
-        ratio = (means["tv"][0] / means["icl"][0],
-                 *ratio_interval([hits[t, "tv"] for t in results.task], [hits[t, "icl"] for t in results.task], "all"))
+        means = _means(results, episodes)
+        ratio = means["tv_over_icl"]
         above = means["tv"][1] > means["baseline"][2]
         add(claim, HOLDS if above and ratio[1] >= TV_OVER_ICL_MIN else PARTLY if above else FAILS,
             f"means over {len(results)} tasks: TV {_mean_ci(*means['tv'])}, ICL {_mean_ci(*means['icl'])}, "
@@ -326,7 +330,7 @@ def claims(results: pd.DataFrame, episodes: pd.DataFrame | None = None, per_laye
     claim = "θ through the unembedding shows task tokens"
     if referee:
         if task_words is None:
-            add(claim, NOT_RUN, "no task-words table stored (`vocab --paper`)")
+            add(claim, NOT_RUN, "no task-words table stored (`vocab`, after reproduce)")
         else:
             more = task_words[task_words.task_share > task_words.control_share]
             share = len(more) / len(task_words)
@@ -351,7 +355,7 @@ def claims(results: pd.DataFrame, episodes: pd.DataFrame | None = None, per_laye
     return pd.DataFrame(rows, columns=["model", "claim", "verdict", "evidence", "rule"])
 
 
-def stored_claims(model_name: str, folder: str | Path | None = None, rules: str = "kit") -> pd.DataFrame:
+def stored_claims(model_name: str, folder: str | Path | None = None, rules: str = "referee") -> pd.DataFrame:
     """`claims` from a model's stored tables (default: the committed reference results), by RULES[rules]."""
     name, folder = model_name.replace("/", "_"), folder or store.FIGURES
 
@@ -366,7 +370,7 @@ def stored_claims(model_name: str, folder: str | Path | None = None, rules: str 
                   read("conflict"), read("vocab", "answer_rank"), rules, read("vocab", "task_words"))
 
 
-def claims_text(table: pd.DataFrame, with_rules: bool = False) -> str:
+def claims_text(table: pd.DataFrame, with_rules: bool = True) -> str:
     """The claims table as a few lines: verdict, then the numbers (and, `with_rules`, the rule behind each)."""
     lines = [f"The paper's claims on {table.model.iloc[0]}:"]
     for row in table.itertuples():
@@ -377,10 +381,11 @@ def claims_text(table: pd.DataFrame, with_rules: bool = False) -> str:
 
 
 def run(model_name: str, results_folder: str | Path | None = None, out_dir: str | Path | None = None,
-        figures: bool = True, rules: str = "kit") -> dict:
+        figures: bool = True, rules: str = "referee") -> dict:
     """Scorecard of a stored run (default: the committed reference results), written as
-    scorecard_<model>.csv and, with `figures`, scorecard_<model>.{html,png}. rules="referee": per-task rows
-    against the paper's closest model (CLOSEST_MODEL, the 7-model mean beside) and the claims by REFEREE_RULES."""
+    scorecard_<model>.csv and, with `figures`, scorecard_<model>.{html,png}. rules="referee" (the default): per-task
+    rows against the paper's closest model (CLOSEST_MODEL, the 7-model mean beside) and the claims by
+    REFEREE_RULES; rules="kit": against the 7-model mean, by CLAIM_RULES."""
     from . import plots
 
     folder = results_folder or store.FIGURES

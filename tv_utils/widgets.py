@@ -19,7 +19,7 @@ from IPython.display import HTML
 
 from . import plots
 from .analyses import conflict, icl
-from .protocol import PAPER, best_mean_layer
+from .protocol import KIT, best_mean_layer
 
 __all__ = ["alpha_explorer", "conflict_widget", "crossing", "custom_task_widget", "EXAMPLE_QUERIES", "EXAMPLE_TASK",
            "Explorer", "geometry_explorer", "icl_playground", "layer_explorer", "results_explorer",
@@ -350,7 +350,7 @@ def conflict_widget(model, n: int = 10, layer: int | None = None, start=("en_es"
     def compute():
         pair = a.value, b.value
         try:
-            conflict.shared_queries(*pair, PAPER, n)  # too few shared inputs: say so before any sweep
+            conflict.shared_queries(*pair, KIT, n)  # too few shared inputs: say so before any sweep
             if pair[1] not in sweeps:
                 sweeps[pair[1]] = conflict.b_dev_sweep(model, pair[1], n)
             return conflict.conflict_pair(model, *pair, n=n, layer=layer, b_sweep=sweeps[pair[1]])

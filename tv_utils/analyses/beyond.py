@@ -1,5 +1,6 @@
 """Beyond the paper: interpolation and scaling of θ, a reusable task-vector library with what it saves over
-ICL, and how robust θ is to where it comes from (averaged episodes, shuffled demonstrations)."""
+ICL, and how robust θ is to where it comes from (averaged episodes, shuffled demonstrations). Episodes under the
+kit's conventions (`protocol.KIT`) until this analysis is re-run on the paper's (docs/protocol.md)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 
 from .. import engine, store
 from ..experiments import default_layer, prepare_split
-from ..protocol import PAPER, Protocol, accuracy, with_intervals
+from ..protocol import KIT, Protocol, accuracy, with_intervals
 from ..models import Model
 from ..prompts import DEFAULT_FORMAT, PromptFormat, answer_token_ids
 from ..tasks import Episode, Task, get_task
@@ -38,7 +39,7 @@ def patch_shared(model: Model, seqs, theta: torch.Tensor, layer: int) -> torch.T
 
 
 def interpolate(model: Model, task_a: str, task_b: str, alphas=np.linspace(0, 1, 11), layer: int | None = None,
-                n: int = PAPER.n_test, scales=(0.0, 0.5, 1.0, 1.5, 2.0, 3.0), protocol: Protocol = PAPER,
+                n: int = KIT.n_test, scales=(0.0, 0.5, 1.0, 1.5, 2.0, 3.0), protocol: Protocol = KIT,
                 fmt: PromptFormat = DEFAULT_FORMAT) -> pd.DataFrame:
     """Patch alpha*theta_A + (1-alpha)*theta_B (mean thetas) into `x ->` and score against A and B;
     also scale*theta_A alone. alpha must lie in [0, 1]; layer: the model's L (`default_layer`) unless given."""
@@ -109,7 +110,7 @@ class Library:
         return self.vectors[task]
 
 
-def build_library(model: Model, tasks, layer: int, n: int = 20, protocol: Protocol = PAPER) -> Library:
+def build_library(model: Model, tasks, layer: int, n: int = 20, protocol: Protocol = KIT) -> Library:
     """Mean theta over n dev episodes per task, at one layer."""
     model.check_layer(layer)
     vectors, meta = {}, {}
@@ -130,7 +131,7 @@ def apply_library(model: Model, library: Library, task: str, inputs: list[str],
     return [model.decode_token(i).strip() for i in pred.tolist()]
 
 
-def reuse_cost(model: Model, library: Library, tasks, n: int = PAPER.n_test, protocol: Protocol = PAPER,
+def reuse_cost(model: Model, library: Library, tasks, n: int = KIT.n_test, protocol: Protocol = KIT,
                fmt: PromptFormat = DEFAULT_FORMAT) -> pd.DataFrame:
     """ICL vs stored-theta inference on the same test queries: prompt tokens, seconds per query, accuracy."""
     rows = []
@@ -156,8 +157,8 @@ def reuse_cost(model: Model, library: Library, tasks, n: int = PAPER.n_test, pro
 # ---------------------------------------------------------------- robustness
 
 
-def robustness(model: Model, task: Task | str, layer: int, n: int = PAPER.n_test, sizes=(1, 2, 4, 8),
-               protocol: Protocol = PAPER, fmt: PromptFormat = DEFAULT_FORMAT, seed: int = 0) -> pd.DataFrame:
+def robustness(model: Model, task: Task | str, layer: int, n: int = KIT.n_test, sizes=(1, 2, 4, 8),
+               protocol: Protocol = KIT, fmt: PromptFormat = DEFAULT_FORMAT, seed: int = 0) -> pd.DataFrame:
     """Accuracy of theta averaged over 1, 2, 4, 8 episodes, and of theta from shuffled demonstrations."""
     model.check_layer(layer)
     rng = np.random.default_rng(seed)
@@ -193,7 +194,7 @@ def _shuffled(ep: Episode, rng) -> Episode:
     return replace(ep, demos=demos)
 
 
-def run(model: Model, tasks=TASKS, task_a: str = TASK_A, task_b: str = TASK_B, n: int = PAPER.n_test,
+def run(model: Model, tasks=TASKS, task_a: str = TASK_A, task_b: str = TASK_B, n: int = KIT.n_test,
         layer: int | None = None, out_dir: str | Path | None = None, figures: bool = True) -> dict:
     """All three at L (`layer`, else the best mean dev layer): `interpolate` of task_a and task_b, a library
     of `tasks` with its `reuse_cost`, and `robustness` per task. Writes beyond_<model>_{interpolation,

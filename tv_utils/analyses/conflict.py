@@ -13,15 +13,16 @@ from dataclasses import replace
 
 from .. import engine, store
 from ..experiments import prepare_split
-from ..protocol import (PAPER, PROTOCOLS, Protocol, best_of, compare, episode_hits, episode_table, score, tie_layers,
+from ..protocol import (KIT, PAPER, Protocol, best_of, compare, episode_hits, episode_table, score, tie_layers,
                         with_intervals, with_query_intervals)
 from ..models import Model
 from ..prompts import DEFAULT_FORMAT, PromptFormat, answer_token_ids, answers_token_ids, paper_hits, usable_task
 from ..tasks import TASK_NAMES, Episode, get_task, make_task, sample_episodes
 
 __all__ = ["B_ALONE", "b_dev_sweep", "chosen_layers", "CONFLICT", "conflict_by_layer", "conflict_hits",
-           "conflict_pair", "conflict_partners", "conflict_table", "conflicting_tasks", "followed_task", "OVERRIDE",
-           "PAPER_CONFLICTS", "PAPER_OVERRIDING", "paper_protocol", "REGULAR", "run", "run_widget", "shared_queries",
+           "conflict_pair", "conflict_partners", "conflict_table", "conflicting_tasks", "followed_task", "KIT_N",
+           "OVERRIDE", "PAPER_CONFLICTS", "PAPER_OVERRIDING", "paper_protocol", "REGULAR", "run", "run_widget",
+           "shared_queries",
            "stored_pairs", "widget_file",
            "WIDGET_N", "widget_pairs", "widget_table"]
 
@@ -36,11 +37,12 @@ PAPER_CONFLICTS = (
 
 # The official overriding.py: 4 demonstrations, and 100 test pairs (each with theta of one of B's 100 episodes)
 PAPER_OVERRIDING = {"k": 4, "n": 100}
+KIT_N = 50  # the kit's own conflict settings: protocol.KIT (5 demonstrations) and 50 pairs
 
 
 def paper_protocol(seed: int = 0) -> tuple[Protocol, int]:
     """The official overriding experiment's protocol and episode count: the paper's conventions, k = 4, n = 100."""
-    return replace(PROTOCOLS["paper"], k=PAPER_OVERRIDING["k"], seed=seed), PAPER_OVERRIDING["n"]
+    return replace(PAPER, k=PAPER_OVERRIDING["k"], seed=seed), PAPER_OVERRIDING["n"]
 
 
 def shared_queries(a: str, b: str, protocol: Protocol, n: int, split: str = "test", tokenizer=None) -> list[Episode]:
@@ -49,6 +51,9 @@ def shared_queries(a: str, b: str, protocol: Protocol, n: int, split: str = "tes
     (`prompts.usable_task`: single-token answers for the mapping tasks, their spacing)."""
     task_a, task_b = get_task(a), get_task(b)
     if protocol.prompts == "paper":
+        if tokenizer is None:
+            raise ValueError("shared_queries with the paper's prompts needs the model's tokenizer (which answers "
+                             "stay single tokens); pass tokenizer=model.tokenizer, or a protocol with prompts='kit'")
         task_a, task_b = (usable_task(t, tokenizer, DEFAULT_FORMAT, "paper")[0] for t in (task_a, task_b))
     b_answers = {x.strip() for x, _ in task_b.pairs}
     shared = [(x, y) for x, y in task_a.pairs if x.strip() in b_answers]
@@ -78,16 +83,18 @@ B_ALONE = "theta of B alone"  # B's own dev sweep, which sets the paper's layer
 OVERRIDE = "ICL + theta of B, best override layer"  # the layer where theta(B) wins most, chosen on dev
 
 
-def conflict_hits(model: Model, pairs=PAPER_CONFLICTS, n: int = 50, protocol: Protocol = PAPER,
+def conflict_hits(model: Model, pairs=PAPER_CONFLICTS, n: int = PAPER_OVERRIDING["n"], protocol: Protocol | None = None,
                   fmt: PromptFormat = DEFAULT_FORMAT, splits=("dev", "test"), progress: bool = False) -> pd.DataFrame:
     """Every episode behind the conflict tables, tidy (task_a, task_b, split, method, layer, episode, scored_on,
     hit): B's own dev sweep (theta of B alone, scored on B); and episodes of demonstrations of A (`splits`: the
     dev ones choose the best override layer), without theta and with theta(B) written at every layer, scored on
     A's and on B's answers. The protocol's conventions apply: with the paper's, prompts and answers are the
     official code's and both answers are scored by A's rule (overriding.py), and a column `same_first_token`
-    marks the episodes whose A and B answers start with the same token (both can then "hit" at once)."""
+    marks the episodes whose A and B answers start with the same token (both can then "hit" at once). Default:
+    the official overriding experiment's protocol (`paper_protocol`)."""
     from tqdm.auto import tqdm
 
+    protocol = protocol or paper_protocol()[0]
     paper = protocol.prompts == "paper"
     blocks = []
     for a, b in tqdm(pairs, desc=f"conflicting pairs ({model.name})", unit="pair", disable=not progress):
@@ -197,27 +204,38 @@ def conflict_table(hits: pd.DataFrame, layer: int | None = None, exact: bool = F
 
 def conflict_by_layer(hits: pd.DataFrame, layer: int | None = None) -> pd.DataFrame:
     """Accuracy on A and on B with theta(B) written at each layer over demonstrations of A (test episodes, 95%
-    Wilson intervals), the dev accuracy on B that picks the override layer, and each pair's chosen layers."""
+    intervals: by query, with `n_queries`, where the episodes keep their query, as the paper protocol's runs do;
+    else Wilson), the dev accuracy on B that picks the override layer, and each pair's chosen layers."""
     patched = hits[hits.method == CONFLICT]
-    rows = patched.groupby(["task_a", "task_b", "layer", "split", "scored_on"], sort=False).hit.agg(["mean", "size"])
-    rows = rows.reset_index()
-    test = rows[rows.split == "test"].pivot_table(index=["task_a", "task_b", "layer"], columns="scored_on",
-                                                  values=["mean", "size"], sort=False)
-    table = pd.DataFrame({"n": test[("size", "A")].astype(int), "acc_a": test[("mean", "A")],
-                          "acc_b": test[("mean", "B")]}).reset_index()
-    dev = rows[(rows.split == "dev") & (rows.scored_on == "B")].set_index(["task_a", "task_b", "layer"])["mean"]
+    keys = ["task_a", "task_b", "layer"]
+    test = patched[patched.split == "test"]
+    by_query = "query" in test
+    wide = test.pivot_table(index=[*keys, "episode", *(["query"] if by_query else [])], columns="scored_on",
+                            values="hit", sort=False).reset_index()
+    table = wide.groupby(keys, sort=False).agg(n=("episode", "size"), acc_a=("A", "mean"), acc_b=("B", "mean"))
+    table = table.reset_index()
+    dev = patched[(patched.split == "dev") & (patched.scored_on == "B")].groupby(keys, sort=False).hit.mean()
     table["dev_acc_b"] = dev.loc[list(zip(table.task_a, table.task_b, table.layer))].to_numpy()
-    table = with_intervals(table, ["acc_a", "acc_b"], "n")
+    if by_query:
+        groups = dict(list(wide.groupby(keys, sort=False)))
+        by_row = {(k, f"acc_{side.lower()}"): g[side].to_numpy() for k, g in groups.items() for side in "AB"}
+        table = with_query_intervals(table.assign(row=list(groups)), ["acc_a", "acc_b"], by_row,
+                                     {k: g["query"].tolist() for k, g in groups.items()}, key="row",
+                                     label="conflict_by_layer/").drop(columns="row")
+    else:
+        table = with_intervals(table, ["acc_a", "acc_b"], "n")
     table.insert(0, "model", hits.attrs.get("model", ""))
     return table.merge(chosen_layers(hits, layer), on=["task_a", "task_b"])
 
 
-def conflicting_tasks(model: Model, pairs=PAPER_CONFLICTS, n: int = 50, layer: int | None = None,
-                      protocol: Protocol = PAPER, fmt: PromptFormat = DEFAULT_FORMAT,
+def conflicting_tasks(model: Model, pairs=PAPER_CONFLICTS, n: int = PAPER_OVERRIDING["n"], layer: int | None = None,
+                      protocol: Protocol | None = None, fmt: PromptFormat = DEFAULT_FORMAT,
                       override: bool = True) -> pd.DataFrame:
     """Demonstrations of A with theta(B) patched in: accuracy on A's and B's answers (paper Table 2), with
     intervals and the paired change against plain ICL (`conflict_table`); override=False skips the dev
-    episodes that choose the best override layer (about half the work, for live widgets)."""
+    episodes that choose the best override layer (about half the work, for live widgets). Default protocol: the
+    official overriding experiment's (`paper_protocol`)."""
+    protocol = protocol or paper_protocol()[0]
     if layer is not None:
         model.check_layer(layer)
     splits = ("dev", "test") if override else ("test",)
@@ -230,13 +248,14 @@ def _named(hits: pd.DataFrame, model: Model) -> pd.DataFrame:
     return hits
 
 
-def run(model: Model, pairs=PAPER_CONFLICTS, n: int = 50, layer: int | None = None,
-        out_dir: str | Path | None = None, figures: bool = True, protocol: Protocol = PAPER) -> pd.DataFrame:
+def run(model: Model, pairs=PAPER_CONFLICTS, n: int = PAPER_OVERRIDING["n"], layer: int | None = None,
+        out_dir: str | Path | None = None, figures: bool = True, protocol: Protocol | None = None) -> pd.DataFrame:
     """Writes conflict_<model>.csv (Table 2), conflict_<model>_by_layer.csv (every layer), ..._episodes.csv
-    (every hit) and, with `figures`, their charts; returns the table. `paper_protocol()` gives the official
-    overriding experiment's protocol and n."""
+    (every hit) and, with `figures`, their charts; returns the table. Default: the official overriding
+    experiment's protocol and n (`paper_protocol`); `protocol.KIT` with n = 50 is the kit's."""
     from .. import plots
 
+    protocol = protocol or paper_protocol()[0]
     if layer is not None:
         model.check_layer(layer)
     hits = _named(conflict_hits(model, pairs, n=n, protocol=protocol, progress=True), model)
@@ -251,7 +270,7 @@ def run(model: Model, pairs=PAPER_CONFLICTS, n: int = 50, layer: int | None = No
     return table
 
 
-def b_dev_sweep(model: Model, b: str, n: int = 50, protocol: Protocol = PAPER,
+def b_dev_sweep(model: Model, b: str, n: int = 50, protocol: Protocol = KIT,
                 fmt: PromptFormat = DEFAULT_FORMAT) -> tuple[torch.Tensor, np.ndarray]:
     """Task B's own dev sweep, which sets the paper's layer in a conflict: theta(B) of each dev episode [n,
     n_layers, H] and its hits alone at every layer [n, n_layers] (as `conflict_hits` computes them)."""
@@ -262,8 +281,9 @@ def b_dev_sweep(model: Model, b: str, n: int = 50, protocol: Protocol = PAPER,
 
 @torch.no_grad()
 def conflict_pair(model: Model, a: str, b: str, n: int = 50, layer: int | None = None,
-                  protocol: Protocol = PAPER, fmt: PromptFormat = DEFAULT_FORMAT, b_sweep=None) -> pd.DataFrame:
-    """The table of `conflicting_tasks(model, [(a, b)], n, layer, override=False)` for one pair, in about half
+                  protocol: Protocol = KIT, fmt: PromptFormat = DEFAULT_FORMAT, b_sweep=None) -> pd.DataFrame:
+    """The table of `conflicting_tasks(model, [(a, b)], n, layer, KIT, override=False)` for one pair (the kit's
+    conventions, the widget's, whose stored table was run on them), in about half
     the time (for a live widget): theta(B) is written only at the layer the table reports (B's best dev layer,
     or `layer`), not at every layer, and the plain-ICL answer reuses the cached prompt prefix of the patched
     run. `b_sweep`: `b_dev_sweep(model, b, n, protocol, fmt)`, when it was already computed."""
@@ -319,7 +339,7 @@ def widget_table(model: Model, pairs=None, n: int = WIDGET_N, progress: bool = F
     for a, b in tqdm(widget_pairs() if pairs is None else list(pairs), desc=f"conflict widget ({model.name})",
                      unit="pair", disable=not progress):
         try:
-            shared_queries(a, b, PAPER, n)
+            shared_queries(a, b, KIT, n)
         except ValueError:
             continue
         if b not in sweeps:

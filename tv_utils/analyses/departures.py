@@ -22,7 +22,7 @@ import pandas as pd
 from .. import store
 from ..experiments import METHODS, rescore, run_tasks
 from ..models import Model
-from ..protocol import PROTOCOLS, Protocol, difference_interval, newcombe
+from ..protocol import KIT, PROTOCOLS, Protocol, difference_interval, newcombe
 from ..tasks import TASK_NAMES
 
 __all__ = ["conflict_departures", "DEPARTURES", "differences", "markdown", "run"]
@@ -96,7 +96,8 @@ def conflict_departures(model: Model, pairs=None, out_dir: str | Path | None = N
 
     pairs = pairs or conflict.PAPER_CONFLICTS
     protocol, n = conflict.paper_protocol()
-    kit = conflict.conflicting_tasks(model, pairs).set_index(["task_a", "task_b", "method"])
+    kit = conflict.conflicting_tasks(model, pairs, n=conflict.KIT_N, protocol=KIT)
+    kit = kit.set_index(["task_a", "task_b", "method"])
     paper = conflict.conflicting_tasks(model, pairs, n=n, protocol=protocol).set_index(["task_a", "task_b", "method"])
     rows = []
     for key in [k for k in paper.index if k[2] != conflict.OVERRIDE]:

@@ -1,4 +1,5 @@
-"""Depth across models: the task vector's best layer in several models, on relative depth (layer / layers)."""
+"""Depth across models: the task vector's best layer in several models, on relative depth (layer / layers); the kit's
+conventions (`protocol.KIT`), as when it was run."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pandas as pd
 
 from .. import store
 from ..experiments import layer_accuracy
-from ..protocol import best_mean_layer
+from ..protocol import KIT, best_mean_layer
 
 __all__ = ["best_depth", "MODELS", "run", "TASKS"]
 
@@ -42,7 +43,7 @@ def run(models=MODELS, tasks=TASKS, n: int = 30, out_dir: str | Path | None = No
     for name in models:
         model = load_model(name, device=device, dtype=dtype)
         for task in tqdm(tasks, desc=name):
-            curves.append(layer_accuracy(model, task, n=n))
+            curves.append(layer_accuracy(model, task, n=n, protocol=KIT))
         del model
     per_layer = pd.concat(curves, ignore_index=True)
     best = best_depth(per_layer)

@@ -5,7 +5,8 @@ the output projection; summed over heads, plus the projection's bias, it is the 
 Todd et al. write a head's mean output (over ICL prompts of a task) into prompts whose demonstration labels
 are shuffled, and call the rise in the right answer's probability the head's causal indirect effect. The
 function vector is the sum of the mean outputs of the heads with the largest effect, *added* to the residual
-stream at one layer; a task vector *replaces* the residual state there.
+stream at one layer; a task vector *replaces* the residual state there. Episodes under the kit's conventions
+(`protocol.KIT`) until this analysis is re-run on the paper's (docs/protocol.md).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from .. import engine, store
 from ..batches import chunks, layer_hidden, pad_left
 from ..hooks import hooked
 from ..experiments import encode_queries, prepare_split, run_with_theta, sample_split
-from ..protocol import PAPER, Protocol, accuracy, best_of, compare, episode_hits, episode_table, with_intervals
+from ..protocol import KIT, Protocol, accuracy, best_of, compare, episode_hits, episode_table, with_intervals
 from ..models import Model
 from ..prompts import DEFAULT_FORMAT, PromptFormat
 from ..tasks import TASK_NAMES, Episode, get_task
@@ -149,7 +150,7 @@ def shuffled_labels(episode: Episode, seed: int = 0) -> Episode:
     return replace(episode, demos=demos)
 
 
-def mean_head_states(model: Model, task, n: int = 10, protocol: Protocol = PAPER,
+def mean_head_states(model: Model, task, n: int = 10, protocol: Protocol = KIT,
                      fmt: PromptFormat = DEFAULT_FORMAT) -> torch.Tensor:
     """Every head's state at the last token, averaged over n clean ICL prompts of the task's dev episodes:
     [n_layers, n_heads, head_dim] (what a function vector is built from)."""
@@ -158,7 +159,7 @@ def mean_head_states(model: Model, task, n: int = 10, protocol: Protocol = PAPER
 
 
 @torch.no_grad()
-def indirect_effects(model: Model, task, n: int = 10, protocol: Protocol = PAPER,
+def indirect_effects(model: Model, task, n: int = 10, protocol: Protocol = KIT,
                      fmt: PromptFormat = DEFAULT_FORMAT, rows_per_pass: int = 512,
                      rows_per_forward: int = 256) -> tuple[pd.DataFrame, torch.Tensor]:
     """Each head's causal indirect effect on one task, and the task's mean head states [n_layers, n_heads, head_dim].
@@ -237,7 +238,7 @@ def added_sweeps(model: Model, seqs: list[list[int]], vectors: list[torch.Tensor
     return engine.layer_sweeps(model, seqs, [engine.Added(v) for v in vectors], layers)
 
 
-def evaluate_vectors(model: Model, task, vectors: list[torch.Tensor], protocol: Protocol = PAPER,
+def evaluate_vectors(model: Model, task, vectors: list[torch.Tensor], protocol: Protocol = KIT,
                      fmt: PromptFormat = DEFAULT_FORMAT) -> list[dict]:
     """Zero-shot accuracy with each of `vectors` added: its layer chosen on dev, its accuracy reported on test
     (with each test episode's hit). The vectors share the task's episodes, so they share the prompts' work."""
@@ -301,7 +302,7 @@ def comparison_table(rows: pd.DataFrame, episodes: pd.DataFrame) -> pd.DataFrame
 
 
 def compare_methods(model: Model, tasks=TASK_NAMES, k: int | None = None, ks=K_CHOICES, n_effect: int = 10,
-                    protocol: Protocol = PAPER, fmt: PromptFormat = DEFAULT_FORMAT) -> Comparison:
+                    protocol: Protocol = KIT, fmt: PromptFormat = DEFAULT_FORMAT) -> Comparison:
     """Baseline, ICL, task vector (replaced), task vector added (minus the mean over tasks), function vector
     (added), and both vectors on ICL prompts with shuffled labels, on the same episodes and scoring.
 
@@ -386,7 +387,7 @@ def replaced_then_added(model: Model, seqs: list[list[int]], theta: torch.Tensor
 
 @torch.no_grad()
 def several_vectors(model: Model, tasks=RESISTANT_TASKS, heads: list[tuple[int, int]] | None = None,
-                    n_effect: int = 10, protocol: Protocol = PAPER, fmt: PromptFormat = DEFAULT_FORMAT) -> pd.DataFrame:
+                    n_effect: int = 10, protocol: Protocol = KIT, fmt: PromptFormat = DEFAULT_FORMAT) -> pd.DataFrame:
     """Does more than one vector recover what a single θ loses? Per task, layers chosen on dev and accuracy on
     test: the task vector (one episode's θ at one layer); one θ pooling many episodes (the mean θ of the dev
     episodes); and, given the function vector's `heads`, the task vector with the task's function vector added
@@ -430,7 +431,7 @@ def method_long(table: pd.DataFrame, methods=METHODS) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def run(model: Model, tasks=TASK_NAMES, k: int | None = None, n_effect: int = 10, protocol: Protocol = PAPER,
+def run(model: Model, tasks=TASK_NAMES, k: int | None = None, n_effect: int = 10, protocol: Protocol = KIT,
         out_dir: str | Path | None = None, figures: bool = True) -> dict:
     """`compare_methods`, and `several_vectors` on those of RESISTANT_TASKS among `tasks`. Writes
     function_vectors_<model>{,_head_effects,_per_layer,_by_k,_several_vectors}.csv, _heads.json and, with

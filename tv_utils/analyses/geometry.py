@@ -1,5 +1,6 @@
 """The geometry of task vectors: θ of many episodes clustered by task (t-SNE / UMAP, silhouette, kNN,
-distance histograms, nearest tasks)."""
+distance histograms, nearest tasks). Episodes under the kit's conventions (`protocol.KIT`) until this analysis
+is re-run on the paper's (docs/protocol.md)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 
 from .. import store
 from ..experiments import default_layer, prepare_split
-from ..protocol import PAPER, Protocol
+from ..protocol import KIT, Protocol
 from ..models import Model
 from ..tasks import TASK_NAMES
 
@@ -62,7 +63,7 @@ class TaskVectors:
         return tv
 
 
-def collect_task_vectors(model: Model, tasks=TASK_NAMES, n: int = PAPER.n_test, protocol: Protocol = PAPER,
+def collect_task_vectors(model: Model, tasks=TASK_NAMES, n: int = KIT.n_test, protocol: Protocol = KIT,
                          progress: bool = True) -> TaskVectors:
     from tqdm.auto import tqdm
 
@@ -149,7 +150,7 @@ def nearest_tasks(tv: TaskVectors, layer: int, top: int = 10) -> pd.DataFrame:
     return df.sort_values("distance").head(top).reset_index(drop=True)
 
 
-def run(model: Model, tasks=TASK_NAMES, n: int = PAPER.n_test, layer: int | None = None,
+def run(model: Model, tasks=TASK_NAMES, n: int = KIT.n_test, layer: int | None = None,
         out_dir: str | Path | None = None, figures: bool = True) -> dict:
     """θ of n test episodes per task; embeddings and the stored vectors at L-4, L, L+4 (L: `layer`, else the
     best mean dev layer), scores at every layer, nearest tasks and distances at L. Writes

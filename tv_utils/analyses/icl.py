@@ -1,7 +1,9 @@
-"""ICL and your own task: one ICL example with its accuracy (the ICL playground), and θ from pairs you type."""
+"""ICL and your own task: one ICL example with its accuracy (the ICL playground), and θ from pairs you type.
+The playground's episodes follow the kit's conventions (`protocol.KIT`), as its stored table (docs/protocol.md)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -10,7 +12,7 @@ import torch
 from .. import engine, store
 from ..batches import pad_left
 from ..experiments import encode_queries, sample_split
-from ..protocol import Protocol, accuracy
+from ..protocol import KIT, accuracy
 from ..prompts import DEFAULT_FORMAT, usable_task
 from ..tasks import TASK_NAMES, make_task, parse_pairs
 
@@ -25,7 +27,7 @@ EXAMPLE_FIELDS = ("prompt", "answer", "expected", "icl_accuracy", "zero_shot_acc
 def icl_example(model, task, k: int = 5, n: int = 10) -> dict:
     """One ICL prompt of `task` with k demonstrations, the model's answer to it, and ICL vs zero-shot accuracy
     over n test episodes (what the ICL playground shows)."""
-    _, episodes, target = sample_split(model, task, "test", n, Protocol(k=k), DEFAULT_FORMAT)
+    _, episodes, target = sample_split(model, task, "test", n, replace(KIT, k=k), DEFAULT_FORMAT)
     icl = engine.next_tokens(model, model.encode([DEFAULT_FORMAT.episode_icl(ep) for ep in episodes]))
     base = engine.next_tokens(model, encode_queries(model, episodes, DEFAULT_FORMAT))  # no θ needed here
     ep = episodes[0]
@@ -44,7 +46,7 @@ def playground_table(model, tasks=TASK_NAMES, ks=PLAYGROUND_KS, n: int = PLAYGRO
     rows = []
     for task in tqdm(list(tasks), desc=f"ICL playground ({model.name})", unit="task", disable=not progress):
         for k in ks:
-            rows.append({"task": task, "k": int(k), "seed": Protocol(k=k).seed, **icl_example(model, task, int(k), n)})
+            rows.append({"task": task, "k": int(k), "seed": KIT.seed, **icl_example(model, task, int(k), n)})
     return pd.DataFrame(rows)[["task", "k", "n", "seed", *EXAMPLE_FIELDS[:-1]]]
 
 
@@ -60,7 +62,7 @@ def stored_examples(model_name: str, n: int = PLAYGROUND_N) -> dict:
     table = store.precomputed(playground_file(model_name).name[:-len(".csv")], text=text)
     if table is None:
         return {}
-    table = table[(table.n == n) & (table.seed == Protocol().seed)]
+    table = table[(table.n == n) & (table.seed == KIT.seed)]
     table = table.assign(**{c: table[c].fillna("") for c in text})  # an empty answer reads back as a missing value
     return {(row["task"], int(row["k"])): {**{c: row[c] for c in text},
                                           "icl_accuracy": float(row["icl_accuracy"]),

@@ -1,5 +1,7 @@
-"""Vocabulary projection (paper Table 3): θ read through the final norm and the unembedding, its top tokens
-per task and layer, and where the true answers rank (a logit lens on θ)."""
+"""Vocabulary projection (paper Table 3): θ read through the final norm and the unembedding. The paper's figure,
+under its protocol (`task_words`: the top words at each task's best layer + 2, against a control θ); and the
+kit's reading at every layer (`vocabulary_projection`: top tokens per task and layer, and where the true answers
+rank, a logit lens on θ), on the kit's conventions (`protocol.KIT`), as its stored tables were run."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import re
 
 from .. import store
 from ..experiments import default_layer, prepare_split
-from ..protocol import PAPER, Protocol
+from ..protocol import KIT, PAPER, Protocol
 from ..models import Model
 from ..prompts import answers_token_ids
 from ..tasks import TASK_NAMES
@@ -58,7 +60,7 @@ def top_tokens(model: Model, theta: torch.Tensor, k: int = 10, pool: int = 200) 
 
 
 def vocabulary_projection(model: Model, tasks=TASK_NAMES, layers=None, n: int = 20, k: int = 10, pool: int = 60,
-                          protocol: Protocol = PAPER) -> tuple[pd.DataFrame, pd.DataFrame]:
+                          protocol: Protocol = KIT) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(top tokens of the mean theta per task and layer, rank of the true answers per task and layer).
 
     Every task's theta shares a large common component, so its raw top tokens start with the same few
@@ -98,24 +100,14 @@ def vocabulary_projection(model: Model, tasks=TASK_NAMES, layers=None, n: int = 
 
 
 def run(model: Model, tasks=TASK_NAMES, n: int = 20, layer: int | None = None, out_dir: str | Path | None = None,
-        figures: bool = True, paper: bool = False) -> dict:
+        figures: bool = True) -> dict:
     """`vocabulary_projection` at every layer, written as vocab_<model>_{top_tokens,answer_rank}.csv and,
     with `figures`, the task-specific top tokens at L (`layer`, else the best mean dev layer) and the rank
-    curves; returns {"layer": L, "top_tokens": ..., "answer_rank": ...}. paper=True writes instead
-    vocab_<model>_task_words.csv (`task_words` under the paper protocol, at the stored reproduce run's best
-    layers + 2, on 50 test episodes as the official main.py) and returns {"task_words": ...}."""
+    curves; and, where a reproduce run of the model is stored, the paper's figure with its control:
+    vocab_<model>_task_words.csv (`task_words` at that run's best layers + 2, on 50 test episodes as the
+    official main.py). Returns {"layer": L, "top_tokens", "answer_rank", "task_words" (None without a run)}."""
     from .. import plots
 
-    if paper:
-        from ..protocol import PROTOCOLS
-
-        stored = store.precomputed(store.results_stem("reproduce", model.name, out_dir).name + "_results", out_dir)
-        if stored is None:
-            raise ValueError(f"no stored reproduce run of {model.name}: run reproduce first (its best layers)")
-        best = dict(zip(stored.task, stored.best_layer.astype(int)))
-        words = task_words(model, {t: best[t] for t in tasks if t in best}, PROTOCOLS["paper"], n=50)
-        store.save_table(words, f"{store.results_stem('vocab', model.name, out_dir)}_task_words.csv")
-        return {"task_words": words}
     layer = default_layer(model, out_dir) if layer is None else model.check_layer(layer)
     top, ranks = vocabulary_projection(model, tasks, n=n)
     stem = store.results_stem("vocab", model.name, out_dir)
@@ -124,7 +116,13 @@ def run(model: Model, tasks=TASK_NAMES, n: int = 20, layer: int | None = None, o
     if figures:
         store.save_figure(plots.top_tokens_table(top[top.specific], layer), f"{stem}_top_tokens")
         store.save_figure(plots.answer_rank_curves(ranks, highlight=layer), f"{stem}_answer_rank")
-    return {"layer": layer, "top_tokens": top, "answer_rank": ranks}
+    words = None
+    stored = store.precomputed(store.results_stem("reproduce", model.name, out_dir).name + "_results", out_dir)
+    if stored is not None:
+        best = dict(zip(stored.task, stored.best_layer.astype(int)))
+        words = task_words(model, {t: best[t] for t in tasks if t in best}, PAPER, n=50)
+        store.save_table(words, f"{stem}_task_words.csv")
+    return {"layer": layer, "top_tokens": top, "answer_rank": ranks, "task_words": words}
 
 
 PAPER_WORDS = 20  # scripts/figures/main.py lists the first 20 words of theta's top 100 tokens
