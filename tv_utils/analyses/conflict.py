@@ -270,7 +270,7 @@ def run(model: Model, pairs=PAPER_CONFLICTS, n: int = PAPER_OVERRIDING["n"], lay
     return table
 
 
-def b_dev_sweep(model: Model, b: str, n: int = 50, protocol: Protocol = KIT,
+def b_dev_sweep(model: Model, b: str, n: int = KIT_N, protocol: Protocol = KIT,
                 fmt: PromptFormat = DEFAULT_FORMAT) -> tuple[torch.Tensor, np.ndarray]:
     """Task B's own dev sweep, which sets the paper's layer in a conflict: theta(B) of each dev episode [n,
     n_layers, H] and its hits alone at every layer [n, n_layers] (as `conflict_hits` computes them)."""
@@ -280,7 +280,7 @@ def b_dev_sweep(model: Model, b: str, n: int = 50, protocol: Protocol = KIT,
 
 
 @torch.no_grad()
-def conflict_pair(model: Model, a: str, b: str, n: int = 50, layer: int | None = None,
+def conflict_pair(model: Model, a: str, b: str, n: int = KIT_N, layer: int | None = None,
                   protocol: Protocol = KIT, fmt: PromptFormat = DEFAULT_FORMAT, b_sweep=None) -> pd.DataFrame:
     """The table of `conflicting_tasks(model, [(a, b)], n, layer, KIT, override=False)` for one pair (the kit's
     conventions, the widget's, whose stored table was run on them), in about half
